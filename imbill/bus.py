@@ -1,0 +1,139 @@
+"""Thin Kafka plumbing over kafka-python: topics, an Avro event producer, reading to the end.
+
+The local broker misreports ListOffsets "latest" (it answers the first offset of the last
+batch + 1), so :func:`read_to_end` never trusts ``end_offsets`` for where a partition ends:
+it reads until its position reaches the high-watermark of the fetch responses, which is
+right on both Tansu and Apache Kafka. A partition whose reported end is 0 is empty.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Iterable, Iterator, Mapping
+
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.errors import KafkaError, TopicAlreadyExistsError
+
+from imbill.errors import BrokerError, PublishError, SchemaError
+from imbill.schemas.codec import decode, encode
+from imbill.topics import TopicSpec
+
+__all__ = ["create_topics", "EventProducer", "Envelope", "read_to_end", "partitions_of"]
+
+log = logging.getLogger(__name__)
+
+
+def create_topics(bootstrap_servers: str, specs: Iterable[TopicSpec]) -> list[str]:
+    """Create the topics that do not exist yet; return the names created (idempotent)."""
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id="imbill-admin")
+    try:
+        existing = set(admin.list_topics())
+        created = []
+        for spec in specs:
+            if spec.name in existing:
+                continue
+            try:
+                admin.create_topics({spec.name: {"num_partitions": spec.partitions,
+                                                 "replication_factor": 1, "configs": spec.configs()}})
+                created.append(spec.name)
+            except TopicAlreadyExistsError:
+                pass
+        return created
+    except KafkaError as exc:
+        raise BrokerError(f"cannot create topics on {bootstrap_servers}: {exc}") from exc
+    finally:
+        admin.close()
+
+
+class EventProducer:
+    """Single-object Avro encoded events onto topics, keyed, acknowledged by all replicas."""
+
+    def __init__(self, bootstrap_servers: str, *, linger_ms: int = 2, **config: Any) -> None:
+        try:
+            self._producer = KafkaProducer(bootstrap_servers=bootstrap_servers, acks="all",
+                                           linger_ms=linger_ms, **config)
+        except KafkaError as exc:
+            raise BrokerError(f"cannot connect to {bootstrap_servers}: {exc}") from exc
+
+    def send(self, topic: str, key: str, name: str, record: Mapping[str, Any], partition: int | None = None):
+        """Queue one event; returns kafka-python's future (``.get()`` waits for the ack)."""
+        return self._producer.send(topic, key=key.encode(), value=encode(name, record), partition=partition)
+
+    def publish(self, topic: str, key: str, name: str, record: Mapping[str, Any], timeout: float = 10.0) -> None:
+        """Send one event and wait for the broker's acknowledgement."""
+        try:
+            self.send(topic, key, name, record).get(timeout=timeout)
+        except KafkaError as exc:
+            raise PublishError(f"{name} not acknowledged on {topic}: {exc}") from exc
+
+    def flush(self, timeout: float | None = None) -> None:
+        self._producer.flush(timeout=timeout)
+
+    def close(self) -> None:
+        self._producer.close()
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """One record read from a topic: where it was, and its decoded event (or why not)."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int
+    key: bytes | None
+    name: str | None
+    record: dict[str, Any] | None
+    error: str | None = None
+
+
+def partitions_of(consumer: KafkaConsumer, topic: str, timeout: float = 10.0) -> list[TopicPartition]:
+    deadline = time.monotonic() + timeout
+    while True:
+        parts = consumer.partitions_for_topic(topic)
+        if parts:
+            return [TopicPartition(topic, p) for p in sorted(parts)]
+        if time.monotonic() > deadline:
+            raise BrokerError(f"topic {topic} does not exist (run `imbill topics create`)")
+        time.sleep(0.1)
+
+
+def _envelope(message: Any) -> Envelope:
+    try:
+        name, record = decode(message.value)
+        return Envelope(message.topic, message.partition, message.offset, message.timestamp,
+                        message.key, name, record)
+    except SchemaError as exc:
+        return Envelope(message.topic, message.partition, message.offset, message.timestamp,
+                        message.key, None, None, str(exc))
+
+
+def read_to_end(bootstrap_servers: str, topic: str, start: Mapping[int, int] | None = None,
+                timeout: float = 30.0) -> Iterator[Envelope]:
+    """Every record of ``topic`` from ``start`` (partition -> offset; default the beginning)
+    up to its true end at the time of the call, partition by partition in offset order."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False,
+                             group_id=None, fetch_max_wait_ms=50)
+    try:
+        tps = partitions_of(consumer, topic)
+        consumer.assign(tps)
+        reported = consumer.end_offsets(tps)
+        pending = {tp for tp in tps if reported[tp] > (start or {}).get(tp.partition, 0)}
+        for tp in tps:
+            consumer.seek(tp, (start or {}).get(tp.partition, 0))
+        deadline = time.monotonic() + timeout
+        while pending:
+            if time.monotonic() > deadline:
+                raise BrokerError(f"reading {topic} to its end took more than {timeout}s")
+            batches = consumer.poll(timeout_ms=200)
+            for tp in sorted(batches, key=lambda t: t.partition):
+                for message in batches[tp]:
+                    yield _envelope(message)
+            for tp in list(pending):
+                highwater = consumer.highwater(tp)
+                if highwater is not None and consumer.position(tp) >= highwater:
+                    pending.discard(tp)
+    finally:
+        consumer.close()

@@ -1,0 +1,38 @@
+"""The imbill exception tree.
+
+    ImbillError
+    ├── ConfigError          invalid config file or reference (nothing is appended)
+    │   └── InvalidPolicyAttribute
+    ├── SchemaError          an event that cannot be encoded or decoded
+    │   └── UnknownSchema    a record whose writer fingerprint no .avsc file has
+    ├── BrokerError          the local broker cannot start, a topic cannot be created
+    └── PublishError         an event was not acknowledged by the broker
+
+Rejected messages are not exceptions: they are Rejection events with a reason code.
+"""
+
+__all__ = ["ImbillError", "ConfigError", "SchemaError", "UnknownSchema", "BrokerError", "PublishError"]
+
+
+class ImbillError(Exception):
+    """Root of every error imbill raises on purpose."""
+
+
+class ConfigError(ImbillError):
+    """A config file, object or field is invalid; the message names all three."""
+
+
+class SchemaError(ImbillError):
+    """An event cannot be encoded or decoded with the published Avro schemas."""
+
+
+class UnknownSchema(SchemaError):
+    """A single-object encoded record names a writer schema we do not have."""
+
+
+class BrokerError(ImbillError):
+    """The Kafka-protocol broker cannot be started or reached."""
+
+
+class PublishError(ImbillError):
+    """An event was not acknowledged by the broker."""

@@ -1,0 +1,133 @@
+"""Avro single-object encoding of every imbill event.
+
+A record on a topic is ``C3 01`` + the 8-byte little-endian CRC-64-AVRO fingerprint of
+the writer schema's parsing canonical form + the Avro binary body (Avro specification,
+"Single object encoding"). A consumer therefore identifies the writer schema from the
+``.avsc`` files in ``schemas/avro/`` alone; :func:`decode` resolves it against the reader
+schema of the same name, so readers keep decoding records written by older schemas.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from typing import Any, Mapping
+
+import fastavro
+from fastavro.schema import to_parsing_canonical_form
+
+from imbill.errors import SchemaError, UnknownSchema
+
+__all__ = ["MAGIC", "Schema", "schema", "schemas", "encode", "decode", "decode_as", "fingerprint"]
+
+MAGIC = b"\xc3\x01"
+_EMPTY64 = 0xC15D213AA4D7A795
+
+
+def _fp_table() -> list[int]:
+    table = []
+    for i in range(256):
+        fp = i
+        for _ in range(8):
+            fp = (fp >> 1) ^ (_EMPTY64 & -(fp & 1))
+        table.append(fp)
+    return table
+
+
+_FP_TABLE = _fp_table()
+
+
+def fingerprint(canonical_form: str) -> bytes:
+    """CRC-64-AVRO (Rabin) fingerprint of a canonical form, little-endian, as the spec says."""
+    fp = _EMPTY64
+    for byte in canonical_form.encode("utf-8"):
+        fp = (fp >> 8) ^ _FP_TABLE[(fp ^ byte) & 0xFF]
+    return struct.pack("<Q", fp)
+
+
+@dataclass(frozen=True)
+class Schema:
+    """One event type: its name, parsed schema and single-object header."""
+
+    name: str
+    parsed: Any
+    header: bytes
+
+    def encode(self, record: Mapping[str, Any]) -> bytes:
+        out = io.BytesIO()
+        out.write(self.header)
+        try:
+            fastavro.schemaless_writer(out, self.parsed, record)
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise SchemaError(f"cannot encode {self.name}: {exc}") from exc
+        return out.getvalue()
+
+
+def _load(text: str) -> Schema:
+    raw = json.loads(text)
+    parsed = fastavro.parse_schema(raw)
+    header = MAGIC + fingerprint(to_parsing_canonical_form(parsed))
+    return Schema(raw["name"], parsed, header)
+
+
+@cache
+def schemas() -> Mapping[str, Schema]:
+    """Every published schema by short record name (``Charge``, ``MessageAttempt``, ...)."""
+    folder = resources.files("imbill.schemas") / "avro"
+    loaded = [_load(f.read_text("utf-8")) for f in folder.iterdir() if f.name.endswith(".avsc")]
+    return {s.name: s for s in sorted(loaded, key=lambda s: s.name)}
+
+
+@cache
+def _by_fingerprint() -> Mapping[bytes, Schema]:
+    return {s.header: s for s in schemas().values()}
+
+
+def schema(name: str) -> Schema:
+    try:
+        return schemas()[name]
+    except KeyError:
+        raise SchemaError(f"no schema named {name!r}; known: {', '.join(schemas())}") from None
+
+
+def encode(name: str, record: Mapping[str, Any]) -> bytes:
+    """Single-object encode ``record`` with the schema called ``name``."""
+    return schema(name).encode(record)
+
+
+def register_writer(text: str) -> Schema:
+    """Make an older writer schema (e.g. a golden sample's) known to :func:`decode`."""
+    writer = _load(text)
+    _extra_writers[writer.header] = writer
+    return writer
+
+
+_extra_writers: dict[bytes, Schema] = {}
+
+
+def decode(data: bytes) -> tuple[str, dict[str, Any]]:
+    """Return (record name, record) of a single-object encoded event."""
+    if len(data) < 10 or data[:2] != MAGIC:
+        raise SchemaError("not an Avro single-object encoded record (missing C3 01 header)")
+    header = bytes(data[:10])
+    writer = _by_fingerprint().get(header) or _extra_writers.get(header)
+    if writer is None:
+        raise UnknownSchema(f"unknown writer schema fingerprint {header[2:].hex()}")
+    reader = schemas().get(writer.name, writer)
+    try:
+        record = fastavro.schemaless_reader(io.BytesIO(data[10:]), writer.parsed, reader.parsed)
+    except Exception as exc:  # fastavro raises many types on corrupt input
+        raise SchemaError(f"cannot decode {writer.name}: {exc}") from exc
+    return writer.name, record
+
+
+def decode_as(name: str, data: bytes) -> dict[str, Any]:
+    """Decode and check the record is a ``name``."""
+    got, record = decode(data)
+    if got != name:
+        raise SchemaError(f"expected a {name} record, got {got}")
+    return record
