@@ -1,0 +1,28 @@
+# The two commands of the README: `make run` (set up and start the whole engine on embedded
+# defaults) and `make test` (the full test suite; .ci/run calls it).
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+
+.PHONY: setup run test bench
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+run: setup
+	$(BIN)/imbill run
+
+test: setup
+	bash scripts/postgres-up
+	$(BIN)/python -m pytest -q
+
+bench: setup
+	bash scripts/sip-tools-up
+	$(BIN)/python bench/bench_rating.py
+	$(BIN)/python bench/bench_processor.py
+	$(BIN)/python bench/bench_edge.py

@@ -1,0 +1,120 @@
+"""The one wiring place: settings, broker, database, edge, processors and projectors are
+assembled here; the CLI calls these functions and nothing else reads the environment."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import signal
+import threading
+import time
+import uuid
+from datetime import datetime, timezone
+from decimal import Decimal
+from pathlib import Path
+from typing import Callable
+
+from rich.table import Table
+
+from imbill.broker import start_broker
+from imbill.bus import EventProducer, create_topics
+from imbill.errors import ConfigError
+from imbill.schemas.codec import schemas
+from imbill.settings import Settings
+from imbill.topics import CATALOGUE
+
+Say = Callable[[str], None]
+
+
+def serve_broker(settings: Settings, port: int | None, say: Say) -> None:
+    broker = start_broker(port=port or settings.broker_port)
+    say(f"local broker on {broker.bootstrap_servers} (Tansu, memory storage); Ctrl-C stops it")
+    stopped = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+    try:
+        while broker.alive() and not stopped.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        broker.stop()
+
+
+def create_all_topics(settings: Settings) -> list[str]:
+    return create_topics(settings.bootstrap_servers, settings.topics.specs())
+
+
+def topics_table(settings: Settings) -> Table:
+    table = Table("topic", "partitions", "key", "cleanup", "retention", "events", title="Topic catalogue")
+    for spec in CATALOGUE:
+        retention = "forever" if spec.retention_ms < 0 else f"{spec.retention_ms} ms"
+        table.add_row(settings.topic_prefix + spec.name, str(spec.partitions), spec.key,
+                      spec.cleanup_policy, retention, ", ".join(spec.events) or "(faust changelog)")
+    return table
+
+
+def schemas_table() -> Table:
+    table = Table("schema", "namespace", "fingerprint (CRC-64-AVRO, LE)", "fields", title="Avro schemas")
+    for name, schema in schemas().items():
+        table.add_row(name, schema.parsed["namespace"], schema.header[2:].hex(), str(len(schema.parsed["fields"])))
+    return table
+
+
+def _account(settings: Settings, account_id: str):
+    from imbill.producers.config_publisher import current_state
+
+    env = current_state(settings.bootstrap_servers, settings.topics).environment(settings.environment)
+    account = env.accounts.get(account_id) if env else None
+    if account is None:
+        raise ConfigError(f"environment {settings.environment}: unknown account {account_id!r}")
+    return env, account
+
+
+def top_up(settings: Settings, account_id: str, amount: Decimal, currency: str | None, reference: str) -> str:
+    env, account = _account(settings, account_id)
+    customer_currency = env.customers[account.customer].currency
+    if currency and currency != customer_currency:
+        raise ConfigError(f"account {account_id}: payment currency {currency} differs from the "
+                          f"customer's currency {customer_currency}")
+    if amount <= 0:
+        raise ConfigError(f"account {account_id}: a payment must be positive, got {amount}")
+    payment_id = "pay-" + uuid.uuid4().hex
+    record = {"payment_id": payment_id, "environment": settings.environment, "account": account_id,
+              "amount": amount, "currency": customer_currency, "received_at": datetime.now(timezone.utc),
+              "reference": reference}
+    producer = EventProducer(settings.bootstrap_servers)
+    try:
+        producer.publish(settings.topics.payments, f"{settings.environment}/{account_id}", "Payment", record)
+    finally:
+        producer.close()
+    return payment_id
+
+
+def generate_traffic(settings: Settings, count: int, accounts: list[str], destinations: list[str],
+                     seed: int) -> int:
+    """Synthetic MessageAttempt events, as the edge would publish them (the traffic generator)."""
+    rng = random.Random(seed)
+    producer = EventProducer(settings.bootstrap_servers, linger_ms=20)
+    try:
+        for i in range(count):
+            sender = rng.choice(accounts)
+            attempt = synthetic_attempt(settings.environment, sender, rng.choice(destinations),
+                                        body_chars=rng.randint(1, 400), call_id=f"gen-{seed}-{i}@imbill")
+            producer.send(settings.topics.attempts, f"{settings.environment}/{sender}", "MessageAttempt", attempt)
+        producer.flush()
+    finally:
+        producer.close()
+    return count
+
+
+def synthetic_attempt(environment: str, sender: str, to_user: str, *, body_chars: int, call_id: str,
+                      received_at: datetime | None = None, domain: str = "127.0.0.1") -> dict:
+    from imbill.producers.attempt import attempt_id
+
+    return {"attempt_id": attempt_id(call_id, 1, "MESSAGE"),
+            "received_at": received_at or datetime.now(timezone.utc), "environment": environment,
+            "direction": "outgoing", "call_id": call_id, "cseq": 1, "from_user": sender,
+            "from_domain": domain, "to_user": to_user, "to_domain": domain,
+            "request_uri": f"sip:{to_user}@{domain}", "user_agent": "imbill-traffic",
+            "content_type": "text/plain", "body_chars": body_chars, "body_bytes": body_chars,
+            "source_ip": "127.0.0.1", "source_port": 5070, "transport": "UDP", "edge_id": "traffic"}

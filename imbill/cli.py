@@ -1,0 +1,247 @@
+"""The `imbill` command: thin click commands over the wiring in imbill.bootstrap."""
+
+from __future__ import annotations
+
+import sys
+from datetime import datetime, timezone
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+from imbill import bootstrap
+from imbill.errors import ImbillError
+from imbill.settings import DEFAULT_EXAMPLE, Settings, load_settings
+
+console = Console(highlight=False)
+
+
+def _settings(ctx: click.Context) -> Settings:
+    return ctx.obj
+
+
+def _when(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except ImbillError as exc:
+            console.print(f"[red]error:[/red] {exc}")
+            sys.exit(2)
+
+
+@click.group(cls=_Group)
+@click.option("--bootstrap-servers", envvar="IMBILL_BOOTSTRAP_SERVERS", help="Kafka bootstrap servers.")
+@click.option("--database-url", envvar="IMBILL_DATABASE_URL", help="SQLAlchemy URL of the projections.")
+@click.option("--environment", envvar="IMBILL_ENVIRONMENT", help="Virtual environment (tenant).")
+@click.option("--topic-prefix", envvar="IMBILL_TOPIC_PREFIX", help="Prefix of every topic name.")
+@click.pass_context
+def cli(ctx: click.Context, bootstrap_servers, database_url, environment, topic_prefix) -> None:
+    """imbill: event-sourced billing for SIP instant messaging on Kafka."""
+    ctx.obj = load_settings(bootstrap_servers=bootstrap_servers, database_url=database_url,
+                            environment=environment, topic_prefix=topic_prefix)
+
+
+@cli.command()
+@click.option("--port", type=int, default=None, help="TCP port (default 9092, IMBILL_BROKER_PORT).")
+@click.pass_context
+def broker(ctx: click.Context, port: int | None) -> None:
+    """Run the local Kafka-protocol broker (Tansu, memory storage) until Ctrl-C."""
+    bootstrap.serve_broker(_settings(ctx), port, console.print)
+
+
+@cli.group()
+def topics() -> None:
+    """Create and list the topics of the catalogue."""
+
+
+@topics.command("create")
+@click.pass_context
+def topics_create(ctx: click.Context) -> None:
+    """Create every topic of the catalogue that does not exist yet (idempotent)."""
+    created = bootstrap.create_all_topics(_settings(ctx))
+    console.print(f"created {len(created)} topic(s): {', '.join(created) or 'none, all existed'}")
+
+
+@topics.command("list")
+@click.pass_context
+def topics_list(ctx: click.Context) -> None:
+    """Print the topic catalogue: name, partitions, key, cleanup policy, events."""
+    console.print(bootstrap.topics_table(_settings(ctx)))
+
+
+@cli.command()
+@click.pass_context
+def schemas(ctx: click.Context) -> None:
+    """List the Avro schemas (one .avsc per event type) and their fingerprints."""
+    console.print(bootstrap.schemas_table())
+
+
+@cli.group()
+def config() -> None:
+    """Apply, show and list the append-only config."""
+
+
+@config.command("apply")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.pass_context
+def config_apply(ctx: click.Context, file: Path) -> None:
+    """Append the events that bring the environment to FILE's config (nothing if equal)."""
+    result = bootstrap.apply_config_file(_settings(ctx), file)
+    console.print(f"environment {result.environment}: {len(result.events)} event(s) appended")
+    for name, key in result.events:
+        console.print(f"  {name} {key}")
+
+
+@config.command("show")
+@click.option("--at", "at", help="Show the config in force at this ISO time.")
+@click.pass_context
+def config_show(ctx: click.Context, at: str | None) -> None:
+    """Print the current config state of the environment (or as it was --at a time)."""
+    for table in bootstrap.config_tables(_settings(ctx), _when(at)):
+        console.print(table)
+
+
+@config.command("history")
+@click.pass_context
+def config_history(ctx: click.Context) -> None:
+    """List the config events of the environment, oldest first."""
+    console.print(bootstrap.config_history_table(_settings(ctx)))
+
+
+@cli.command()
+@click.option("--host", default=None, help="UDP address to listen on (default 127.0.0.1).")
+@click.option("--port", type=int, default=None, help="UDP port (default 5060).")
+@click.pass_context
+def edge(ctx: click.Context, host: str | None, port: int | None) -> None:
+    """Run the SIP edge: MESSAGE -> message-attempt event -> 202 Accepted."""
+    bootstrap.serve_edge(_settings(ctx).with_overrides(edge_host=host, edge_port=port), console.print)
+
+
+@cli.command()
+@click.option("--worker-id", default=None, help="Name of this worker (logs, data dir).")
+@click.pass_context
+def process(ctx: click.Context, worker_id: str | None) -> None:
+    """Run a processor worker: policy, destination, units, rating, balance -> charges."""
+    bootstrap.serve_processor(_settings(ctx), worker_id)
+
+
+@cli.command()
+@click.option("--once", is_flag=True, help="Apply what is on the topics now, then exit.")
+@click.pass_context
+def project(ctx: click.Context, once: bool) -> None:
+    """Fold charges, rejections, balance, status and config events into SQL tables."""
+    bootstrap.serve_projectors(_settings(ctx), once, console.print)
+
+
+@cli.command()
+@click.option("--account", help="Only this account.")
+@click.option("--since", help="From this ISO time.")
+@click.option("--until", help="Before this ISO time.")
+@click.option("--limit", type=int, default=None)
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table")
+@click.pass_context
+def xdr(ctx: click.Context, account, since, until, limit, fmt) -> None:
+    """Print xDRs from the projection (table, CSV or JSON)."""
+    output = bootstrap.xdr_report(_settings(ctx), account=account, since=_when(since),
+                                  until=_when(until), limit=limit, fmt=fmt)
+    if fmt == "table":
+        console.print(output)
+    else:
+        click.echo(output, nl=False)
+
+
+@cli.group()
+def policy() -> None:
+    """Service policy catalogue and matching."""
+
+
+@policy.command("attributes")
+@click.option("--service", type=click.Choice(["messaging", "voice", "all"]), default="all")
+def policy_attributes(service: str) -> None:
+    """List every service policy attribute: section, type, allowed values, default, applies to."""
+    console.print(bootstrap.attributes_table(service))
+
+
+@policy.command("explain")
+@click.option("--account", required=True, help="Sending account id.")
+@click.option("--to", "to", required=True, help="Destination, e.g. sip:1002@im.example.com")
+@click.option("--user-agent", default=None)
+@click.pass_context
+def policy_explain(ctx: click.Context, account: str, to: str, user_agent: str | None) -> None:
+    """Show which service policies match, which wins, and each effective attribute's source."""
+    for renderable in bootstrap.explain_policy(_settings(ctx), account, to, user_agent):
+        console.print(renderable)
+
+
+@cli.command()
+@click.option("--account", required=True)
+@click.option("--amount", required=True, help="Decimal amount, e.g. 10.00")
+@click.option("--currency", default=None, help="Defaults to the account's customer currency.")
+@click.option("--reference", default="", help="Free text kept on the event.")
+@click.pass_context
+def payment(ctx: click.Context, account: str, amount: str, currency: str | None, reference: str) -> None:
+    """Top up an account's balance (appends a Payment event)."""
+    try:
+        value = Decimal(amount)
+    except InvalidOperation:
+        raise click.BadParameter(f"not a decimal amount: {amount}", param_hint="--amount") from None
+    payment_id = bootstrap.top_up(_settings(ctx), account, value, currency, reference)
+    console.print(f"payment {payment_id} appended for {account}: {value}")
+
+
+@cli.command()
+@click.option("--from", "from_user", required=True, help="Sending account (SIP username).")
+@click.option("--to", "to_user", required=True, help="Destination user part (number or name).")
+@click.option("--domain", default=None, help="SIP domain (default: the edge address).")
+@click.option("--host", default=None, help="Edge address (default 127.0.0.1).")
+@click.option("--port", type=int, default=None, help="Edge port (default 5060).")
+@click.argument("text")
+@click.pass_context
+def send(ctx: click.Context, from_user, to_user, domain, host, port, text) -> None:
+    """Send one SIP MESSAGE to the edge and print its answer."""
+    from imbill.producers.sip_client import send_message
+
+    settings = _settings(ctx).with_overrides(edge_host=host, edge_port=port)
+    answer = send_message(settings.edge_host, settings.edge_port, from_user=from_user, to_user=to_user,
+                          text=text, domain=domain)
+    console.print(f"{answer.status} {answer.reason}")
+    sys.exit(0 if 200 <= answer.status < 300 else 1)
+
+
+@cli.command()
+@click.option("--count", type=int, default=1000, help="Attempts to generate.")
+@click.option("--accounts", default="1001,1002", help="Comma separated sending accounts.")
+@click.option("--to", "to_users", default="1002,1001,441234567890", help="Comma separated destinations.")
+@click.option("--seed", type=int, default=7)
+@click.pass_context
+def traffic(ctx: click.Context, count: int, accounts: str, to_users: str, seed: int) -> None:
+    """Append generated message attempts (Avro) straight onto the attempts topic."""
+    sent = bootstrap.generate_traffic(_settings(ctx), count, accounts.split(","), to_users.split(","), seed)
+    console.print(f"appended {sent} message attempts")
+
+
+@cli.command()
+@click.option("--example", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Config applied when the environment has none (default examples/instant-messaging.yaml).")
+@click.pass_context
+def run(ctx: click.Context, example: Path | None) -> None:
+    """Start broker, topics, edge, processor and projectors together; Ctrl-C stops all."""
+    from imbill.run import run_engine
+
+    sys.exit(run_engine(_settings(ctx), example or DEFAULT_EXAMPLE, console.print))
+
+
+def main() -> None:
+    cli(prog_name="imbill")
+
+
+if __name__ == "__main__":
+    main()
