@@ -41,7 +41,7 @@ def serve_broker(settings: Settings, port: int | None, say: Say) -> None:
 
 
 def create_all_topics(settings: Settings) -> list[str]:
-    return create_topics(settings.bootstrap_servers, settings.topics.specs())
+    return create_topics(settings.bootstrap_servers, settings.topics.specs(), settings.replication_factor)
 
 
 def topics_table(settings: Settings) -> Table:

@@ -25,7 +25,7 @@ __all__ = ["create_topics", "EventProducer", "Envelope", "read_to_end", "partiti
 log = logging.getLogger(__name__)
 
 
-def create_topics(bootstrap_servers: str, specs: Iterable[TopicSpec]) -> list[str]:
+def create_topics(bootstrap_servers: str, specs: Iterable[TopicSpec], replication_factor: int = 1) -> list[str]:
     """Create the topics that do not exist yet; return the names created (idempotent)."""
     admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id="imbill-admin")
     try:
@@ -36,7 +36,7 @@ def create_topics(bootstrap_servers: str, specs: Iterable[TopicSpec]) -> list[st
                 continue
             try:
                 admin.create_topics({spec.name: {"num_partitions": spec.partitions,
-                                                 "replication_factor": 1, "configs": spec.configs()}})
+                                                 "replication_factor": replication_factor, "configs": spec.configs()}})
                 created.append(spec.name)
             except TopicAlreadyExistsError:
                 pass

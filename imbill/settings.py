@@ -25,6 +25,7 @@ class Settings:
     processor_id: str = "imbill-processor"
     data_dir: Path = field(default_factory=lambda: Path(".imbill"))
     topic_prefix: str = ""
+    replication_factor: int = 1
 
     @property
     def topics(self) -> "Topics":
@@ -46,6 +47,7 @@ _ENV = {
     "processor_id": ("IMBILL_PROCESSOR_ID", str),
     "data_dir": ("IMBILL_DATA_DIR", Path),
     "topic_prefix": ("IMBILL_TOPIC_PREFIX", str),
+    "replication_factor": ("IMBILL_REPLICATION_FACTOR", int),
 }
 
 
