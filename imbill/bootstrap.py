@@ -109,12 +109,47 @@ def generate_traffic(settings: Settings, count: int, accounts: list[str], destin
 
 def synthetic_attempt(environment: str, sender: str, to_user: str, *, body_chars: int, call_id: str,
                       received_at: datetime | None = None, domain: str = "127.0.0.1") -> dict:
-    from imbill.producers.attempt import attempt_id
+    from imbill.producers.attempt import attempt_id_for
 
-    return {"attempt_id": attempt_id(call_id, 1, "MESSAGE"),
+    return {"attempt_id": attempt_id_for(call_id, 1, "MESSAGE"),
             "received_at": received_at or datetime.now(timezone.utc), "environment": environment,
             "direction": "outgoing", "call_id": call_id, "cseq": 1, "from_user": sender,
             "from_domain": domain, "to_user": to_user, "to_domain": domain,
             "request_uri": f"sip:{to_user}@{domain}", "user_agent": "imbill-traffic",
             "content_type": "text/plain", "body_chars": body_chars, "body_bytes": body_chars,
             "source_ip": "127.0.0.1", "source_port": 5070, "transport": "UDP", "edge_id": "traffic"}
+
+
+def serve_edge(settings: Settings, say: Say) -> None:
+    """Run the SIP edge until Ctrl-C/SIGTERM, publishing attempts to the attempts topic."""
+    from imbill.producers.attempt_publisher import AttemptPublisher
+    from imbill.producers.edge import serve_edge as run_edge
+
+    publisher = AttemptPublisher(settings.bootstrap_servers, settings.topics.attempts)
+    edge_id = f"edge-{settings.edge_host}:{settings.edge_port}"
+
+    def started(edge) -> None:
+        say(f"SIP edge {edge_id} listening on udp://{settings.edge_host}:{settings.edge_port}, "
+            f"environment {settings.environment}")
+
+    try:
+        _run_until_signal(run_edge(publisher, environment=settings.environment, edge_id=edge_id,
+                                   host=settings.edge_host, port=settings.edge_port, on_started=started))
+    finally:
+        publisher.close()
+
+
+def _run_until_signal(coroutine) -> None:
+    """Run a coroutine until it ends or SIGINT/SIGTERM cancels it."""
+
+    async def main() -> None:
+        task = asyncio.ensure_future(coroutine)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, task.cancel)
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+
+    asyncio.run(main())
