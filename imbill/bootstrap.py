@@ -125,18 +125,18 @@ def serve_edge(settings: Settings, say: Say) -> None:
     from imbill.producers.attempt_publisher import AttemptPublisher
     from imbill.producers.edge import serve_edge as run_edge
 
-    publisher = AttemptPublisher(settings.bootstrap_servers, settings.topics.attempts)
     edge_id = f"edge-{settings.edge_host}:{settings.edge_port}"
 
     def started(edge) -> None:
         say(f"SIP edge {edge_id} listening on udp://{settings.edge_host}:{settings.edge_port}, "
             f"environment {settings.environment}")
 
-    try:
-        _run_until_signal(run_edge(publisher, environment=settings.environment, edge_id=edge_id,
-                                   host=settings.edge_host, port=settings.edge_port, on_started=started))
-    finally:
-        publisher.close()
+    async def edge() -> None:
+        async with AttemptPublisher(settings.bootstrap_servers, settings.topics.attempts) as publisher:
+            await run_edge(publisher, environment=settings.environment, edge_id=edge_id,
+                           host=settings.edge_host, port=settings.edge_port, on_started=started)
+
+    _run_until_signal(edge())
 
 
 def _run_until_signal(coroutine) -> None:
