@@ -1,0 +1,267 @@
+"""The config publisher: a declarative file -> the minimal list of config change events.
+
+``imbill config apply FILE`` reads the config topic to its end, folds it into the config
+in force (:func:`imbill.streams.config.fold`), compares the file's environment with it and
+appends only the events that change it, so applying the same file twice appends nothing:
+
+- one ``<Kind>Defined``/``Set`` event per object that is new or differs from the one in
+  force (the event carries the object's whole new value);
+- one ``ConfigObjectRemoved`` per object of the environment that the file no longer has,
+  **except rates**: rates are history (the rate in force at the moment of an attempt
+  applies, and re-rating needs the old ones), so a rate missing from the file stays; a
+  price changes by a new rate with a later ``effective_from`` (or, to correct history, by
+  the same rate code and ``effective_from`` with another price). Rates of a removed tariff
+  stay too, which is why a tariff name keeps its first currency forever (below).
+
+Events are ordered so that an object comes after every object it refers to (:data:`PLAN_ORDER`:
+service types, dialing rules, destinations, tariffs, rates, service policies, vendors,
+vendor connections, products, customers, accounts); removals come after all definitions,
+in the reverse order, so nothing in force ever refers to an object that is gone.
+
+What the file alone cannot tell is checked against the history: a tariff's currency "may
+be chosen only once, and cannot be changed later", even across a removal and a new
+definition of the same name. Everything is validated and every event encoded before the
+first one is appended; nothing is appended when anything is invalid. Each event is
+acknowledged by the broker before the next is sent (key = environment, on the single
+config partition). If the broker fails half way, applying the file again appends the rest.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, fields
+from datetime import datetime, timezone
+from decimal import Decimal
+from os import PathLike
+from typing import Any, Callable, Iterable, Mapping, NamedTuple
+
+from imbill.bus import Envelope, EventProducer, read_to_end
+from imbill.errors import SchemaError
+from imbill.producers.config_file import ConfigFileError, DesiredConfig, load_config_file
+from imbill.schemas.codec import encode
+from imbill.streams.config import (KIND_BY_EVENT, KIND_BY_NAME, ConfigState, EnvironmentConfig, Kind, UsageCharge,
+                                   fold, from_record, to_record)
+from imbill.topics import Topics
+
+__all__ = ["PLAN_ORDER", "NEVER_REMOVED", "ApplyResult", "HistoryEntry", "KindRows", "plan_changes",
+           "apply_config", "current_state", "config_history", "describe", "tariff_currencies", "event_label"]
+
+PLAN_ORDER: tuple[Kind, ...] = tuple(KIND_BY_NAME[name] for name in (
+    "service_types", "dialing_rules", "destination", "tariff", "rate", "service_policy", "vendor",
+    "vendor_connection", "product", "customer", "account"))
+"""Kinds in the order their events are appended: what is referred to comes first."""
+
+NEVER_REMOVED = frozenset({"rate"})
+"""Kinds that a file never removes: rates are history."""
+
+Event = tuple[str, dict[str, Any]]
+
+
+def _new_event_id() -> str:
+    return uuid.uuid4().hex
+
+
+def event_label(kind_name: str, key: str) -> str:
+    """``"tariff:On-net messaging"``, ``"service_types"`` (singletons have no key)."""
+    return f"{kind_name}:{key}" if key else kind_name
+
+
+def _label_of(name: str, record: Mapping[str, Any]) -> str:
+    """The ``event_label`` of the object an event defines or removes ("" for other events)."""
+    if name == "ConfigObjectRemoved":
+        return event_label(record["kind"], record["key"])
+    if name not in KIND_BY_EVENT:
+        return ""
+    kind = KIND_BY_EVENT[name]
+    return event_label(kind.name, kind.key(from_record(kind, record)))
+
+
+# --- planning (pure) ----------------------------------------------------------------------
+
+def plan_changes(desired: DesiredConfig, current: EnvironmentConfig | None, *, now: datetime,
+                 currencies: Mapping[str, str] | None = None,
+                 new_event_id: Callable[[], str] = _new_event_id) -> list[Event]:
+    """The events that turn ``current`` (the environment in force, None if it has no events
+    yet) into ``desired``, in :data:`PLAN_ORDER`; [] when nothing changes.
+
+    ``currencies`` is the first currency each tariff name of the environment ever had
+    (:func:`tariff_currencies` of the history); by default the tariffs in force. Raises
+    ConfigError when the desired config contradicts it.
+    """
+    if now.tzinfo is None:
+        raise ValueError("now must be timezone-aware")
+    current = current or EnvironmentConfig(desired.environment)
+    _check_currencies(desired, current, currencies)
+
+    def event(name: str, body: Mapping[str, Any]) -> Event:
+        return name, {"event_id": new_event_id(), "environment": desired.environment, "occurred_at": now, **body}
+
+    events = [event(kind.event, to_record(obj))
+              for kind in PLAN_ORDER
+              for key, obj in desired.config.collection(kind).items()
+              if current.collection(kind).get(key) != obj]
+    events += [event("ConfigObjectRemoved", {"kind": kind.name, "key": key})
+               for kind in reversed(PLAN_ORDER) if kind.name not in NEVER_REMOVED
+               for key in sorted(current.collection(kind)) if key not in desired.config.collection(kind)]
+    return events
+
+
+def _check_currencies(desired: DesiredConfig, current: EnvironmentConfig,
+                      currencies: Mapping[str, str] | None) -> None:
+    known = {t.name: t.currency for t in current.tariffs.values()} if currencies is None else currencies
+    problems = [f'tariff "{name}": currency: cannot change from {known[name]} to '
+                f"{tariff.currency} (a tariff's currency is set once)"
+                for name, tariff in desired.config.tariffs.items()
+                if name in known and known[name] != tariff.currency]
+    if problems:
+        raise ConfigFileError(desired.source, problems)
+
+
+def tariff_currencies(events: Iterable[tuple[str, Mapping[str, Any]]], environment: str) -> dict[str, str]:
+    """The first currency each tariff of ``environment`` was defined with, over its whole history."""
+    first: dict[str, str] = {}
+    for name, record in events:
+        if name == "TariffDefined" and record["environment"] == environment:
+            first.setdefault(record["name"], record["currency"])
+    return first
+
+
+# --- reading the config topic -------------------------------------------------------------
+
+def _config_events(bootstrap_servers: str, topics: Topics) -> list[Envelope]:
+    return list(read_to_end(bootstrap_servers, topics.config))
+
+
+def _decoded(envelopes: Iterable[Envelope]) -> list[tuple[str, dict[str, Any]]]:
+    """The events of the config topic; one that cannot be decoded makes the state unknown."""
+    events = []
+    for envelope in envelopes:
+        if envelope.record is None:
+            raise SchemaError(f"{envelope.topic} offset {envelope.offset}: {envelope.error}; "
+                              "the config in force cannot be known without it")
+        events.append((envelope.name, envelope.record))
+    return events
+
+
+def current_state(bootstrap_servers: str, topics: Topics, until: datetime | None = None) -> ConfigState:
+    """The config of every environment in force now (or at ``until``), folded from the topic."""
+    return fold(_decoded(_config_events(bootstrap_servers, topics)), until=until)
+
+
+class HistoryEntry(NamedTuple):
+    """One event of the config topic, for ``imbill config history``."""
+
+    offset: int
+    occurred_at: datetime | None
+    event: str
+    environment: str
+    key: str
+    """``event_label`` of the object defined or removed (or why the record is unreadable)."""
+
+
+def _history_entry(envelope: Envelope) -> HistoryEntry:
+    record = envelope.record
+    if record is None:
+        return HistoryEntry(envelope.offset, None, "(undecodable)", "", envelope.error or "")
+    name = envelope.name or ""
+    return HistoryEntry(envelope.offset, record.get("occurred_at"), name, record.get("environment", ""),
+                        _label_of(name, record))
+
+
+def config_history(bootstrap_servers: str, topics: Topics, environment: str | None = None) -> list[HistoryEntry]:
+    """Every config event in topic order (of one environment, if given)."""
+    entries = [_history_entry(e) for e in _config_events(bootstrap_servers, topics)]
+    return [e for e in entries if environment is None or e.environment == environment]
+
+
+# --- applying -----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ApplyResult:
+    """What ``imbill config apply`` appended: (event name, ``event_label``) in order."""
+
+    environment: str
+    events: tuple[tuple[str, str], ...]
+
+
+def _utc_now() -> datetime:
+    now = datetime.now(timezone.utc)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)  # the topic keeps milliseconds
+
+
+def apply_config(path: str | PathLike[str], *, bootstrap_servers: str, topics: Topics,
+                 now: datetime | None = None) -> ApplyResult:
+    """Validate ``path``, plan it against the config topic, then append the plan.
+
+    Raises ConfigError (nothing appended) when the file is invalid or contradicts history.
+    """
+    desired = load_config_file(path)
+    events = _decoded(_config_events(bootstrap_servers, topics))
+    current = fold(events).environment(desired.environment)
+    plan = plan_changes(desired, current, now=now or _utc_now(),
+                        currencies=tariff_currencies(events, desired.environment))
+    for name, record in plan:
+        encode(name, record)  # refuse the whole plan before appending any of it
+    if plan:
+        _append(bootstrap_servers, topics.config, desired.environment, plan)
+    return ApplyResult(desired.environment, tuple((name, _label_of(name, record)) for name, record in plan))
+
+
+def _append(bootstrap_servers: str, topic: str, key: str, plan: list[Event]) -> None:
+    producer = EventProducer(bootstrap_servers)
+    try:
+        for name, record in plan:
+            producer.publish(topic, key, name, record)
+    finally:
+        producer.close()
+
+
+# --- printing -----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class KindRows:
+    """The objects of one kind in force, as text, for ``imbill config show``."""
+
+    kind: str
+    columns: tuple[str, ...]
+    rows: tuple[tuple[str, ...], ...]
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, Decimal):
+        text = f"{value:f}"
+        return text.rstrip("0").rstrip(".") if "." in text else text
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, UsageCharge):
+        return f"{value.service}/{value.node}/{value.tariff}"
+    if isinstance(value, (tuple, list)):
+        return ", ".join(_text(v) for v in value)
+    if isinstance(value, Mapping):
+        return ", ".join(f"{k}={_text(v)}" for k, v in value.items())
+    return str(value)
+
+
+def _shown(obj: Any, column: str) -> str:
+    value = getattr(obj, column)
+    return "***" if column == "service_password" and value else _text(value)
+
+
+def describe(state: ConfigState, environment: str | None = None) -> list[KindRows]:
+    """The config in force per kind (:data:`PLAN_ORDER`), one row per object, first column
+    the environment; only kinds with objects. ``environment`` limits it to one. Service
+    passwords are shown as ``***``."""
+    names = sorted(state.environments) if environment is None else [environment]
+    envs = [state.environments[n] for n in names if n in state.environments]
+    tables = []
+    for kind in PLAN_ORDER:
+        columns = ("environment", *(f.name for f in fields(kind.cls)))
+        rows = tuple((env.name, *(_shown(obj, c) for c in columns[1:]))
+                     for env in envs for obj in env.collection(kind).values())
+        if rows:
+            tables.append(KindRows(kind.name, columns, rows))
+    return tables
