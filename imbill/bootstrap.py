@@ -153,3 +153,44 @@ def _run_until_signal(coroutine) -> None:
             pass
 
     asyncio.run(main())
+
+
+def apply_config_file(settings: Settings, path: Path):
+    from imbill.producers.config_publisher import apply_config
+
+    return apply_config(path, bootstrap_servers=settings.bootstrap_servers, topics=settings.topics)
+
+
+def config_tables(settings: Settings, at: datetime | None) -> list:
+    from imbill.producers.config_publisher import current_state, describe
+
+    state = current_state(settings.bootstrap_servers, settings.topics, until=at)
+    if state.environment(settings.environment) is None:
+        return [f"environment {settings.environment} has no config"
+                + (f" at {at.isoformat()}" if at else "") + " (imbill config apply FILE)"]
+    when = f" at {at.isoformat()}" if at else ""
+    tables = []
+    for kind in describe(state, settings.environment):
+        table = Table(*kind.columns, title=f"{kind.kind} ({settings.environment}{when})")
+        for row in kind.rows:
+            table.add_row(*row)
+        tables.append(table)
+    return tables
+
+
+def config_history_table(settings: Settings) -> Table:
+    from imbill.producers.config_publisher import config_history
+
+    table = Table("offset", "occurred at", "event", "object", title=f"Config history ({settings.environment})")
+    for entry in config_history(settings.bootstrap_servers, settings.topics, settings.environment):
+        table.add_row(str(entry.offset), entry.occurred_at.isoformat(), entry.event, entry.key)
+    return table
+
+
+def attributes_table(service: str) -> Table:
+    from imbill.streams.rules.catalogue import CATALOGUE_COLUMNS, catalogue_rows
+
+    table = Table(*CATALOGUE_COLUMNS, title="Service policy attributes")
+    for row in catalogue_rows(None if service == "all" else service):
+        table.add_row(*row)
+    return table
