@@ -1,0 +1,131 @@
+"""The responses the SIP edge sends (RFC 3261 8.2.6.2).
+
+A response copies every Via (in order), From, To, Call-ID and CSeq of the
+request, adds a To tag when the request had none (all statuses but 100), and
+carries `Content-Length: 0` and a Server header. It is built from header fields,
+so a request that failed to parse can still get its 400 / 505 when its Via and
+CSeq were readable; without them there is nothing a client could match the
+response to, and `build_response` returns None (the edge drops and counts it).
+
+The To tag is derived from the request (Call-ID, From, CSeq, top Via), so a
+stateless answer to a retransmission carries the same tag as the first one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+
+from imbill.producers.sip import HeaderFields
+
+__all__ = ["ALLOW", "REASON_PHRASES", "build_response", "can_answer", "to_tag_for"]
+
+ALLOW = "MESSAGE"
+REASON_PHRASES = {
+    100: "Trying",
+    202: "Accepted",
+    400: "Bad Request",
+    405: "Method Not Allowed",
+    415: "Unsupported Media Type",
+    416: "Unsupported URI Scheme",
+    500: "Server Internal Error",
+    503: "Service Unavailable",
+    505: "Version Not Supported",
+}
+WARNING_CODE = 399  # RFC 3261 20.43: miscellaneous warning, text for humans
+
+_DIALOG_HEADERS = ("From", "To", "Call-ID", "CSeq")  # names as parse_request canonicalises them
+_TAG_PARAM = re.compile(r";[ \t]*tag[ \t]*=", re.IGNORECASE)
+
+
+@dataclass(frozen=True, slots=True)
+class _Copied:
+    """The request headers a response repeats: every Via, and the first of the others."""
+
+    via: tuple[str, ...]
+    first: dict[str, str]  # "From", "To", "Call-ID", "CSeq" -> value
+
+
+def can_answer(headers: HeaderFields) -> bool:
+    """A client matches a response to its transaction by the top Via and the CSeq."""
+    return _answerable(_copied(headers))
+
+
+def build_response(
+    headers: HeaderFields,
+    status: int,
+    *,
+    server: str,
+    allow: str | None = None,
+    retry_after: int | None = None,
+    warning: str | None = None,
+) -> bytes | None:
+    """The response datagram for a request's header fields, or None if it cannot be matched."""
+    copied = _copied(headers)
+    if not _answerable(copied):
+        return None
+    lines = [f"SIP/2.0 {status} {REASON_PHRASES.get(status, 'Unknown')}"]
+    lines += [f"Via: {via}" for via in copied.via]
+    lines += _dialog_lines(copied, to_tag=None if status == 100 else _to_tag(copied))
+    lines.append(f"Server: {server}")
+    if allow is not None:
+        lines.append(f"Allow: {allow}")
+    if retry_after is not None:
+        lines.append(f"Retry-After: {retry_after}")
+    if warning is not None:
+        lines.append(f"Warning: {WARNING_CODE} {_token(server)} {_quoted(warning)}")
+    lines.append("Content-Length: 0")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8", "surrogateescape")
+
+
+def to_tag_for(headers: HeaderFields) -> str:
+    return _to_tag(_copied(headers))
+
+
+def _copied(headers: HeaderFields) -> _Copied:
+    via: list[str] = []
+    first: dict[str, str] = {}
+    for name, value in headers:
+        if name == "Via":
+            via.append(value)
+        elif name in _DIALOG_HEADERS:
+            first.setdefault(name, value)
+    return _Copied(tuple(via), first)
+
+
+def _answerable(copied: _Copied) -> bool:
+    return bool(copied.via) and "CSeq" in copied.first
+
+
+def _to_tag(copied: _Copied) -> str:
+    parts = [copied.first.get(name, "") for name in ("Call-ID", "From", "CSeq")] + [copied.via[0]]
+    digest = hashlib.blake2b("\n".join(parts).encode("utf-8", "surrogateescape"), digest_size=8)
+    return digest.hexdigest()
+
+
+def _dialog_lines(copied: _Copied, *, to_tag: str | None) -> list[str]:
+    lines = []
+    for name in _DIALOG_HEADERS:
+        value = copied.first.get(name)
+        if value is None:
+            continue
+        if name == "To" and to_tag is not None and not _has_tag(value):
+            value = f"{value};tag={to_tag}"
+        lines.append(f"{name}: {value}")
+    return lines
+
+
+def _has_tag(address: str) -> bool:
+    """Look for `;tag=` among the header parameters (after the `>` of a name-addr)."""
+    params = address.rpartition(">")[2] if "<" in address else address
+    return _TAG_PARAM.search(params) is not None
+
+
+def _token(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9\-.!%*_+`'~]", "-", text) or "imbill"
+
+
+def _quoted(text: str) -> str:
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"')
+    return '"' + re.sub(r"[\x00-\x1f\x7f]", " ", escaped) + '"'
