@@ -1,0 +1,272 @@
+"""The SQL projections: xDRs, rejected attempts, balance and service-status events, config.
+
+Every row says where on the topics it came from (``source_topic``, ``source_partition``,
+``source_offset``), and ``projection_offset`` holds, per projector and partition, the
+next offset to apply: it is written in the same transaction as the rows, which is what
+makes a projection exactly once (see :mod:`imbill.projections.projector`).
+
+Money is ``NUMERIC(24, 6)`` on PostgreSQL and the exact decimal text (``"0.050000"``) on
+SQLite, whose NUMERIC affinity (and SQLAlchemy's driver path) would round through a
+float; either way Python sees a :class:`~decimal.Decimal`. Timestamps must be tz-aware,
+are stored as UTC (``timestamptz`` on PostgreSQL, naive UTC text on SQLite) and come back
+tz-aware in UTC.
+
+:func:`create_schema` builds the tables directly; :func:`migrate` brings a database to
+the head of the alembic migrations in ``migrations/`` (what a projector does at start).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Dialect, Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+__all__ = ["Base", "metadata", "Money", "UtcDateTime", "Xdr", "RejectedAttempt", "BalanceEvent",
+           "ServiceStatusEvent", "ConfigEvent", "ConfigObject", "ProjectionOffset",
+           "create_schema", "migrate", "connect", "to_json", "MIGRATIONS"]
+
+MIGRATIONS = "imbill.projections:migrations"
+_SCALE = Decimal("0.000001")
+
+
+class _DecimalText(sa.types.TypeDecorator):
+    """A decimal kept exact as its fixed-point text (SQLite's stand-in for NUMERIC(24, 6))."""
+
+    impl = sa.String(32)
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> str | None:
+        return None if value is None else format(Decimal(value).quantize(_SCALE), "f")
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> Decimal | None:
+        return None if value is None else Decimal(str(value)).quantize(_SCALE)
+
+
+Money = sa.Numeric(24, 6, asdecimal=True).with_variant(_DecimalText(), "sqlite")
+"""Amounts, prices and balances: exact decimals with 6 places, never floats."""
+
+
+class UtcDateTime(sa.types.TypeDecorator):
+    """A tz-aware instant, stored as UTC, read back tz-aware in UTC; naive values are refused."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError(f"naive datetime {value!r}: imbill timestamps are tz-aware")
+        utc = value.astimezone(timezone.utc)
+        return utc.replace(tzinfo=None) if dialect.name == "sqlite" else utc
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {Decimal: Money, datetime: UtcDateTime, int: sa.Integer, str: sa.String}
+
+
+metadata = Base.metadata
+
+
+class _Source:
+    """Where on the topics a row came from."""
+
+    source_topic: Mapped[str]
+    source_partition: Mapped[int]
+    source_offset: Mapped[int] = mapped_column(sa.BigInteger)
+
+
+class Xdr(_Source, Base):
+    """One row per charge (or correction): the xDR of a rated and billed message."""
+
+    __tablename__ = "xdr"
+    __table_args__ = (sa.Index("ix_xdr_account_attempted_at", "account", "attempted_at"),
+                      sa.Index("ix_xdr_environment_attempted_at", "environment", "attempted_at"))
+
+    charge_id: Mapped[str] = mapped_column(primary_key=True)
+    attempt_id: Mapped[str]
+    kind: Mapped[str]
+    corrects: Mapped[str | None]
+    environment: Mapped[str]
+    account: Mapped[str]
+    customer: Mapped[str]
+    direction: Mapped[str]
+    attempted_at: Mapped[datetime]
+    rated_at: Mapped[datetime]
+    from_user: Mapped[str]
+    to_user: Mapped[str]
+    to_domain: Mapped[str]
+    destination: Mapped[str]
+    on_net: Mapped[bool]
+    body_chars: Mapped[int]
+    billing_units: Mapped[int]
+    unit_price: Mapped[Decimal]
+    amount: Mapped[Decimal]
+    currency: Mapped[str]
+    tariff: Mapped[str]
+    rate_code: Mapped[str]
+    rate_effective_from: Mapped[datetime]
+    service_policy: Mapped[str | None]
+    policies: Mapped[str] = mapped_column(sa.Text, doc="Comma-separated policy names.")
+    transport_protocol: Mapped[str]
+    vendor: Mapped[str | None]
+    connection: Mapped[str | None]
+    vendor_tariff: Mapped[str | None]
+    vendor_cost: Mapped[Decimal]
+    vendor_currency: Mapped[str | None]
+
+
+class RejectedAttempt(_Source, Base):
+    """One row per Rejection: an attempt that was not charged, and why."""
+
+    __tablename__ = "rejected_attempt"
+    __table_args__ = (sa.Index("ix_rejected_attempt_account_attempted_at", "account", "attempted_at"),)
+
+    rejection_id: Mapped[str] = mapped_column(primary_key=True)
+    attempt_id: Mapped[str]
+    environment: Mapped[str]
+    account: Mapped[str]
+    attempted_at: Mapped[datetime]
+    rejected_at: Mapped[datetime]
+    reason_code: Mapped[str]
+    message: Mapped[str] = mapped_column(sa.Text)
+    to_user: Mapped[str]
+    to_domain: Mapped[str]
+
+
+class BalanceEvent(_Source, Base):
+    """One row per BalanceChanged."""
+
+    __tablename__ = "balance_event"
+    __table_args__ = (sa.Index("ix_balance_event_account_occurred_at", "account", "occurred_at"),)
+
+    event_id: Mapped[str] = mapped_column(primary_key=True)
+    environment: Mapped[str]
+    account: Mapped[str]
+    cause: Mapped[str]
+    cause_id: Mapped[str]
+    delta: Mapped[Decimal]
+    balance: Mapped[Decimal]
+    currency: Mapped[str]
+    occurred_at: Mapped[datetime]
+
+
+class ServiceStatusEvent(_Source, Base):
+    """One row per ServiceStatusChanged (messaging suspended or resumed)."""
+
+    __tablename__ = "service_status_event"
+    __table_args__ = (sa.Index("ix_service_status_event_account_occurred_at", "account", "occurred_at"),)
+
+    event_id: Mapped[str] = mapped_column(primary_key=True)
+    environment: Mapped[str]
+    account: Mapped[str]
+    service: Mapped[str]
+    status: Mapped[str]
+    reason: Mapped[str]
+    cause_id: Mapped[str]
+    occurred_at: Mapped[datetime]
+    push_events: Mapped[bool]
+
+
+class ConfigEvent(Base):
+    """Every config event, keyed by its place on the config topic (the fold's order)."""
+
+    __tablename__ = "config_event"
+    __table_args__ = (sa.Index("ix_config_event_object", "environment", "kind", "key"),)
+
+    source_topic: Mapped[str] = mapped_column(primary_key=True)
+    source_partition: Mapped[int] = mapped_column(primary_key=True)
+    source_offset: Mapped[int] = mapped_column(sa.BigInteger, primary_key=True)
+    event_id: Mapped[str] = mapped_column(index=True)
+    environment: Mapped[str]
+    name: Mapped[str]
+    kind: Mapped[str]
+    key: Mapped[str]
+    occurred_at: Mapped[datetime]
+    record: Mapped[str] = mapped_column(sa.Text, doc="The event as JSON; decimals as strings.")
+
+
+class ConfigObject(Base):
+    """The config in force: the fold of config_event, one row per object."""
+
+    __tablename__ = "config_object"
+
+    environment: Mapped[str] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(primary_key=True)
+    key: Mapped[str] = mapped_column(primary_key=True)
+    body: Mapped[str] = mapped_column(sa.Text, doc="The object as JSON; decimals as strings.")
+    updated_at: Mapped[datetime]
+    event_id: Mapped[str]
+
+
+class ProjectionOffset(Base):
+    """Per projector and partition, the next offset to apply (committed with the rows)."""
+
+    __tablename__ = "projection_offset"
+
+    projector: Mapped[str] = mapped_column(primary_key=True)
+    topic: Mapped[str] = mapped_column(primary_key=True)
+    partition: Mapped[int] = mapped_column(primary_key=True)
+    next_offset: Mapped[int] = mapped_column(sa.BigInteger)
+
+
+def _json_default(value: Any) -> str:
+    if isinstance(value, Decimal):
+        return format(value, "f")
+    if isinstance(value, datetime):
+        return value.astimezone(timezone.utc).isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def to_json(value: Any) -> str:
+    """The JSON of the text columns: sorted keys, decimals as strings, timestamps ISO in UTC."""
+    return json.dumps(value, default=_json_default, sort_keys=True, ensure_ascii=False)
+
+
+def connect(database_url: str, **engine_options: Any) -> Engine:
+    """An engine for ``database_url``; a SQLite file is put in WAL mode so that readers
+    (analysts, the CLI) never block a projector's commit, nor it them."""
+    engine = sa.create_engine(database_url, **engine_options)
+    if engine.dialect.name == "sqlite" and engine.url.database not in (None, "", ":memory:"):
+        sa.event.listen(engine, "connect", _sqlite_wal)
+    return engine
+
+
+def _sqlite_wal(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.close()
+
+
+def create_schema(engine: Engine) -> None:
+    """Create the tables that do not exist yet (tests, throw-away databases)."""
+    metadata.create_all(engine)
+
+
+def alembic_config(database_url: str) -> Any:
+    """An alembic Config for ``database_url`` whose scripts are the package's migrations."""
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", MIGRATIONS)
+    config.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))
+    return config
+
+
+def migrate(database_url: str, revision: str = "head") -> None:
+    """``alembic upgrade head`` on ``database_url`` (safe to call at every start)."""
+    from alembic import command
+
+    command.upgrade(alembic_config(database_url), revision)

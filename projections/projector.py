@@ -1,0 +1,326 @@
+"""Projectors: fold topics into SQL, exactly once.
+
+A projector owns its positions: it assigns every partition of its topics (no consumer
+group), seeks each to the ``next_offset`` stored in ``projection_offset`` under its name,
+and for every poll writes the rows and the new offsets in one SQL transaction. Killed at
+any point, it restarts from the last committed offsets, so nothing is lost; rows are
+inserted with ``ON CONFLICT DO NOTHING`` on their event id, so a charge re-emitted by a
+restarted processor (same ``charge_id``) stays one row.
+
+A record that cannot be decoded, or whose event type the projector does not map, is
+skipped: logged with its topic, partition and offset, counted in ``skipped``, and its
+offset advanced with the rest.
+
+``Projector`` (charges, rejections, balance and service-status events) and
+``ConfigProjector`` (config events and the config in force) share one loop; each event
+type has a small row mapper in a dispatch table.
+
+The broker's ListOffsets "latest" cannot be trusted (PLATFORM-NOTES), so "caught up"
+means every partition's position has reached the high-watermark of its last fetch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+import time
+from typing import Any, Callable, Mapping, Sequence
+
+import sqlalchemy as sa
+from kafka import KafkaConsumer, TopicPartition
+from kafka.errors import KafkaError
+from sqlalchemy.dialects import postgresql, sqlite
+
+from imbill.bus import Envelope, partitions_of
+from imbill.errors import BrokerError, SchemaError
+from imbill.projections.models import (BalanceEvent, ConfigEvent, ConfigObject, ProjectionOffset,
+                                       RejectedAttempt, ServiceStatusEvent, Xdr, connect, migrate,
+                                       to_json)
+from imbill.schemas.codec import decode
+from imbill.streams.config import KIND_BY_EVENT, from_record, to_record
+from imbill.topics import Topics
+
+__all__ = ["Projector", "ConfigProjector", "XDR_MAPPERS", "CONFIG_MAPPERS", "main"]
+
+log = logging.getLogger(__name__)
+
+Row = dict[str, Any]
+Mapper = Callable[[Envelope], Row]
+Dispatch = Mapping[str, tuple[sa.Table, Mapper]]
+
+_INSERTS = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}
+
+
+def _insert(conn: sa.Connection, table: sa.Table) -> Any:
+    try:
+        return _INSERTS[conn.dialect.name](table)
+    except KeyError:
+        raise NotImplementedError(f"projections support SQLite and PostgreSQL, not {conn.dialect.name}") from None
+
+
+def _source(envelope: Envelope) -> Row:
+    return {"source_topic": envelope.topic, "source_partition": envelope.partition,
+            "source_offset": envelope.offset}
+
+
+def _columns_of(table: sa.Table, envelope: Envelope) -> Row:
+    """The record's fields that are columns of ``table``, plus where it came from."""
+    assert envelope.record is not None
+    return {name: envelope.record[name] for name in table.columns.keys()
+            if name in envelope.record} | _source(envelope)
+
+
+def charge_row(envelope: Envelope) -> Row:
+    return _columns_of(Xdr.__table__, envelope) | {"policies": ",".join(envelope.record["policies"])}
+
+
+def rejection_row(envelope: Envelope) -> Row:
+    return _columns_of(RejectedAttempt.__table__, envelope)
+
+
+def balance_row(envelope: Envelope) -> Row:
+    return _columns_of(BalanceEvent.__table__, envelope)
+
+
+def service_status_row(envelope: Envelope) -> Row:
+    return _columns_of(ServiceStatusEvent.__table__, envelope)
+
+
+def _kind_and_key(name: str, record: Mapping[str, Any]) -> tuple[str, str]:
+    if name == "ConfigObjectRemoved":
+        return record["kind"], record["key"]
+    kind = KIND_BY_EVENT[name]
+    return kind.name, kind.key(from_record(kind, record))
+
+
+def config_event_row(envelope: Envelope) -> Row:
+    record = envelope.record
+    kind, key = _kind_and_key(envelope.name, record)
+    return {"event_id": record["event_id"], "environment": record["environment"], "name": envelope.name,
+            "kind": kind, "key": key, "occurred_at": record["occurred_at"], "record": to_json(record),
+            **_source(envelope)}
+
+
+XDR_MAPPERS: Dispatch = {
+    "Charge": (Xdr.__table__, charge_row),
+    "Rejection": (RejectedAttempt.__table__, rejection_row),
+    "BalanceChanged": (BalanceEvent.__table__, balance_row),
+    "ServiceStatusChanged": (ServiceStatusEvent.__table__, service_status_row),
+}
+CONFIG_MAPPERS: Dispatch = {name: (ConfigEvent.__table__, config_event_row)
+                            for name in (*KIND_BY_EVENT, "ConfigObjectRemoved")}
+
+
+def _envelope(message: Any) -> Envelope:
+    try:
+        name, record = decode(message.value or b"")
+    except SchemaError as exc:
+        name, record, error = None, None, str(exc)
+    else:
+        error = None
+    return Envelope(message.topic, message.partition, message.offset, message.timestamp,
+                    message.key, name, record, error)
+
+
+class _TopicProjector:
+    """The shared loop: poll, map, write rows and next offsets in one transaction."""
+
+    def __init__(self, database_url: str, bootstrap_servers: str, topic_names: Sequence[str],
+                 mappers: Dispatch, *, name: str, max_poll_records: int = 500,
+                 migrate_schema: bool = True) -> None:
+        if migrate_schema:
+            migrate(database_url)
+        self.name = name
+        self.mappers = mappers
+        self.engine = connect(database_url)
+        self.skipped = 0
+        self.applied = 0
+        self._max_records = max_poll_records
+        try:
+            self._consumer = KafkaConsumer(bootstrap_servers=bootstrap_servers, group_id=None,
+                                           enable_auto_commit=False, auto_offset_reset="earliest",
+                                           fetch_max_wait_ms=100, max_poll_records=max_poll_records,
+                                           client_id=f"imbill-projector-{name}")
+        except KafkaError as exc:
+            self.engine.dispose()
+            raise BrokerError(f"projector {name} cannot reach {bootstrap_servers}: {exc}") from exc
+        try:
+            self._partitions = [tp for topic in topic_names for tp in partitions_of(self._consumer, topic)]
+            self._consumer.assign(self._partitions)
+            self._committed = self._load_offsets()
+            self._rewind()
+        except BaseException:
+            self.close()
+            raise
+
+    def _load_offsets(self) -> dict[TopicPartition, int]:
+        table = ProjectionOffset.__table__
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(table.c.topic, table.c.partition, table.c.next_offset)
+                                .where(table.c.projector == self.name))
+            return {TopicPartition(topic, partition): offset for topic, partition, offset in rows}
+
+    def _rewind(self) -> None:
+        """Put every partition back at its committed offset (the beginning if none)."""
+        for tp in self._partitions:
+            if tp in self._committed:
+                self._consumer.seek(tp, self._committed[tp])
+            else:
+                self._consumer.seek_to_beginning(tp)
+
+    def run_once(self, timeout: float = 1.0) -> int:
+        """One poll applied in one transaction; returns the number of records applied
+        (rows offered: a duplicate event id offered again leaves the table unchanged)."""
+        batches = self._consumer.poll(timeout_ms=int(timeout * 1000), max_records=self._max_records)
+        envelopes = [_envelope(m) for tp in sorted(batches) for m in batches[tp]]
+        if not envelopes:
+            return 0
+        positions = {TopicPartition(e.topic, e.partition): e.offset + 1 for e in envelopes}
+        wanted = [e for e in envelopes if e.name in self.mappers]
+        try:
+            with self.engine.begin() as conn:
+                self._apply(conn, wanted)
+                self._store_offsets(conn, positions)
+        except BaseException:
+            self._rewind()
+            raise
+        self._committed.update(positions)
+        self._log_skipped([e for e in envelopes if e.name not in self.mappers])
+        self.applied += len(wanted)
+        return len(wanted)
+
+    def _apply(self, conn: sa.Connection, envelopes: Sequence[Envelope]) -> None:
+        rows: dict[sa.Table, list[Row]] = {}
+        for envelope in envelopes:
+            table, mapper = self.mappers[envelope.name]
+            rows.setdefault(table, []).append(mapper(envelope))
+        for table, values in rows.items():
+            conn.execute(_insert(conn, table).on_conflict_do_nothing(), values)
+
+    def _store_offsets(self, conn: sa.Connection, positions: Mapping[TopicPartition, int]) -> None:
+        insert = _insert(conn, ProjectionOffset.__table__)
+        upsert = insert.on_conflict_do_update(index_elements=["projector", "topic", "partition"],
+                                              set_={"next_offset": insert.excluded.next_offset})
+        conn.execute(upsert, [{"projector": self.name, "topic": tp.topic, "partition": tp.partition,
+                               "next_offset": offset} for tp, offset in positions.items()])
+
+    def _log_skipped(self, envelopes: Sequence[Envelope]) -> None:
+        for e in envelopes:
+            why = e.error or f"no {self.name} projection of {e.name} events"
+            log.warning("projector %s skipped %s[%d]@%d: %s", self.name, e.topic, e.partition, e.offset, why)
+        self.skipped += len(envelopes)
+
+    def caught_up(self) -> bool:
+        """Every partition's position has reached the high-watermark of its last fetch."""
+        for tp in self._partitions:
+            highwater = self._consumer.highwater(tp)
+            if highwater is None or self._consumer.position(tp) < highwater:
+                return False
+        return True
+
+    def run_until_idle(self, timeout: float = 30.0, poll_timeout: float = 0.2) -> int:
+        """Apply everything on the topics now; returns the records applied."""
+        deadline = time.monotonic() + timeout
+        total = 0
+        while True:
+            applied = self.run_once(poll_timeout)
+            total += applied
+            if applied == 0 and self.caught_up():
+                return total
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"projector {self.name} not idle after {timeout}s")
+
+    def run(self, stop_event: threading.Event, poll_timeout: float = 1.0) -> None:
+        """Project until ``stop_event`` is set (the ``imbill project`` loop)."""
+        log.info("projector %s started at %s", self.name,
+                 {f"{tp.topic}[{tp.partition}]": self._committed.get(tp, 0) for tp in self._partitions})
+        while not stop_event.is_set():
+            self.run_once(poll_timeout)
+
+    def close(self) -> None:
+        self._consumer.close()
+        self.engine.dispose()
+
+    def __enter__(self) -> "_TopicProjector":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Projector(_TopicProjector):
+    """xDRs, rejected attempts, balance and service-status events."""
+
+    def __init__(self, database_url: str, bootstrap_servers: str, topics: Topics, name: str = "xdr",
+                 **options: Any) -> None:
+        super().__init__(database_url, bootstrap_servers,
+                         [topics.charges, topics.rejections, topics.balances, topics.service_status],
+                         XDR_MAPPERS, name=name, **options)
+
+
+class ConfigProjector(_TopicProjector):
+    """Every config event into config_event, and their fold into config_object."""
+
+    def __init__(self, database_url: str, bootstrap_servers: str, topics: Topics, name: str = "config",
+                 **options: Any) -> None:
+        super().__init__(database_url, bootstrap_servers, [topics.config], CONFIG_MAPPERS,
+                         name=name, **options)
+
+    def _apply(self, conn: sa.Connection, envelopes: Sequence[Envelope]) -> None:
+        super()._apply(conn, envelopes)
+        upserts, removals = _fold_objects(envelopes)
+        table = ConfigObject.__table__
+        for environment, kind, key in removals:
+            conn.execute(table.delete().where(table.c.environment == environment, table.c.kind == kind,
+                                              table.c.key == key))
+        if upserts:
+            insert = _insert(conn, table)
+            conn.execute(insert.on_conflict_do_update(
+                index_elements=["environment", "kind", "key"],
+                set_={c: insert.excluded[c] for c in ("body", "updated_at", "event_id")}), upserts)
+
+
+def _fold_objects(envelopes: Sequence[Envelope]) -> tuple[list[Row], list[tuple[str, str, str]]]:
+    """The last change of each object in a batch: its new row, or its removal."""
+    last: dict[tuple[str, str, str], Row | None] = {}
+    for envelope in envelopes:
+        record = envelope.record
+        kind, key = _kind_and_key(envelope.name, record)
+        object_id = (record["environment"], kind, key)
+        if envelope.name == "ConfigObjectRemoved":
+            last[object_id] = None
+        else:
+            body = to_json(to_record(from_record(KIND_BY_EVENT[envelope.name], record)))
+            last[object_id] = {"environment": object_id[0], "kind": kind, "key": key, "body": body,
+                               "updated_at": record["occurred_at"], "event_id": record["event_id"]}
+    upserts = [row for row in last.values() if row is not None]
+    removals = [object_id for object_id, row in last.items() if row is None]
+    return upserts, removals
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m imbill.projections.projector``: one projector until SIGTERM/SIGINT."""
+    parser = argparse.ArgumentParser(prog="python -m imbill.projections.projector", description=main.__doc__)
+    parser.add_argument("--bootstrap", required=True, help="Kafka bootstrap servers")
+    parser.add_argument("--database-url", required=True, help="SQLAlchemy URL of the projection database")
+    parser.add_argument("--topic-prefix", default="", help="prefix of the topic names")
+    parser.add_argument("--projector", choices=("xdr", "config"), default="xdr")
+    parser.add_argument("--max-poll-records", type=int, default=500)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    kind = ConfigProjector if args.projector == "config" else Projector
+    with kind(args.database_url, args.bootstrap, Topics(args.topic_prefix),
+              max_poll_records=args.max_poll_records) as projector:
+        projector.run(stop)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
