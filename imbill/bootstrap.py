@@ -194,3 +194,63 @@ def attributes_table(service: str) -> Table:
     for row in catalogue_rows(None if service == "all" else service):
         table.add_row(*row)
     return table
+
+
+def serve_projectors(settings: Settings, once: bool, say: Say) -> None:
+    """The xDR and config projectors, one thread each, until Ctrl-C/SIGTERM (or idle, with once)."""
+    from imbill.projections.projector import ConfigProjector, Projector
+
+    projectors = [Projector(settings.database_url, settings.bootstrap_servers, settings.topics),
+                  ConfigProjector(settings.database_url, settings.bootstrap_servers, settings.topics)]
+    try:
+        if once:
+            for projector in projectors:
+                say(f"projector {projector.name}: {projector.run_until_idle(timeout=300)} records applied")
+            return
+        stop = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+        threads = [threading.Thread(target=p.run, args=(stop,), name=f"projector-{p.name}", daemon=True)
+                   for p in projectors]
+        for thread in threads:
+            thread.start()
+        say(f"projectors {', '.join(p.name for p in projectors)} writing to {settings.database_url}")
+        while not stop.wait(0.5):
+            if not all(t.is_alive() for t in threads):
+                raise SystemExit("a projector thread died; see the log")
+        for thread in threads:
+            thread.join(timeout=10)
+    finally:
+        for projector in projectors:
+            projector.close()
+
+
+def xdr_report(settings: Settings, *, account: str | None, since: datetime | None, until: datetime | None,
+               limit: int | None, fmt: str):
+    import sqlalchemy as sa
+
+    from imbill.projections.models import connect
+    from imbill.projections.queries import SUMMARY_COLUMNS, format_xdrs, query_xdrs
+
+    engine = connect(settings.database_url)
+    try:
+        if not sa.inspect(engine).has_table("xdr"):
+            raise ConfigError(f"no xdr table in {settings.database_url}: run `imbill project` first")
+        rows = query_xdrs(engine, account=account, environment=settings.environment, since=since,
+                          until=until, limit=limit)
+    finally:
+        engine.dispose()
+    if fmt != "table":
+        return format_xdrs(rows, fmt)
+    table = Table(*SUMMARY_COLUMNS, title=f"xDRs ({settings.environment}, {len(rows)} rows)")
+    for row in rows:
+        table.add_row(*(_cell(row[column]) for column in SUMMARY_COLUMNS))
+    return table
+
+
+def _cell(value) -> str:
+    if isinstance(value, datetime):
+        return value.isoformat(timespec="seconds")
+    if isinstance(value, Decimal):
+        return format(value, "f")
+    return "" if value is None else str(value)
