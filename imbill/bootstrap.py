@@ -18,7 +18,7 @@ from rich.table import Table
 
 from imbill.broker import start_broker
 from imbill.bus import EventProducer, create_topics
-from imbill.errors import ConfigError
+from imbill.errors import ConfigError, ImbillError
 from imbill.schemas.codec import schemas
 from imbill.settings import Settings
 from imbill.topics import CATALOGUE
@@ -56,7 +56,8 @@ def topics_table(settings: Settings) -> Table:
 def schemas_table() -> Table:
     table = Table("schema", "namespace", "fingerprint (CRC-64-AVRO, LE)", "fields", title="Avro schemas")
     for name, schema in schemas().items():
-        table.add_row(name, schema.parsed["namespace"], schema.header[2:].hex(), str(len(schema.parsed["fields"])))
+        namespace, _, _ = schema.parsed["name"].rpartition(".")
+        table.add_row(name, namespace, schema.header[2:].hex(), str(len(schema.parsed["fields"])))
     return table
 
 
@@ -235,7 +236,7 @@ def xdr_report(settings: Settings, *, account: str | None, since: datetime | Non
     engine = connect(settings.database_url)
     try:
         if not sa.inspect(engine).has_table("xdr"):
-            raise ConfigError(f"no xdr table in {settings.database_url}: run `imbill project` first")
+            raise ImbillError(f"no xdr table in {settings.database_url}: run `imbill project` first")
         rows = query_xdrs(engine, account=account, environment=settings.environment, since=since,
                           until=until, limit=limit)
     finally:
