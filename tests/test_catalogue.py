@@ -29,17 +29,17 @@ NPI = ("unknown", "isdn", "data", "telex", "national", "private", "ermes", "inte
 
 # key, type, allowed, minimum, maximum, default, applies_to
 MESSAGING = [
-    ("audiocodes.cmms.push_events", "bool", None, None, None, None, {"product"}),
+    ("audiocodes.cmms.push_events", "bool", None, None, None, False, {"product"}),
     ("msg.billing_unit_size", "int", None, 1, None, None, {"domain_policy"}),
     ("msg.bind_as", "enum", ("transceiver", "transmitter", "receiver"), None, None, None,
      {"connection"}),
     ("msg.dest_addr_npi", "enum", NPI, None, None, None, {"connection"}),
     ("msg.dest_addr_ton", "enum", TON, None, None, None, {"connection"}),
-    ("msg.external_routing", "bool", None, None, None, None, {"domain_policy"}),
+    ("msg.external_routing", "bool", None, None, None, False, {"domain_policy"}),
     ("msg.heartbeat_interval", "int", None, 0, None, 0, {"connection"}),
-    ("msg.incoming_aaa", "bool", None, None, None, None, {"domain_policy"}),
-    ("msg.local_lookup", "bool", None, None, None, None, {"domain_policy"}),
-    ("msg.outgoing_aaa", "bool", None, None, None, None, {"domain_policy"}),
+    ("msg.incoming_aaa", "bool", None, None, None, False, {"domain_policy"}),
+    ("msg.local_lookup", "bool", None, None, None, False, {"domain_policy"}),
+    ("msg.outgoing_aaa", "bool", None, None, None, True, {"domain_policy"}),
     ("msg.reconnect_interval", "int", None, 0, None, None, {"connection"}),
     ("msg.registered_delivery", "int", None, 0, 3, 0, {"connection"}),
     ("msg.reject_error_codes", "list", None, None, None, None, {"connection"}),
@@ -47,7 +47,7 @@ MESSAGING = [
     ("msg.source_addr_ton", "enum", TON, None, None, None, {"connection"}),
     ("msg.system_type", "string", None, None, None, None, {"connection"}),
     ("msg.transport_protocol", "enum", ("SIP", "SMPP"), None, None, "SIP", {"domain_policy"}),
-    ("msg.userpart_e164_translation", "bool", None, None, None, None, {"domain_policy"}),
+    ("msg.userpart_e164_translation", "bool", None, None, None, False, {"domain_policy"}),
     ("qualution.push_events", "bool", None, None, None, None, {"product"}),
     ("ro.rise_mscc_result_code", "bool", None, None, None, False, {"connection"}),
 ]

@@ -1,0 +1,151 @@
+"""Balances: charging a rated message to an account, and topping it up.
+
+BRIEF rule 8: a prepaid account is refused when its balance cannot cover the charge, a
+postpaid one when the charge would take it below minus its credit limit. When a prepaid
+wallet runs empty the messaging service is suspended, and a top-up that takes the balance
+above 0 resumes it; both are ServiceStatusChanged events.
+
+The exact rules, for prepaid accounts:
+
+- a charge that brings the balance to 0 or below suspends the service ("wallet empty");
+- a charge refused for funds suspends a service that is not yet suspended
+  ("insufficient funds"): the wallet cannot pay for the next message either;
+- a suspended account is refused ``service_suspended`` for every message, free ones too.
+
+Postpaid accounts are never suspended here. A zero-amount charge (incoming messages, free
+MSGN rates) changes no balance and emits no BalanceChanged, but is still "charged".
+A charge in another currency than the balance's is refused ``currency_mismatch`` (there is
+no conversion); a payment in another currency is not applied.
+
+Idempotence: the state remembers the offset of the last attempt and payment it applied and
+the ids of the last 8 attempts, so a redelivered record (offset at or below the last one:
+"already_applied") or a retransmission published twice ("duplicate") changes nothing and
+emits nothing. Event ids derive from the cause: ``bal-<charge or payment id>``,
+``st-<cause id>-<status>``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, Mapping
+
+from imbill.streams.config import Account
+from imbill.streams.rules.rating import Rated
+
+__all__ = ["AccountState", "BillResult", "Event", "RECENT_ATTEMPTS", "open_account", "bill", "top_up"]
+
+RECENT_ATTEMPTS = 8
+Event = tuple[str, dict[str, Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class AccountState:
+    balance: Decimal
+    currency: str
+    suspended: bool
+    last_attempt_offset: int = -1
+    last_payment_offset: int = -1
+    recent_attempts: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class BillResult:
+    """The new state, the outcome (charged, insufficient_funds, service_suspended,
+    currency_mismatch, duplicate or already_applied) and the events to append."""
+
+    state: AccountState
+    outcome: str
+    events: list[Event]
+
+    @property
+    def charged(self) -> bool:
+        return self.outcome == "charged"
+
+
+def open_account(account: Account, currency: str) -> AccountState:
+    """The state of an account before any charge: its opening balance, service active."""
+    return AccountState(balance=account.opening_balance, currency=currency, suspended=False)
+
+
+def bill(state: AccountState, rated: Rated, *, attempt_id: str, offset: int, occurred_at: datetime) -> BillResult:
+    """Charge ``rated`` (the attempt at ``offset``) to the account in ``state``."""
+    if offset <= state.last_attempt_offset:
+        return BillResult(state, "already_applied", [])
+    if attempt_id in state.recent_attempts:
+        return BillResult(replace(state, last_attempt_offset=offset), "duplicate", [])
+    seen = replace(state, last_attempt_offset=offset,
+                   recent_attempts=(*state.recent_attempts, attempt_id)[-RECENT_ATTEMPTS:])
+    amount, prepaid = rated.amount, rated.balance_model == "prepaid"
+    if state.suspended:
+        return BillResult(seen, "service_suspended", [])
+    if amount and rated.currency != state.currency:
+        return BillResult(seen, "currency_mismatch", [])
+    if _cannot_pay(state.balance, amount, prepaid, rated.credit_limit):
+        if not prepaid:
+            return BillResult(seen, "insufficient_funds", [])
+        status = _status(rated, "suspended", "insufficient funds", "rej-" + attempt_id, occurred_at)
+        return BillResult(replace(seen, suspended=True), "insufficient_funds", [status])
+    if not amount:
+        return BillResult(seen, "charged", [])
+    charge_id = "chg-" + attempt_id
+    balance = state.balance - amount
+    events = [_balance_changed(rated.environment, rated.account, "charge", charge_id, -amount, balance,
+                               state.currency, occurred_at)]
+    suspend = prepaid and balance <= 0
+    if suspend:
+        events.append(_status(rated, "suspended", "wallet empty", charge_id, occurred_at))
+    return BillResult(replace(seen, balance=balance, suspended=suspend), "charged", events)
+
+
+def _cannot_pay(balance: Decimal, amount: Decimal, prepaid: bool, credit_limit: Decimal) -> bool:
+    if prepaid:
+        return balance < amount
+    return balance - amount < -credit_limit
+
+
+def top_up(state: AccountState, payment: Mapping[str, Any], *, offset: int, occurred_at: datetime,
+           push_events: bool = False) -> tuple[AccountState, list[Event]]:
+    """Apply a Payment record; resume a suspended service the payment lifts above 0.
+
+    ``push_events`` is the account's product policy attribute (``rating.account_push_events``).
+    """
+    if offset <= state.last_payment_offset:
+        return state, []
+    seen = replace(state, last_payment_offset=offset)
+    if payment["currency"] != state.currency:
+        return seen, []
+    payment_id, amount = payment["payment_id"], payment["amount"]
+    balance = state.balance + amount
+    environment, account = payment["environment"], payment["account"]
+    events = [_balance_changed(environment, account, "payment", payment_id, amount, balance, state.currency,
+                               occurred_at)]
+    resume = state.suspended and balance > 0
+    if resume:
+        events.append(("ServiceStatusChanged", _status_record(environment, account, "active", "top-up",
+                                                              payment_id, occurred_at, push_events)))
+    return replace(seen, balance=balance, suspended=state.suspended and not resume), events
+
+
+def _balance_changed(environment: str, account: str, cause: str, cause_id: str, delta: Decimal,
+                     balance: Decimal, currency: str, occurred_at: datetime) -> Event:
+    return ("BalanceChanged", {
+        "event_id": "bal-" + cause_id, "environment": environment, "account": account, "cause": cause,
+        "cause_id": cause_id, "delta": delta, "balance": balance, "currency": currency,
+        "occurred_at": occurred_at,
+    })
+
+
+def _status(rated: Rated, status: str, reason: str, cause_id: str, occurred_at: datetime) -> Event:
+    return ("ServiceStatusChanged", _status_record(rated.environment, rated.account, status, reason, cause_id,
+                                                   occurred_at, rated.push_events))
+
+
+def _status_record(environment: str, account: str, status: str, reason: str, cause_id: str,
+                   occurred_at: datetime, push_events: bool) -> dict[str, Any]:
+    return {
+        "event_id": f"st-{cause_id}-{status}", "environment": environment, "account": account,
+        "service": "messaging", "status": status, "reason": reason, "cause_id": cause_id,
+        "occurred_at": occurred_at, "push_events": push_events,
+    }
