@@ -29,10 +29,29 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def broker() -> LocalBroker:
-    """The real Kafka-protocol broker (Tansu, memory storage), shared by the whole session."""
+def broker():
+    """The real Kafka-protocol broker shared by the whole session: the local Tansu (memory
+    storage) by default; Apache Kafka in a container with IMBILL_TEST_KAFKA=testcontainers
+    where a Docker engine runs (`pip install testcontainers[kafka]`)."""
+    if os.environ.get("IMBILL_TEST_KAFKA") == "testcontainers":
+        yield from _testcontainers_kafka()
+        return
     with start_broker(port=free_port()) as running:
         yield running
+
+
+def _testcontainers_kafka():
+    try:
+        from testcontainers.kafka import KafkaContainer
+    except ImportError:
+        pytest.fail("IMBILL_TEST_KAFKA=testcontainers needs `pip install testcontainers[kafka]`")
+    with KafkaContainer().with_kraft() as kafka:
+        yield _Bootstrap(kafka.get_bootstrap_server())
+
+
+class _Bootstrap:
+    def __init__(self, servers: str) -> None:
+        self.bootstrap_servers = servers
 
 
 @pytest.fixture
