@@ -79,12 +79,17 @@ def _local_broker(settings: Settings, say: Callable[[str], None]) -> LocalBroker
     return broker
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def run_engine(settings: Settings, example: Path, say: Callable[[str], None] = print,
                until: Callable[[], bool] = lambda: False) -> int:
     """Run everything until Ctrl-C (or ``until()`` is true); return an exit status."""
     from imbill.producers.config_publisher import apply_config, current_state
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    signal.signal(signal.SIGTERM, _interrupt)
     broker = _local_broker(settings, say)
     supervisor = Supervisor(settings, say)
     status = 0
