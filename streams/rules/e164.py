@@ -32,6 +32,7 @@ gives ``result``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Mapping, TypeGuard
 
 import phonenumbers
@@ -97,6 +98,8 @@ def _dialed(user_part: object) -> str | None:
     """The user part without visual separators, if that is digits with an optional leading ``+``."""
     if not isinstance(user_part, str):
         return None
+    if _is_digits(user_part.removeprefix("+")):  # nothing to remove: skip the (slow) translate
+        return user_part
     dialed = user_part.translate(_SEPARATORS)
     return dialed if _is_digits(dialed.removeprefix("+")) else None
 
@@ -116,9 +119,11 @@ def _translated(dialed: str, rules: DialingRules) -> str:
 
 def _dialing_prefix(dialed: str, rules: DialingRules) -> str:
     """The longest of the international and national prefixes that ``dialed`` starts with."""
-    prefixes = (rules.international_prefix, rules.national_prefix)
-    matching = [prefix for prefix in prefixes if prefix and dialed.startswith(prefix)]
-    return max(matching, key=len, default="")
+    longest = ""
+    for prefix in (rules.international_prefix, rules.national_prefix):
+        if len(prefix) > len(longest) and dialed.startswith(prefix):
+            longest = prefix
+    return longest
 
 
 def _is_full_number(dialed: str, rules: DialingRules) -> bool:
@@ -140,9 +145,14 @@ def _checked(digits: str, rules: DialingRules) -> str | None:
 
 def _country_code_of(digits: str) -> str | None:
     """The assigned country code ``digits`` starts with (country codes are prefix-free)."""
+    return _leading_country_code(digits[:3])
+
+
+@lru_cache(maxsize=2048)  # keys are the first three digits (or fewer) of a number: at most 1,110
+def _leading_country_code(head: str) -> str | None:
     for length in (1, 2, 3):
-        if _is_country_code(digits[:length]):
-            return digits[:length]
+        if _is_country_code(head[:length]):
+            return head[:length]
     return None
 
 

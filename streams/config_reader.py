@@ -1,0 +1,126 @@
+"""Each worker's own reading of the whole config topic, folded into a ConfigState.
+
+The config topic has one partition, so every reader folds the same total order. A worker
+reads it outside its consumer group (manual assignment from offset 0, in a background
+task), because every worker needs every environment's config, whichever account
+partitions it owns.
+
+Before rating a batch the processor calls :meth:`ConfigReader.catch_up`: it waits for a
+fetch response that arrived after the call and for the fold to reach that response's
+high-watermark. A config event acknowledged before an attempt was produced is therefore
+in force when the attempt is rated. ListOffsets "latest" is never asked: the local broker
+misreports it (PLATFORM-NOTES, quirk 1), the fetch high-watermark is right.
+
+A record that cannot be decoded is logged and skipped: config is checked when it is
+applied (``imbill config apply``), and one bad record must not stop billing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from imbill.errors import BrokerError, SchemaError
+from imbill.schemas.codec import decode
+from imbill.streams.config import ConfigState
+
+__all__ = ["ConfigReader"]
+
+log = logging.getLogger(__name__)
+
+
+class ConfigReader:
+    """``await reader.catch_up()`` returns the ConfigState folded up to the topic's end."""
+
+    def __init__(self, bootstrap_servers: str | list[str], topic: str, *, fetch_wait_ms: int = 10,
+                 client_id: str = "imbill-config-reader") -> None:
+        self.state = ConfigState()
+        self.topic = topic
+        self._tp = TopicPartition(topic, 0)
+        self._bootstrap = bootstrap_servers
+        self._fetch_wait_ms = fetch_wait_ms
+        self._client_id = client_id
+        self._consumer: AIOKafkaConsumer | None = None
+        self._task: asyncio.Task | None = None
+        self._starting = asyncio.Lock()
+        self._next_offset = 0
+        self.skipped = 0
+
+    async def start(self, timeout: float = 30.0) -> None:
+        async with self._starting:
+            if self._task is not None:
+                return
+            consumer = AIOKafkaConsumer(bootstrap_servers=self._bootstrap, group_id=None,
+                                        client_id=self._client_id, enable_auto_commit=False,
+                                        auto_offset_reset="earliest", fetch_max_wait_ms=self._fetch_wait_ms)
+            await consumer.start()
+            try:
+                await _wait_for_topic(consumer, self.topic, timeout)
+            except BaseException:
+                await consumer.stop()
+                raise
+            consumer.assign([self._tp])
+            consumer.seek(self._tp, 0)
+            self._consumer = consumer
+            self._task = asyncio.create_task(self._fold(), name=f"config-reader {self.topic}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        if self._consumer is not None:
+            await self._consumer.stop()
+            self._consumer = None
+
+    async def catch_up(self, timeout: float = 10.0) -> ConfigState:
+        """The state folded up to the high-watermark of a fetch answered after this call."""
+        await self.start()
+        asked_ms = int(time.time() * 1000)
+        deadline = time.monotonic() + timeout
+        while not self._caught_up(asked_ms):
+            if self._task is not None and self._task.done():
+                raise BrokerError(f"the config reader of {self.topic} stopped") from self._task.exception()
+            if time.monotonic() > deadline:
+                raise BrokerError(f"config topic {self.topic} not read to its end in {timeout}s")
+            await asyncio.sleep(0.001)
+        return self.state
+
+    def _caught_up(self, asked_ms: int) -> bool:
+        consumer = self._consumer
+        if consumer is None:
+            return False
+        answered_ms = consumer.last_poll_timestamp(self._tp)
+        highwater = consumer.highwater(self._tp)
+        return (answered_ms is not None and answered_ms > asked_ms and highwater is not None
+                and self._next_offset >= highwater)
+
+    async def _fold(self) -> None:
+        assert self._consumer is not None
+        while True:
+            batches = await self._consumer.getmany(self._tp, timeout_ms=500, max_records=10_000)
+            for message in batches.get(self._tp, ()):
+                self._apply(message)
+
+    def _apply(self, message: Any) -> None:
+        try:
+            name, record = decode(message.value)
+            self.state.apply(name, record)
+        except (SchemaError, KeyError, TypeError, ValueError) as exc:
+            self.skipped += 1
+            log.warning("config record %s[%d]@%d skipped: %s", message.topic, message.partition,
+                        message.offset, exc)
+        self._next_offset = message.offset + 1
+
+
+async def _wait_for_topic(consumer: AIOKafkaConsumer, topic: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not consumer.partitions_for_topic(topic):
+        if time.monotonic() > deadline:
+            raise BrokerError(f"config topic {topic} does not exist (run `imbill topics create`)")
+        await consumer._client.force_metadata_update()  # the topic may have just been created
+        await asyncio.sleep(0.1)
