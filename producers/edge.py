@@ -9,7 +9,14 @@ A MESSAGE opens a non-INVITE server transaction (RFC 3261 17.2.2) keyed by top V
 branch + Call-ID + CSeq and kept 32 s (Timer J, 64*T1) in a bounded cache: a
 retransmission gets the cached final response and is not published again; one that
 arrives while the publish is still pending is absorbed (the client retransmits).
-Each MESSAGE is published by its own task, so publishes run concurrently.
+
+Publishing never blocks the socket: a publisher with `submit(attempt, done)` (the
+AttemptPublisher, which batches) is handed each attempt with a callback that answers
+202 or 500 when the broker settled it; a plain `async publish(attempt)` is run as one
+task per attempt. Either way publishes run concurrently, at most `max_pending` at once.
+A batch settles hundreds of attempts at once: their answers go out ANSWER_BURST per turn
+of the event loop, with requests read in between, not as one burst that a client's
+receive buffer would drop (and the client retransmit 500 ms later).
 
 Responses go to the source address and port of the datagram (symmetric response
 routing, as RFC 3581 rport does), not to the Via sent-by of RFC 3261 18.2.2: that
@@ -21,21 +28,30 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
-from typing import Any
+from functools import partial
+from typing import Any, Protocol
 
 from imbill.producers.attempt import attempt_from_request
 from imbill.producers.sip import HeaderFields, SipParseError, SipRequest, is_response, parse_request
 from imbill.producers.sip_responses import ALLOW, build_response
 
-__all__ = ["EdgeCounters", "Publish", "SipEdge", "serve_edge"]
+__all__ = ["Done", "EdgeCounters", "Publish", "SipEdge", "Submit", "serve_edge"]
 
 Publish = Callable[[dict[str, Any]], Awaitable[None]]
+Done = Callable[[BaseException | None], None]  # None: the broker acknowledged the attempt
 TransactionKey = tuple[str, str, int, str]
+ANSWER_BURST = 32  # a client's socket buffer (SIPp's: 64 KiB) must not meet a batch's answers at once
 log = logging.getLogger(__name__)
+
+
+class Submit(Protocol):
+    """A publisher that calls `done` once per attempt, from the event loop, when it is settled."""
+
+    def submit(self, attempt: dict[str, Any], done: Done) -> None: ...
 
 
 @dataclass(slots=True)
@@ -83,12 +99,37 @@ def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+class _TaskPerAttempt:
+    """Adapts a plain `async publish(attempt)` to `submit`: one task per attempt."""
+
+    def __init__(self, publish: Publish) -> None:
+        self._publish = publish
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def submit(self, attempt: dict[str, Any], done: Done) -> None:
+        task = asyncio.get_running_loop().create_task(self._run(attempt, done))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def cancel(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+
+    async def _run(self, attempt: dict[str, Any], done: Done) -> None:
+        try:
+            await self._publish(attempt)
+        except Exception as exc:  # noqa: BLE001 - any publish failure is a 500 to the client
+            done(exc)
+        else:
+            done(None)
+
+
 class SipEdge(asyncio.DatagramProtocol):
     """The UDP server; `start()` binds it, `stop()` drains pending publishes and closes it."""
 
     def __init__(
         self,
-        publish: Publish,
+        publish: Publish | Submit,
         *,
         environment: str,
         edge_id: str,
@@ -102,12 +143,16 @@ class SipEdge(asyncio.DatagramProtocol):
         max_pending: int = 10_000,
         receive_buffer: int = 4 * 1024 * 1024,
     ) -> None:
-        self._publish, self._environment, self._edge_id = publish, environment, edge_id
+        self._publisher = publish if hasattr(publish, "submit") else _TaskPerAttempt(publish)
+        self._environment, self._edge_id = environment, edge_id
         self._host, self._port, self._server, self._clock = host, port, server, clock
         self._retry_after, self._max_pending, self._receive_buffer = retry_after, max_pending, receive_buffer
         self._transactions = _Transactions(transaction_ttl, max_transactions)
         self._counters = EdgeCounters()
-        self._pending: set[asyncio.Task[None]] = set()
+        self._pending = 0  # attempts submitted and not settled yet
+        self._outbox: deque[tuple[bytes, tuple[str, int]]] = deque()  # answers to settled attempts
+        self._sending = False
+        self._drained: asyncio.Future[None] | None = None
         self._transport: asyncio.DatagramTransport | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = self._publish_failing = False
@@ -126,19 +171,23 @@ class SipEdge(asyncio.DatagramProtocol):
         self._loop = asyncio.get_running_loop()
         await self._loop.create_datagram_endpoint(lambda: self, local_addr=(self._host, self._port))
         assert self._transport is not None
-        sock = self._transport.get_extra_info("socket")  # bursts: a bigger kernel queue (capped by rmem_max)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self._receive_buffer)
+        _enlarge_receive_buffer(self._transport.get_extra_info("socket"), self._receive_buffer)
         log.info("SIP edge %s listening on %s:%s/udp", self._edge_id, *self.address)
         return self.address
 
     async def stop(self, grace: float = 5.0) -> None:
         """Answer new MESSAGEs 503, let pending publishes finish and answer (`grace` s), close."""
         self._stopping = True
-        if self._pending:
-            _, late = await asyncio.wait(set(self._pending), timeout=grace)
-            for task in late:
-                task.cancel()
-            await asyncio.gather(*late, return_exceptions=True)
+        if self._pending and self._loop is not None:
+            self._drained = self._loop.create_future()
+            try:
+                await asyncio.wait_for(asyncio.shield(self._drained), grace)
+            except TimeoutError:
+                log.warning("SIP edge stopped with %d publishes unanswered", self._pending)
+        if isinstance(self._publisher, _TaskPerAttempt):
+            self._publisher.cancel()
+        while self._outbox:
+            self._send(*self._outbox.popleft())
         if self._transport is not None:
             self._transport.close()
 
@@ -183,12 +232,13 @@ class SipEdge(asyncio.DatagramProtocol):
     def _on_message(self, request: SipRequest, addr: tuple[str, int]) -> None:
         assert self._loop is not None
         key = (request.branch or "", request.call_id, request.cseq, request.cseq_method)
-        known, response = self._transactions.lookup(key, self._loop.time())
+        now = self._loop.time()
+        known, response = self._transactions.lookup(key, now)
         if known:
             self._counters.retransmissions += 1
             self._send(response, addr)  # None while pending: absorbed
             return
-        if self._stopping or len(self._pending) >= self._max_pending:
+        if self._stopping or self._pending >= self._max_pending:
             self._counters.unavailable += 1
             self._answer(request.headers, 503, addr, retry_after=self._retry_after)
             return
@@ -200,28 +250,49 @@ class SipEdge(asyncio.DatagramProtocol):
             source_port=addr[1],
             edge_id=self._edge_id,
         )
-        self._transactions.record(key, None, self._loop.time())
-        task = self._loop.create_task(self._publish_and_answer(attempt, request.headers, addr, key))
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
-
-    async def _publish_and_answer(
-        self, attempt: dict[str, Any], headers: HeaderFields, addr: tuple[str, int], key: TransactionKey
-    ) -> None:
+        self._transactions.record(key, None, now)
+        self._pending += 1
+        done = partial(self._published, attempt["attempt_id"], request.headers, addr, key)
         try:
-            await self._publish(attempt)
-        except Exception as exc:  # noqa: BLE001 - any publish failure is a 500 to the client
-            self._counters.publish_failures += 1
-            self._log_publish_failure(attempt["attempt_id"], exc)
-            response = self._answer(headers, 500, addr, retry_after=self._retry_after)
-        else:
+            self._publisher.submit(attempt, done)
+        except Exception as exc:  # noqa: BLE001 - a 500 now, not a transaction pending forever
+            done(exc)
+
+    def _published(
+        self, attempt_id: str, headers: HeaderFields, addr: tuple[str, int], key: TransactionKey,
+        error: BaseException | None,
+    ) -> None:
+        """The publisher settled an attempt: 202 if the broker acknowledged it, else 500."""
+        if error is None:
             self._counters.accepted += 1
             self._publish_failing = False
-            response = self._answer(headers, 202, addr)
+            response = build_response(headers, 202, server=self._server)
+        else:
+            self._counters.publish_failures += 1
+            self._log_publish_failure(attempt_id, error)
+            response = build_response(headers, 500, server=self._server, retry_after=self._retry_after)
         assert self._loop is not None
         self._transactions.record(key, response, self._loop.time())
+        if response is not None:
+            self._outbox.append((response, addr))
+            if not self._sending:
+                self._sending = True
+                self._loop.call_soon(self._send_outbox)
+        self._pending -= 1
+        if not self._pending and self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
 
-    def _log_publish_failure(self, attempt_id: str, exc: Exception) -> None:
+    def _send_outbox(self) -> None:
+        """Answer settled MESSAGEs, ANSWER_BURST per turn of the event loop, requests read in between."""
+        outbox = self._outbox
+        for _ in range(min(ANSWER_BURST, len(outbox))):
+            self._send(*outbox.popleft())
+        self._sending = bool(outbox)
+        if self._sending:
+            assert self._loop is not None
+            self._loop.call_soon(self._send_outbox)
+
+    def _log_publish_failure(self, attempt_id: str, exc: BaseException) -> None:
         """One warning when failures start (not one per MESSAGE while the broker is down)."""
         log.log(
             logging.DEBUG if self._publish_failing else logging.WARNING,
@@ -241,8 +312,19 @@ class SipEdge(asyncio.DatagramProtocol):
             self._transport.sendto(response, addr)
 
 
+def _enlarge_receive_buffer(sock: socket.socket, size: int) -> None:
+    """Bursts: a bigger kernel queue. SO_RCVBUFFORCE passes net.core.rmem_max where allowed."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUFFORCE, size)
+    except (OSError, AttributeError):  # not privileged (CAP_NET_ADMIN) or not Linux
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+    granted = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+    if granted // 2 < size:  # Linux reports twice what was set (the rest is its bookkeeping)
+        log.warning("SIP edge receive buffer is %d bytes, not %d (raise net.core.rmem_max)", granted // 2, size)
+
+
 async def serve_edge(
-    publish: Publish,
+    publish: Publish | Submit,
     *,
     environment: str,
     edge_id: str,

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from imbill.producers.sip import HeaderFields
 
@@ -36,11 +36,11 @@ REASON_PHRASES = {
 WARNING_CODE = 399  # RFC 3261 20.43: miscellaneous warning, text for humans
 
 _DIALOG_HEADERS = ("From", "To", "Call-ID", "CSeq")  # names as parse_request canonicalises them
+_DIALOG_HEADER_SET = frozenset(_DIALOG_HEADERS)
 _TAG_PARAM = re.compile(r";[ \t]*tag[ \t]*=", re.IGNORECASE)
 
 
-@dataclass(frozen=True, slots=True)
-class _Copied:
+class _Copied(NamedTuple):
     """The request headers a response repeats: every Via, and the first of the others."""
 
     via: tuple[str, ...]
@@ -66,17 +66,17 @@ def build_response(
     if not _answerable(copied):
         return None
     lines = [f"SIP/2.0 {status} {REASON_PHRASES.get(status, 'Unknown')}"]
-    lines += [f"Via: {via}" for via in copied.via]
+    lines += ["Via: " + via for via in copied.via]
     lines += _dialog_lines(copied, to_tag=None if status == 100 else _to_tag(copied))
-    lines.append(f"Server: {server}")
+    lines.append("Server: " + server)
     if allow is not None:
-        lines.append(f"Allow: {allow}")
+        lines.append("Allow: " + allow)
     if retry_after is not None:
         lines.append(f"Retry-After: {retry_after}")
     if warning is not None:
         lines.append(f"Warning: {WARNING_CODE} {_token(server)} {_quoted(warning)}")
-    lines.append("Content-Length: 0")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8", "surrogateescape")
+    lines.append("Content-Length: 0\r\n\r\n")
+    return "\r\n".join(lines).encode("utf-8", "surrogateescape")
 
 
 def to_tag_for(headers: HeaderFields) -> str:
@@ -89,8 +89,8 @@ def _copied(headers: HeaderFields) -> _Copied:
     for name, value in headers:
         if name == "Via":
             via.append(value)
-        elif name in _DIALOG_HEADERS:
-            first.setdefault(name, value)
+        elif name in _DIALOG_HEADER_SET and name not in first:
+            first[name] = value
     return _Copied(tuple(via), first)
 
 
@@ -99,20 +99,24 @@ def _answerable(copied: _Copied) -> bool:
 
 
 def _to_tag(copied: _Copied) -> str:
-    parts = [copied.first.get(name, "") for name in ("Call-ID", "From", "CSeq")] + [copied.via[0]]
-    digest = hashlib.blake2b("\n".join(parts).encode("utf-8", "surrogateescape"), digest_size=8)
+    first = copied.first
+    identity = f"{first.get('Call-ID', '')}\n{first.get('From', '')}\n{first.get('CSeq', '')}\n{copied.via[0]}"
+    digest = hashlib.blake2b(identity.encode("utf-8", "surrogateescape"), digest_size=8)
     return digest.hexdigest()
 
 
 def _dialog_lines(copied: _Copied, *, to_tag: str | None) -> list[str]:
+    first = copied.first
     lines = []
-    for name in _DIALOG_HEADERS:
-        value = copied.first.get(name)
-        if value is None:
-            continue
-        if name == "To" and to_tag is not None and not _has_tag(value):
-            value = f"{value};tag={to_tag}"
-        lines.append(f"{name}: {value}")
+    if "From" in first:
+        lines.append("From: " + first["From"])
+    if "To" in first:
+        to = first["To"]
+        lines.append(f"To: {to};tag={to_tag}" if to_tag is not None and not _has_tag(to) else "To: " + to)
+    if "Call-ID" in first:
+        lines.append("Call-ID: " + first["Call-ID"])
+    if "CSeq" in first:
+        lines.append("CSeq: " + first["CSeq"])
     return lines
 
 

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone, UTC
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
+from imbill.producers import sip, sip_grammar
 from imbill.producers.attempt import attempt_from_request, attempt_key, body_chars
 from imbill.producers.sip import SipParseError, SipRequest, is_response, parse_request
 from imbill.producers.sip_responses import build_response
@@ -269,6 +273,170 @@ def test_content_length_may_have_leading_zeros() -> None:
 )
 def test_is_response(data: bytes, expected: bool) -> None:
     assert is_response(data) is expected
+
+
+# --- fast paths: the plain forms are parsed without sipmessage, with the same outcome ------------------
+
+FAST_PATHS = (  # each matches only plain forms that the full path also accepts
+    (sip, "_PLAIN_FIELD"),
+    (sip_grammar, "_PLAIN_CSEQ"),
+    (sip_grammar, "_PLAIN_VIA"),
+    (sip_grammar, "_PLAIN_NAME_ADDR"),
+    (sip_grammar, "_PLAIN_SIP_URI"),
+)
+NEVER = re.compile(r"(?!)")
+
+
+def _clear_caches() -> None:
+    sip_grammar.parse_address.cache_clear()
+    sip_grammar._uri_user_host.cache_clear()
+
+
+@contextmanager
+def full_paths_only() -> Iterator[None]:
+    saved = [(module, name, getattr(module, name)) for module, name in FAST_PATHS]
+    for module, name, _ in saved:
+        setattr(module, name, NEVER)
+    _clear_caches()
+    try:
+        yield
+    finally:
+        for module, name, pattern in saved:
+            setattr(module, name, pattern)
+        _clear_caches()
+
+
+def outcome(data: bytes) -> tuple:
+    parsed = parse_request(data)
+    if isinstance(parsed, SipParseError):
+        return ("error", parsed.reason, parsed.status, parsed.headers)
+    return ("request", *(getattr(parsed, name) for name in SipRequest.__slots__))
+
+
+# Values in their plain form (what the fast paths take) seven times in eight, otherwise with odd pieces.
+_odd = st.sampled_from(
+    ["", " ", "\t", "%41", "%", ";", ",", "?", "@", ":", "=", '"', "<", ">", "[", "]", "/", "é", "\x0c"])
+_plain_users = st.sampled_from(["a", "bob", "1001", "+1650", "~!*'()", "a.b-c_d"])
+_plain_hosts = st.sampled_from(["example.com", "127.0.0.1", "Example.COM.", "a-b.example", "h"])
+_plain_ports = st.sampled_from(["", ":5060", ":0", ":99999"])
+_plain_params = st.lists(st.tuples(st.sampled_from(["tag", "Tag", "branch", "Branch", "lr"]),
+                                   st.sampled_from(["=1", "=2", "=z9hG4bK1", ""])), max_size=4)
+_odd_users = st.builds(lambda a, odd, b: a + odd + b, _plain_users, _odd, _plain_users) | st.sampled_from(
+    ["al%69ce", "%41", "a%2Fb", "a%2"])
+_odd_hosts = st.sampled_from(["[2001:db8::1]", "256.1.1.1", "1.2.3", "1abc.d", "a..b", "-a.com", "1.2.3.4a", "a.c0"])
+_odd_ports = st.sampled_from([":", ":5a", ": 1"])
+_odd_params = st.lists(st.tuples(st.sampled_from(["tag", "Tag", "branch", "br%61nch", "t%61g"]),
+                                 st.sampled_from(["=1", "=%41", '="q"', "=", "=[::1]", "=a b", " = 1"])), max_size=4)
+_escaped_params = st.lists(st.tuples(st.sampled_from(["br%61nch", "t%61g", "branch", "tag"]),
+                                     st.sampled_from(["=%41", "=1"])), min_size=1, max_size=2)
+
+
+def _mostly(plain: st.SearchStrategy, odd: st.SearchStrategy) -> st.SearchStrategy:
+    return st.integers(0, 7).flatmap(lambda roll: odd if roll == 0 else plain)
+
+
+def _joined(pairs: list[tuple[str, str]]) -> str:
+    return "".join(f";{name}{value}" for name, value in pairs)
+
+
+_users = _mostly(_plain_users, _odd_users)
+_hosts = _mostly(_plain_hosts, _odd_hosts)
+_ports = _mostly(_plain_ports, _odd_ports)
+_params = _mostly(_plain_params, st.builds(list.__add__, _plain_params, _odd_params | _escaped_params)).map(_joined)
+_uri_params = _mostly(st.sampled_from(["", ";transport=udp", ";lr", ";user=phone;ttl=1"]),
+                      st.sampled_from([";x=%41", ";a=b?", ";=", ";x=[::1]", ";x=\"y\""]))
+_uris = st.builds(lambda scheme, user, host, port, params: f"{scheme}{user}@{host}{port}{params}",
+                  _mostly(st.sampled_from(["sip:", "sips:"]), st.sampled_from(["SIP:", "tel:", "mailto:", "sip:u:pw"])),
+                  _users, _hosts, _ports, _uri_params)
+_addresses = _mostly(
+    st.builds(lambda uri, params: f"<{uri}>{params}", _uris, _params),
+    st.builds(lambda name, uri, params, space: f"{name}<{uri}>{space}{params}",
+              st.sampled_from(["", "Alice ", '"A B" ', "A,B "]), _uris, _params, st.sampled_from(["", " "])) | _uris)
+_vias = st.builds(lambda protocol, host, port, params: f"{protocol} {host}{port}{params}",
+                  _mostly(st.sampled_from(["SIP/2.0/UDP", "SIP/2.0/tcp"]),
+                          st.sampled_from(["SIP / 2.0 / TCP", "SIP/2.1/UDP", "SIP/2.0/U%44P"])),
+                  _hosts, _ports, _params)
+_cseqs = st.builds(lambda number, space, method: f"{number}{space}{method}",
+                   st.sampled_from(["1", "007", "4294967295", "4294967296", "99999999999", "", "1.5"]),
+                   _mostly(st.just(" "), st.sampled_from(["  ", "\t", ""])),
+                   st.sampled_from(["MESSAGE", "message", "MESS%41GE"]))
+
+
+def grammar_outcome(parse: Callable[..., object], *args: object) -> tuple:
+    _clear_caches()
+    try:
+        return ("value", parse(*args))
+    except sip_grammar.Malformed as problem:
+        return ("malformed", problem.reason, problem.status)
+
+
+def assert_fast_is_full(parse: Callable[..., object], *args: object) -> None:
+    fast = grammar_outcome(parse, *args)
+    with full_paths_only():
+        assert grammar_outcome(parse, *args) == fast
+
+
+@given(_addresses, st.sampled_from(["From", "To", "Contact"]))
+@example("<sip:Al%69ce@Example.COM.:5060>;tag=1;TAG=2", "From")
+@example("<sip:bob@example.org>;t%61g=x;tag=", "To")
+def test_address_fast_path_is_the_full_path(value: str, header: str) -> None:
+    assert_fast_is_full(sip_grammar.parse_address, value, header)
+
+
+@given(_uris)
+@example("sip:%41@h")
+@example("sip:a@1.2.3.4a")
+def test_request_uri_fast_path_is_the_full_path(uri: str) -> None:
+    assert_fast_is_full(sip_grammar.check_request_uri, uri)
+
+
+@given(st.lists(_vias | st.builds(", ".join, st.lists(_vias, min_size=2, max_size=3)), min_size=1, max_size=3))
+@example(["SIP/2.0/UDP h;br%61nch=1"])
+@example(["SIP/2.0/UDP h;branch=1;Branch=2;branch=3"])
+@example(["SIP/2.0/UDP h;branch=%41"])
+@example(["SIP/2.0/UDP h;lr", "SIP/2.0/UDP h;branch=1,"])
+def test_via_fast_path_is_the_full_path(values: list[str]) -> None:
+    assert_fast_is_full(sip_grammar.parse_vias, values)
+
+
+@given(_cseqs, st.sampled_from(["MESSAGE", "message"]))
+def test_cseq_fast_path_is_the_full_path(value: str, method: str) -> None:
+    assert_fast_is_full(sip_grammar.parse_cseq, value, method)
+
+
+_header_lines = st.lists(
+    st.builds(lambda name, before, after, value, trail: f"{name}{before}:{after}{value}{trail}",
+              st.sampled_from(["Via", "v", "From", "f", "TO", "Call-ID", "i", "CSeq", "Max-Forwards", "l", "X-Odd",
+                               "Bad Name", ""]),
+              st.sampled_from(["", "", " ", "\t "]), st.sampled_from(["", " ", "  ", "\t"]),
+              st.sampled_from(["x", "SIP/2.0/UDP h;branch=z9hG4bK1", "<sip:a@b>;tag=1", "1 MESSAGE", "70", "a b",
+                               "", "a\rb", "a\nb", "c\r\n d", "é"]),
+              st.sampled_from(["", "", " ", "\t", " \t "])),
+    min_size=1, max_size=9)
+
+
+@given(_header_lines)
+def test_header_block_fast_path_is_the_full_path(lines: list[str]) -> None:
+    data = datagram(*lines, start="MESSAGE sip:bob@example.org SIP/2.0", content_length=None)
+    fast = outcome(data)
+    with full_paths_only():
+        assert outcome(data) == fast
+    frame = framing(data)
+    with full_paths_only():
+        assert framing(data) == frame
+
+
+def framing(data: bytes) -> tuple:
+    frame = sip._frame(data)
+    return frame.fields, {name: list(values) for name, values in frame.index.items()}, frame.malformed_line
+
+
+def test_the_plain_forms_take_the_fast_paths() -> None:
+    assert sip._plain_fields("Via: x\r\nFrom : y") == ((("Via", "x"), ("From", "y")), {"via": ("x",), "from": ("y",)})
+    assert sip_grammar._PLAIN_VIA.fullmatch("SIP/2.0/UDP 127.0.0.1:5061;branch=z9hG4bK-1-0")
+    assert sip_grammar._PLAIN_NAME_ADDR.fullmatch("<sip:1001@127.0.0.1>;tag=1234SIPpTag001")
+    assert sip_grammar._PLAIN_SIP_URI.fullmatch("sip:2001@example.com:5060;transport=udp")
+    assert sip_grammar._PLAIN_CSEQ.fullmatch("1 MESSAGE")
 
 
 # --- responses ---------------------------------------------------------------------------------------
