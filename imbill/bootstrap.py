@@ -145,7 +145,8 @@ def serve_edge(settings: Settings, say: Say) -> None:
     async def edge() -> None:
         async with AttemptPublisher(settings.bootstrap_servers, settings.topics.attempts) as publisher:
             await run_edge(publisher, environment=settings.environment, edge_id=edge_id,
-                           host=settings.edge_host, port=settings.edge_port, on_started=started)
+                           host=settings.edge_host, port=settings.edge_port, on_started=started,
+                           vendor_peers=frozenset(settings.edge_vendor_peers))
 
     _run_until_signal(edge())
 

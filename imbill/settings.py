@@ -26,6 +26,8 @@ class Settings:
     data_dir: Path = field(default_factory=lambda: Path(".imbill"))
     topic_prefix: str = ""
     replication_factor: int = 1
+    edge_vendor_peers: tuple[str, ...] = ()
+    """Source IPs of vendor connections; MESSAGEs from them are incoming (free by default)."""
 
     @property
     def topics(self) -> "Topics":
@@ -48,6 +50,7 @@ _ENV = {
     "data_dir": ("IMBILL_DATA_DIR", Path),
     "topic_prefix": ("IMBILL_TOPIC_PREFIX", str),
     "replication_factor": ("IMBILL_REPLICATION_FACTOR", int),
+    "edge_vendor_peers": ("IMBILL_EDGE_VENDOR_PEERS", lambda v: tuple(p.strip() for p in v.split(",") if p.strip())),
 }
 
 

@@ -142,6 +142,7 @@ class SipEdge(asyncio.DatagramProtocol):
         max_transactions: int = 100_000,
         max_pending: int = 10_000,
         receive_buffer: int = 4 * 1024 * 1024,
+        vendor_peers: frozenset[str] = frozenset(),
     ) -> None:
         self._publisher = publish if hasattr(publish, "submit") else _TaskPerAttempt(publish)
         self._environment, self._edge_id = environment, edge_id
@@ -156,6 +157,8 @@ class SipEdge(asyncio.DatagramProtocol):
         self._transport: asyncio.DatagramTransport | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = self._publish_failing = False
+        self._vendor_peers = frozenset(vendor_peers)
+        """Source addresses of vendor connections: their MESSAGEs are incoming (free by default)."""
 
     @property
     def counters(self) -> EdgeCounters:
@@ -249,6 +252,7 @@ class SipEdge(asyncio.DatagramProtocol):
             source_ip=addr[0],
             source_port=addr[1],
             edge_id=self._edge_id,
+            direction="incoming" if addr[0] in self._vendor_peers else "outgoing",
         )
         self._transactions.record(key, None, now)
         self._pending += 1

@@ -332,3 +332,16 @@ def test_serve_edge_runs_until_cancelled() -> None:
 
     answer = asyncio.run(scenario())
     assert answer is not None and status_of(answer) == 202
+
+
+def test_messages_from_a_vendor_peer_are_incoming_others_outgoing() -> None:
+    async def scenario(peers: frozenset[str]) -> str:
+        recorder = Recorder()
+        edge, client = await started(recorder, vendor_peers=peers)
+        answer = await exchange(client, message(f"dir-{len(peers)}@test"))
+        await edge.stop()
+        assert answer is not None and status_of(answer) == 202
+        return recorder.attempts[0]["direction"]
+
+    assert asyncio.run(scenario(frozenset({"127.0.0.1"}))) == "incoming"
+    assert asyncio.run(scenario(frozenset())) == "outgoing"
