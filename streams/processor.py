@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import socket
@@ -194,17 +195,18 @@ def _rate_and_bill(entry: Entry, key: bytes | None, offset: int, attempt: dict[s
         refused = Refused("malformed_attempt", f"the record key {key!r} does not name the sending account",
                           rated.account)
         return [_rejection(attempt, refused, now, key)]
-    state = entry.state or _opened(config, rated)
-    result = bill(state, rated, attempt_id=attempt["attempt_id"], offset=offset, occurred_at=now)
-    entry.state = result.state
+    result = bill(entry.state or _opened(config, rated), rated, attempt_id=attempt["attempt_id"], offset=offset,
+                  occurred_at=now)
     if result.outcome == "charged":
         outcome = [_event("Charge", charge_record(attempt, rated, now))]
     elif result.outcome in ("duplicate", "already_applied"):
-        return []
+        outcome = []
     else:
         refused = Refused(result.outcome, REASON_CODES.get(result.outcome, result.outcome), rated.account)
         outcome = [_rejection(attempt, refused, now, key)]
-    return outcome + [_event(name, record) for name, record in result.events]
+    outcome += [_event(name, record) for name, record in result.events]
+    entry.state = result.state  # only once every event of the decision is encoded
+    return outcome
 
 
 def _opened(config: ConfigState, rated: Rated) -> AccountState:
@@ -230,9 +232,11 @@ def _payment_outcome(entry: Entry, key: bytes | None, partition: int, offset: in
         log.warning("payment %s not applied: %s is no account of environment %s", payment["payment_id"],
                     account, environment)
         return []
-    entry.state, events = top_up(state, payment, offset=offset, occurred_at=now,
-                                 push_events=account_push_events(config, environment, account))
-    return [_event(name, record) for name, record in events]
+    state, events = top_up(state, payment, offset=offset, occurred_at=now,
+                           push_events=account_push_events(config, environment, account))
+    outcome = [_event(name, record) for name, record in events]
+    entry.state = state
+    return outcome
 
 
 def _opened_for_payment(config: ConfigState, environment: str, account: str) -> AccountState | None:
@@ -584,13 +588,16 @@ def run_worker(settings: Settings, *, worker_id: str | None = None, loglevel: st
     except ImportError:  # uvloop is optional
         pass
     app = create_app(settings, worker_id=worker_id, batch_size=batch_size, session_timeout=session_timeout)
+    gc.set_threshold(100_000, 50, 100)  # faust makes several objects per event: collect less often
     worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
     worker.spinner = None  # faust's spinner sets the root logger to DEBUG: every debug call costs
     worker.execute_from_commandline()
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="imbill process", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="imbill process", description="Run a processor worker: message "
+                                     "attempts and payments in; charges, rejections, balance and "
+                                     "service-status events out. Several workers share the partitions.")
     parser.add_argument("--bootstrap", help="Kafka bootstrap servers (host:port[,host:port])")
     parser.add_argument("--topic-prefix", help="prefix of every topic name and of the consumer group")
     parser.add_argument("--worker-id", help="this worker's name (default: host-pid)")
