@@ -139,32 +139,27 @@ def _decided(committed: Mapping[bytes, Any], batch: Batch, key: bytes, offset: i
 def bill_attempts(committed: Mapping[bytes, Any], config: ConfigState, records: Iterable[Record], *,
                   now: datetime, expected: Mapping[int, int]) -> Batch:
     """Rate and bill MessageAttempt records against ``committed`` entries (not modified)."""
-    batch = Batch("a", expected)
-    for partition, offset, raw_key, value in records:
-        if not batch.admit(partition, offset):
-            continue
-        key = entry_key(raw_key, partition)
-        if _decided(committed, batch, key, offset, "attempts_decided"):
-            continue
-        entry = batch.touch(committed, key, partition, offset)
-        entry.attempts_decided = offset
-        entry.outbox.extend(_attempt_outcome(entry, raw_key, partition, offset, value, config, now))
-    return batch
+    return _decide(Batch("a", expected), "attempts_decided", _attempt_outcome, committed, config, records, now)
 
 
 def top_up_payments(committed: Mapping[bytes, Any], config: ConfigState, records: Iterable[Record], *,
                     now: datetime, expected: Mapping[int, int]) -> Batch:
     """Apply Payment records to the balances of ``committed`` entries (not modified)."""
-    batch = Batch("p", expected)
+    return _decide(Batch("p", expected), "payments_decided", _payment_outcome, committed, config, records, now)
+
+
+def _decide(batch: Batch, decided: str, outcome: Callable[..., Iterable[Output]], committed: Mapping[bytes, Any],
+            config: ConfigState, records: Iterable[Record], now: datetime) -> Batch:
+    """Each admitted record not yet decided for its key: its outcome joins the key's outbox."""
     for partition, offset, raw_key, value in records:
         if not batch.admit(partition, offset):
             continue
         key = entry_key(raw_key, partition)
-        if _decided(committed, batch, key, offset, "payments_decided"):
+        if _decided(committed, batch, key, offset, decided):
             continue
         entry = batch.touch(committed, key, partition, offset)
-        entry.payments_decided = offset
-        entry.outbox.extend(_payment_outcome(entry, raw_key, partition, offset, value, config, now))
+        setattr(entry, decided, offset)
+        entry.outbox.extend(outcome(entry, raw_key, partition, offset, value, config, now))
     return batch
 
 
