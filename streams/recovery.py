@@ -168,7 +168,7 @@ def encode_record(record: Entry | Flushed) -> bytes:
     return json.dumps({
         "state": None if state is None else [str(state.balance), state.currency, state.suspended,
                                              state.last_attempt_offset, state.last_payment_offset,
-                                             list(state.recent_attempts)],
+                                             list(state.recent_attempts), list(state.recent_payments)],
         "partition": record.partition, "attempts": record.attempts_decided,
         "payments": record.payments_decided, "source": [record.source, record.source_offset],
         "outbox": [[kind, _b64(key), _b64(value)] for kind, key, value in record.outbox],
@@ -181,8 +181,9 @@ def decode_record(data: bytes) -> Entry | Flushed:
         return Flushed(*raw["flushed"])
     state = raw["state"]
     if state is not None:
-        balance, currency, suspended, last_attempt, last_payment, recent = state
-        state = AccountState(Decimal(balance), currency, suspended, last_attempt, last_payment, tuple(recent))
+        balance, currency, suspended, last_attempt, last_payment, recent, *payments = state
+        state = AccountState(Decimal(balance), currency, suspended, last_attempt, last_payment, tuple(recent),
+                             tuple(payments[0]) if payments else ())
     outbox = [(kind, base64.b64decode(key), base64.b64decode(value)) for kind, key, value in raw["outbox"]]
     source, source_offset = raw["source"]
     return Entry(state, raw["partition"], raw["attempts"], raw["payments"], outbox, source, source_offset)

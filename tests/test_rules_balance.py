@@ -52,6 +52,9 @@ BILL = [
      True, []),
     ("suspended account is refused free messages too", state("0.00", suspended=True), rated("0"),
      "service_suspended", "0.00", True, []),
+    ("an account moved from prepaid to postpaid is not held by its old suspension",
+     state("0.00", suspended=True), rated("0.50", model="postpaid", credit="5"), "charged", "-0.50", False,
+     [bal("chg-att-1", "-0.50", "-0.50")]),
     ("zero amount changes nothing but is charged", state("0.00"), rated("0.00"), "charged", "0.00", False, []),
     ("postpaid within the credit limit", state("-4.00"), rated("0.50", model="postpaid", credit="5"), "charged",
      "-4.50", False, [bal("chg-att-1", "-0.50", "-4.50")]),
@@ -119,6 +122,13 @@ def test_top_up(before: AccountState, amount: str, offset: int, balance: str, su
 def test_payment_in_another_currency_is_not_applied() -> None:
     after, emitted = top_up(state("1.00"), payment("5", currency="EUR"), offset=1, occurred_at=AT)
     assert (after.balance, after.last_payment_offset, emitted) == (Decimal("1.00"), 1, [])
+
+
+def test_a_payment_published_twice_is_credited_once() -> None:
+    once, emitted = top_up(state("1.00"), payment("5"), offset=1, occurred_at=AT)
+    twice, again = top_up(once, payment("5"), offset=2, occurred_at=AT)
+    assert (once.balance, len(emitted), twice.balance, again) == (Decimal("6.00"), 1, Decimal("6.00"), [])
+    assert twice.last_payment_offset == 2
 
 
 def test_top_up_passes_push_events() -> None:

@@ -37,6 +37,7 @@ from imbill.streams.rules.rating import Rated
 __all__ = ["AccountState", "BillResult", "Event", "RECENT_ATTEMPTS", "open_account", "bill", "top_up"]
 
 RECENT_ATTEMPTS = 8
+RECENT_PAYMENTS = 8
 Event = tuple[str, dict[str, Any]]
 
 
@@ -48,6 +49,8 @@ class AccountState:
     last_attempt_offset: int = -1
     last_payment_offset: int = -1
     recent_attempts: tuple[str, ...] = ()
+    recent_payments: tuple[str, ...] = ()
+    """The last payment ids applied: a payment published twice is credited once."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +81,7 @@ def bill(state: AccountState, rated: Rated, *, attempt_id: str, offset: int, occ
     seen = replace(state, last_attempt_offset=offset,
                    recent_attempts=(*state.recent_attempts, attempt_id)[-RECENT_ATTEMPTS:])
     amount, prepaid = rated.amount, rated.balance_model == "prepaid"
-    if state.suspended:
+    if state.suspended and prepaid:
         return BillResult(seen, "service_suspended", [])
     if amount and rated.currency != state.currency:
         return BillResult(seen, "currency_mismatch", [])
@@ -113,10 +116,13 @@ def top_up(state: AccountState, payment: Mapping[str, Any], *, offset: int, occu
     """
     if offset <= state.last_payment_offset:
         return state, []
-    seen = replace(state, last_payment_offset=offset)
+    payment_id, amount = payment["payment_id"], payment["amount"]
+    if payment_id in state.recent_payments:
+        return replace(state, last_payment_offset=offset), []
+    seen = replace(state, last_payment_offset=offset,
+                   recent_payments=(*state.recent_payments, payment_id)[-RECENT_PAYMENTS:])
     if payment["currency"] != state.currency:
         return seen, []
-    payment_id, amount = payment["payment_id"], payment["amount"]
     balance = state.balance + amount
     environment, account = payment["environment"], payment["account"]
     events = [_balance_changed(environment, account, "payment", payment_id, amount, balance, state.currency,
