@@ -205,7 +205,9 @@ def _rate_and_bill(entry: Entry, key: bytes | None, offset: int, attempt: dict[s
 
 
 def _opened(config: ConfigState, rated: Rated) -> AccountState:
-    return open_account(config.environments[rated.environment].accounts[rated.account], rated.currency)
+    """A balance is always kept in the customer's currency, whichever event opens it."""
+    return _opened_for_payment(config, rated.environment, rated.account) or \
+        open_account(config.environments[rated.environment].accounts[rated.account], rated.currency)
 
 
 def _payment_outcome(entry: Entry, key: bytes | None, partition: int, offset: int, value: bytes | None,
