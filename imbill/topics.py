@@ -48,7 +48,8 @@ PAYMENTS = TopicSpec("imbill.payments", ACCOUNT_PARTITIONS, "environment/account
 CHARGES = TopicSpec("imbill.charges", ACCOUNT_PARTITIONS, "environment/account", "delete", FOREVER,
                     ("Charge",), "rated and billed messages and their corrections")
 REJECTIONS = TopicSpec("imbill.rejections", ACCOUNT_PARTITIONS, "environment/account", "delete",
-                       FOREVER, ("Rejection",), "attempts not charged, with a reason code")
+                       FOREVER, ("Rejection", "PaymentRejected"),
+                       "attempts not charged and payments not applied, with a reason code")
 BALANCES = TopicSpec("imbill.balance-events", ACCOUNT_PARTITIONS, "environment/account", "delete",
                      FOREVER, ("BalanceChanged",), "every change of an account balance")
 SERVICE_STATUS = TopicSpec("imbill.service-status", ACCOUNT_PARTITIONS, "environment/account",

@@ -60,7 +60,7 @@ from imbill.streams.config import ConfigState
 from imbill.streams.config_reader import ConfigReader
 from imbill.streams.recovery import (CHANGELOG_CODEC, Entry, Flushed, Output, encode_record, flushed_key,
                                      install_true_end_offsets, pending_outboxes)
-from imbill.streams.rules.balance import AccountState, bill, open_account, top_up
+from imbill.streams.rules.balance import AccountState, bill, open_account, payment_rejected, top_up
 from imbill.streams.rules.rating import (REASON_CODES, Rated, Refused, account_push_events, charge_record,
                                          rate_attempt, rejection_record)
 from imbill.topics import ACCOUNT_PARTITIONS, Topics
@@ -72,7 +72,8 @@ log = logging.getLogger(__name__)
 
 TABLE_NAME = "account-state"
 STALL_SECONDS = 5.0
-TOPIC_KINDS = {"Charge": "charges", "Rejection": "rejections", "BalanceChanged": "balances",
+TOPIC_KINDS = {"Charge": "charges", "Rejection": "rejections", "PaymentRejected": "rejections",
+               "BalanceChanged": "balances",
                "ServiceStatusChanged": "service_status"}
 
 Record = tuple[int, int, "bytes | None", "bytes | None"]
@@ -228,7 +229,8 @@ def _payment_outcome(entry: Entry, key: bytes | None, partition: int, offset: in
     if state is None:
         log.warning("payment %s not applied: %s is no account of environment %s", payment["payment_id"],
                     account, environment)
-        return []
+        return [_event(*payment_rejected(payment, "unknown_account",
+                                         f"account {account} does not exist in environment {environment}", now))]
     state, events = top_up(state, payment, offset=offset, occurred_at=now,
                            push_events=account_push_events(config, environment, account))
     outcome = [_event(name, record) for name, record in events]

@@ -140,7 +140,10 @@ def test_a_payment_for_an_unknown_account_or_foreign_key_changes_nothing():
                                          (0, 1, key_of(BOB), encode("Payment", payment("1.00"))),
                                          (0, 2, key_of(BOB), b"junk")], now=NOW, expected=FROM_START)
     assert batch.next_offsets == {0: 3}
-    assert outputs(batch) == []
+    [(kind, key, refused)] = outputs(batch)
+    assert (kind, key, refused["reason_code"], refused["payment_id"]) == (
+        "rejections", key_of("nobody").decode(), "unknown_account", unknown["payment_id"])
+    assert all(entry.state is None for entry in batch.entries.values())
     assert {entry.payments_decided for entry in batch.entries.values()} == {0, 2}
 
 

@@ -121,7 +121,11 @@ def test_top_up(before: AccountState, amount: str, offset: int, balance: str, su
 
 def test_payment_in_another_currency_is_not_applied() -> None:
     after, emitted = top_up(state("1.00"), payment("5", currency="EUR"), offset=1, occurred_at=AT)
-    assert (after.balance, after.last_payment_offset, emitted) == (Decimal("1.00"), 1, [])
+    assert (after.balance, after.last_payment_offset) == (Decimal("1.00"), 1)
+    [(name, record)] = emitted
+    assert (name, record["reason_code"], record["amount"]) == ("PaymentRejected", "currency_mismatch", Decimal("5"))
+    assert "kept in USD" in record["message"]
+    assert decode(encode(name, record)) == (name, record)
 
 
 def test_a_payment_published_twice_is_credited_once() -> None:

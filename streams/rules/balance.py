@@ -34,7 +34,8 @@ from typing import Any, Mapping
 from imbill.streams.config import Account
 from imbill.streams.rules.rating import Rated
 
-__all__ = ["AccountState", "BillResult", "Event", "RECENT_ATTEMPTS", "open_account", "bill", "top_up"]
+__all__ = ["AccountState", "BillResult", "Event", "RECENT_ATTEMPTS", "open_account", "bill", "top_up",
+           "payment_rejected"]
 
 RECENT_ATTEMPTS = 8
 RECENT_PAYMENTS = 8
@@ -122,7 +123,9 @@ def top_up(state: AccountState, payment: Mapping[str, Any], *, offset: int, occu
     seen = replace(state, last_payment_offset=offset,
                    recent_payments=(*state.recent_payments, payment_id)[-RECENT_PAYMENTS:])
     if payment["currency"] != state.currency:
-        return seen, []
+        return seen, [payment_rejected(payment, "currency_mismatch",
+                                       f"payment {payment_id} is in {payment['currency']}; the balance of account "
+                                       f"{payment['account']} is kept in {state.currency}", occurred_at)]
     balance = state.balance + amount
     environment, account = payment["environment"], payment["account"]
     events = [_balance_changed(environment, account, "payment", payment_id, amount, balance, state.currency,
@@ -155,3 +158,11 @@ def _status_record(environment: str, account: str, status: str, reason: str, cau
         "service": "messaging", "status": status, "reason": reason, "cause_id": cause_id,
         "occurred_at": occurred_at, "push_events": push_events,
     }
+
+
+def payment_rejected(payment: Mapping[str, Any], reason_code: str, message: str, rejected_at: datetime) -> Event:
+    """A PaymentRejected event: the payment is not lost, it is refused where everyone sees it."""
+    return ("PaymentRejected", {"payment_id": payment["payment_id"], "environment": payment["environment"],
+                                "account": payment["account"], "amount": payment["amount"],
+                                "currency": payment["currency"], "received_at": payment["received_at"],
+                                "rejected_at": rejected_at, "reason_code": reason_code, "message": message})
