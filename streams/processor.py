@@ -54,7 +54,7 @@ from aiokafka.partitioner import murmur2
 from faust.types import TP
 
 from imbill.errors import SchemaError
-from imbill.schemas.codec import decode, encode
+from imbill.schemas.codec import decode_as, encode
 from imbill.settings import Settings, load_settings
 from imbill.streams.config import ConfigState
 from imbill.streams.config_reader import ConfigReader
@@ -167,9 +167,7 @@ def _decide(batch: Batch, decided: str, outcome: Callable[..., Iterable[Output]]
 def _attempt_outcome(entry: Entry, key: bytes | None, partition: int, offset: int, value: bytes | None,
                      config: ConfigState, now: datetime) -> list[Output]:
     try:
-        name, attempt = decode(value or b"")
-        if name != "MessageAttempt":
-            raise SchemaError(f"a {name} record on the attempts topic")
+        attempt = decode_as("MessageAttempt", value or b"")
     except SchemaError as exc:
         malformed = {"attempt_id": f"undecodable-{partition}-{offset}"}
         return [_rejection(malformed, Refused("malformed_attempt", str(exc), ""), now, key)]
@@ -207,16 +205,13 @@ def _rate_and_bill(entry: Entry, key: bytes | None, offset: int, attempt: dict[s
 
 def _opened(config: ConfigState, rated: Rated) -> AccountState:
     """A balance is always kept in the customer's currency, whichever event opens it."""
-    return _opened_for_payment(config, rated.environment, rated.account) or \
-        open_account(config.environments[rated.environment].accounts[rated.account], rated.currency)
+    return _opened_account(config, rated.environment, rated.account, fallback_currency=rated.currency)
 
 
 def _payment_outcome(entry: Entry, key: bytes | None, partition: int, offset: int, value: bytes | None,
                      config: ConfigState, now: datetime) -> list[Output]:
     try:
-        name, payment = decode(value or b"")
-        if name != "Payment":
-            raise SchemaError(f"a {name} record on the payments topic")
+        payment = decode_as("Payment", value or b"")
     except SchemaError as exc:
         log.warning("payment %d@%d not applied: %s", partition, offset, exc)
         return []
@@ -225,7 +220,7 @@ def _payment_outcome(entry: Entry, key: bytes | None, partition: int, offset: in
         log.warning("payment %s not applied: record key %r is not %s/%s", payment["payment_id"], key,
                     environment, account)
         return []
-    state = entry.state or _opened_for_payment(config, environment, account)
+    state = entry.state or _opened_account(config, environment, account)
     if state is None:
         log.warning("payment %s not applied: %s is no account of environment %s", payment["payment_id"],
                     account, environment)
@@ -238,13 +233,14 @@ def _payment_outcome(entry: Entry, key: bytes | None, partition: int, offset: in
     return outcome
 
 
-def _opened_for_payment(config: ConfigState, environment: str, account: str) -> AccountState | None:
+def _opened_account(config: ConfigState, environment: str, account: str, *,
+                    fallback_currency: str = "") -> AccountState | None:
     env = config.environments.get(environment)
     found = env.accounts.get(account) if env is not None else None
     if found is None:
         return None
     customer = env.customers.get(found.customer)
-    return open_account(found, customer.currency if customer is not None else "")
+    return open_account(found, customer.currency if customer is not None else fallback_currency)
 
 
 def _account_key(environment: str, account: str) -> bytes:
