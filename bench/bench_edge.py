@@ -32,7 +32,7 @@ sys.path.insert(0, str(HERE.parent))
 from imbill.broker import start_broker  # noqa: E402
 from imbill.bus import create_topics, read_to_end  # noqa: E402
 from imbill.producers.sip_client import send_message  # noqa: E402
-from imbill.topics import Topics  # noqa: E402
+from imbill.schemas.topics import Topics  # noqa: E402
 
 
 def free_port(kind: int = socket.SOCK_DGRAM) -> int:

@@ -38,9 +38,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from imbill.broker import start_broker
 from imbill.bus import EventProducer, create_topics
 from imbill.schemas.codec import decode, encode
-from imbill.streams.config import (Account, Customer, Destination, Product, Rate, ServicePolicy, ServiceTypes,
+from imbill.domain.config import (Account, Customer, Destination, Product, Rate, ServicePolicy, ServiceTypes,
                                    Tariff, UsageCharge, Vendor, VendorConnection, to_record, KIND_BY_CLASS)
-from imbill.topics import ACCOUNT_PARTITIONS, TopicSpec, Topics
+from imbill.schemas.topics import ACCOUNT_PARTITIONS, TopicSpec, Topics
 
 ENV = "bench"
 T0 = datetime(2024, 1, 1, tzinfo=timezone.utc)

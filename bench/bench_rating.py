@@ -31,9 +31,9 @@ from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import NamedTuple
 
-from imbill.streams.config import ConfigState
-from imbill.streams.rules.policy import effective_attributes
-from imbill.streams.rules.rating import Rated, Refused, rate_attempt
+from imbill.domain.config import ConfigState
+from imbill.domain.policy import effective_attributes
+from imbill.domain.rating import Rated, Refused, rate_attempt
 
 T0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
 NOW = T0 + timedelta(days=60)

@@ -18,10 +18,10 @@ from rich.table import Table
 
 from imbill.broker import start_broker
 from imbill.bus import EventProducer, create_topics
-from imbill.errors import ConfigError, ImbillError
+from imbill.domain.errors import ConfigError, ImbillError
 from imbill.schemas.codec import schemas
 from imbill.settings import Settings
-from imbill.topics import CATALOGUE
+from imbill.schemas.topics import CATALOGUE
 
 Say = Callable[[str], None]
 
@@ -200,7 +200,7 @@ def config_history_table(settings: Settings) -> Table:
 
 
 def attributes_table(service: str) -> Table:
-    from imbill.streams.rules.catalogue import CATALOGUE_COLUMNS, catalogue_rows
+    from imbill.domain.catalogue import CATALOGUE_COLUMNS, catalogue_rows
 
     table = Table(*CATALOGUE_COLUMNS, title="Service policy attributes")
     for row in catalogue_rows(None if service == "all" else service):
@@ -272,8 +272,8 @@ def explain_policy(settings: Settings, account: str, to: str, user_agent: str | 
     """Tables for `imbill policy explain`: the policies and their roles, the effective
     attributes and their sources, and how a message sent now would be rated."""
     from imbill.producers.config_publisher import current_state
-    from imbill.streams.rules.policy import explain
-    from imbill.streams.rules.rating import Refused, rate_attempt
+    from imbill.domain.policy import explain
+    from imbill.domain.rating import Refused, rate_attempt
 
     state = current_state(settings.bootstrap_servers, settings.topics)
     env = state.environment(settings.environment)

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from imbill.errors import BrokerError
+from imbill.domain.errors import BrokerError
 
 __all__ = ["LocalBroker", "tansu_binary", "start_broker", "port_is_free"]
 

@@ -11,7 +11,7 @@ import click
 from rich.console import Console
 
 from imbill import bootstrap
-from imbill.errors import ImbillError
+from imbill.domain.errors import ImbillError
 from imbill.settings import DEFAULT_EXAMPLE, Settings, load_settings
 
 console = Console(highlight=False)

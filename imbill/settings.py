@@ -31,7 +31,7 @@ class Settings:
 
     @property
     def topics(self) -> "Topics":
-        from imbill.topics import Topics
+        from imbill.schemas.topics import Topics
 
         return Topics(self.topic_prefix)
 

@@ -2,7 +2,7 @@
 
 The edge answers 202 only once the broker acknowledged the attempt (acks=all): `submit`
 calls the attempt's `done` callback with None then, and with a
-:class:`~imbill.errors.PublishError` when the broker refused it, did not acknowledge it
+:class:`~imbill.domain.errors.PublishError` when the broker refused it, did not acknowledge it
 within `timeout` seconds, or the attempt could not be encoded, so the edge answers 500
 and the client retries. ``await publisher(attempt)`` does the same for one attempt.
 
@@ -44,7 +44,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from aiokafka.partitioner import murmur2
 
-from imbill.errors import BrokerError, PublishError
+from imbill.domain.errors import BrokerError, PublishError
 from imbill.producers.attempt import attempt_key
 from imbill.schemas.codec import schema
 

@@ -19,7 +19,7 @@ The file is the whole truth: an object missing from it is removed when the file 
 shape (pydantic models, unknown fields refused), then the rules that tie objects together
 (references, duplicates, currencies, policy attributes from the catalogue, dialing rules).
 Every problem found is reported, one per line, as ``file: object "name": field: problem``;
-:class:`ConfigFileError` is a :class:`~imbill.errors.ConfigError`.
+:class:`ConfigFileError` is a :class:`~imbill.domain.errors.ConfigError`.
 
 Money (unit_price, opening_balance, credit_limit) is a :class:`~decimal.Decimal`, never a
 float: write it as a string (``"0.05"``) or a number, at most 6 decimals, never negative.
@@ -41,12 +41,12 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
 from pydantic_core import PydanticCustomError
 
-from imbill.errors import ConfigError
-from imbill.streams.config import (KIND_BY_CLASS, Account, Customer, Destination, DialingRulesConfig,
+from imbill.domain.errors import ConfigError
+from imbill.domain.config import (KIND_BY_CLASS, Account, Customer, Destination, DialingRulesConfig,
                                    EnvironmentConfig, Product, Rate, ServicePolicy, ServiceTypes, Tariff,
                                    UsageCharge, Vendor, VendorConnection)
-from imbill.streams.rules.catalogue import InvalidPolicyAttribute, check_applicability, parse_attributes
-from imbill.streams.rules.e164 import DialingRules, InvalidDialingRules
+from imbill.domain.catalogue import InvalidPolicyAttribute, check_applicability, parse_attributes
+from imbill.domain.e164 import DialingRules, InvalidDialingRules
 
 __all__ = ["ConfigFileError", "DesiredConfig", "EPOCH", "load_config_file", "parse_config", "desired_config"]
 

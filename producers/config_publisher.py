@@ -1,7 +1,7 @@
 """The config publisher: a declarative file -> the minimal list of config change events.
 
 ``imbill config apply FILE`` reads the config topic to its end, folds it into the config
-in force (:func:`imbill.streams.config.fold`), compares the file's environment with it and
+in force (:func:`imbill.domain.config.fold`), compares the file's environment with it and
 appends only the events that change it, so applying the same file twice appends nothing:
 
 - one ``<Kind>Defined``/``Set`` event per object that is new or differs from the one in
@@ -36,12 +36,12 @@ from os import PathLike
 from typing import Any, Callable, Iterable, Mapping, NamedTuple
 
 from imbill.bus import Envelope, EventProducer, read_to_end
-from imbill.errors import SchemaError
+from imbill.domain.errors import SchemaError
 from imbill.producers.config_file import ConfigFileError, DesiredConfig, load_config_file
 from imbill.schemas.codec import encode
-from imbill.streams.config import (KIND_BY_EVENT, KIND_BY_NAME, ConfigState, EnvironmentConfig, Kind, UsageCharge,
+from imbill.domain.config import (KIND_BY_EVENT, KIND_BY_NAME, ConfigState, EnvironmentConfig, Kind, UsageCharge,
                                    fold, from_record, to_record)
-from imbill.topics import Topics
+from imbill.schemas.topics import Topics
 
 __all__ = ["PLAN_ORDER", "NEVER_REMOVED", "ApplyResult", "HistoryEntry", "KindRows", "plan_changes",
            "apply_config", "current_state", "config_history", "describe", "tariff_currencies", "event_label"]

@@ -35,13 +35,13 @@ from kafka.errors import KafkaError
 from sqlalchemy.dialects import postgresql, sqlite
 
 from imbill.bus import Envelope, partitions_of
-from imbill.errors import BrokerError, SchemaError
+from imbill.domain.errors import BrokerError, SchemaError
 from imbill.projections.models import (BalanceEvent, ConfigEvent, ConfigObject, ProjectionOffset,
                                        RejectedAttempt, ServiceStatusEvent, Xdr, connect, migrate,
                                        to_json)
 from imbill.schemas.codec import decode
-from imbill.streams.config import KIND_BY_EVENT, from_record, to_record
-from imbill.topics import Topics
+from imbill.domain.config import KIND_BY_EVENT, from_record, to_record
+from imbill.schemas.topics import Topics
 
 __all__ = ["Projector", "ConfigProjector", "XDR_MAPPERS", "CONFIG_MAPPERS", "main"]
 

@@ -20,7 +20,7 @@ from typing import Any, Mapping
 import fastavro
 from fastavro.schema import to_parsing_canonical_form
 
-from imbill.errors import SchemaError, UnknownSchema
+from imbill.domain.errors import SchemaError, UnknownSchema
 
 __all__ = ["MAGIC", "Schema", "schema", "schemas", "encode", "decode", "decode_as", "fingerprint"]
 

@@ -24,9 +24,9 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from imbill.errors import BrokerError, SchemaError
+from imbill.domain.errors import BrokerError, SchemaError
 from imbill.schemas.codec import decode
-from imbill.streams.config import ConfigState
+from imbill.domain.config import ConfigState
 
 __all__ = ["ConfigReader"]
 

@@ -53,17 +53,17 @@ import faust
 from aiokafka.partitioner import murmur2
 from faust.types import TP
 
-from imbill.errors import SchemaError
+from imbill.domain.errors import SchemaError
 from imbill.schemas.codec import decode_as, encode
 from imbill.settings import Settings, load_settings
-from imbill.streams.config import ConfigState
+from imbill.domain.config import ConfigState
 from imbill.streams.config_reader import ConfigReader
 from imbill.streams.recovery import (CHANGELOG_CODEC, Entry, Flushed, Output, encode_record, flushed_key,
                                      install_true_end_offsets, pending_outboxes)
-from imbill.streams.rules.balance import AccountState, bill, open_account, payment_rejected, top_up
-from imbill.streams.rules.rating import (REASON_CODES, Rated, Refused, account_push_events, charge_record,
+from imbill.domain.balance import AccountState, bill, open_account, payment_rejected, top_up
+from imbill.domain.rating import (REASON_CODES, Rated, Refused, account_push_events, charge_record,
                                          rate_attempt, rejection_record)
-from imbill.topics import ACCOUNT_PARTITIONS, Topics
+from imbill.schemas.topics import ACCOUNT_PARTITIONS, Topics
 
 __all__ = ["Record", "Batch", "bill_attempts", "top_up_payments", "Processor", "create_app", "run_worker",
            "main", "TABLE_NAME"]

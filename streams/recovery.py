@@ -47,8 +47,8 @@ from faust.serializers.codecs import Codec
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
-from imbill.errors import BrokerError
-from imbill.streams.rules.balance import AccountState
+from imbill.domain.errors import BrokerError
+from imbill.domain.balance import AccountState
 
 __all__ = ["true_end_offsets", "install_true_end_offsets", "TrueEndTransport", "Entry", "Flushed", "Output",
            "flushed_key", "encode_record", "decode_record", "CHANGELOG_CODEC", "pending_outboxes"]

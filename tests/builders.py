@@ -15,7 +15,7 @@ from decimal import Decimal
 from typing import Any
 
 from imbill.schemas.codec import encode
-from imbill.streams.config import (KIND_BY_CLASS, Account, ConfigState, Customer, Destination,
+from imbill.domain.config import (KIND_BY_CLASS, Account, ConfigState, Customer, Destination,
                                    DialingRulesConfig, EnvironmentConfig, Product, Rate, ServicePolicy,
                                    ServiceTypes, Tariff, UsageCharge, Vendor, VendorConnection, to_record)
 

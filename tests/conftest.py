@@ -11,7 +11,7 @@ from hypothesis import settings as hypothesis_settings
 
 from imbill.broker import LocalBroker, start_broker
 from imbill.bus import create_topics
-from imbill.topics import Topics
+from imbill.schemas.topics import Topics
 
 hypothesis_settings.register_profile("ci", max_examples=200, deadline=None, derandomize=True)
 hypothesis_settings.register_profile("dev", max_examples=100, deadline=None)

@@ -6,7 +6,7 @@ from decimal import Decimal
 
 from hypothesis import strategies as st
 
-from imbill.streams.config import ServicePolicy
+from imbill.domain.config import ServicePolicy
 
 __all__ = ["unit_sizes", "body_chars", "prices", "currencies", "digits", "rate_codes", "numbers",
            "domains", "policy_attributes", "dynamic_policies", "static_policies", "money", "balance_operations"]

@@ -18,11 +18,11 @@ from kafka.partitioner.default import DefaultPartitioner
 from imbill.bootstrap import synthetic_attempt
 from imbill.broker import start_broker
 from imbill.bus import create_topics, read_to_end
-from imbill.errors import BrokerError, PublishError
+from imbill.domain.errors import BrokerError, PublishError
 from imbill.producers.attempt import attempt_key
 from imbill.producers.attempt_publisher import AttemptPublisher, partition_for
 from imbill.producers.edge import SipEdge
-from imbill.topics import ATTEMPTS, Topics
+from imbill.schemas.topics import ATTEMPTS, Topics
 from tests.conftest import free_port
 from tests.test_edge_conformance import UdpClient, exchange, header_of, message, status_of
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from imbill.errors import ConfigError
-from imbill.streams.rules.catalogue import (
+from imbill.domain.errors import ConfigError
+from imbill.domain.catalogue import (
     CATALOGUE,
     CATALOGUE_COLUMNS,
     MESSAGING_CATALOGUE,

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from imbill.broker import start_broker
 from imbill.cli import cli
-from imbill.errors import BrokerError
+from imbill.domain.errors import BrokerError
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "instant-messaging.yaml"
 SUBCOMMANDS = ["broker", "config", "edge", "payment", "policy", "process", "project", "run", "schemas",

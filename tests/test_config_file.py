@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from imbill.errors import ConfigError
+from imbill.domain.errors import ConfigError
 from imbill.producers.config_file import EPOCH, ConfigFileError, load_config_file, parse_config
-from imbill.streams.config import Account, Rate, ServicePolicy
+from imbill.domain.config import Account, Rate, ServicePolicy
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from imbill.errors import ConfigError
+from imbill.domain.errors import ConfigError
 from imbill.producers.config_file import DesiredConfig, desired_config
 from imbill.producers.config_publisher import PLAN_ORDER, describe, plan_changes, tariff_currencies
 from imbill.schemas.codec import decode, encode
-from imbill.streams.config import ConfigState, EnvironmentConfig, fold
+from imbill.domain.config import ConfigState, EnvironmentConfig, fold
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "instant-messaging.yaml"
 NOW = datetime(2026, 2, 1, 12, tzinfo=timezone.utc)

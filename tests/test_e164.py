@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from imbill.errors import ConfigError
-from imbill.streams.rules.e164 import DialingRules, InvalidDialingRules, to_e164
+from imbill.domain.errors import ConfigError
+from imbill.domain.e164 import DialingRules, InvalidDialingRules, to_e164
 
 US = DialingRules("1", "011", national_prefix="1", area_code="212", min_length=11)
 UK = DialingRules("44", "00", national_prefix="0", area_code="20", min_length=11, max_length=12)

@@ -27,8 +27,8 @@ from imbill.schemas.codec import decode, encode
 from imbill.streams.processor import bill_attempts, entry_key, main, top_up_payments
 from imbill.streams.recovery import (Entry, Flushed, decode_record, encode_record, flushed_key, pending_outboxes,
                                      true_end_offsets)
-from imbill.streams.rules.balance import AccountState
-from imbill.topics import ACCOUNT_PARTITIONS, ACCOUNT_STATE_CHANGELOG, Topics
+from imbill.domain.balance import AccountState
+from imbill.schemas.topics import ACCOUNT_PARTITIONS, ACCOUNT_STATE_CHANGELOG, Topics
 from tests.builders import ALICE, BOB, ENV, T0, attempt, checklist, payment
 
 NOW = datetime(2026, 1, 15, 9, 30, tzinfo=timezone.utc)

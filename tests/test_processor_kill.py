@@ -25,7 +25,7 @@ from decimal import Decimal
 import pytest
 
 from imbill.bus import EventProducer, read_to_end
-from imbill.streams.config import Account
+from imbill.domain.config import Account
 from tests.builders import ENV, checklist, payment
 from tests.test_processor import Worker, message, publish_config
 

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from imbill.bus import EventProducer, read_to_end
 from imbill.projections.models import ConfigEvent, ConfigObject, connect, to_json
 from imbill.projections.projector import ConfigProjector
-from imbill.streams.config import (KIND_BY_CLASS, KINDS, Account, Customer, Destination, DialingRulesConfig,
+from imbill.domain.config import (KIND_BY_CLASS, KINDS, Account, Customer, Destination, DialingRulesConfig,
                                    Product, Rate, ServicePolicy, ServiceTypes, Tariff, UsageCharge, Vendor,
                                    VendorConnection, fold, to_record)
 

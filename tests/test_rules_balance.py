@@ -8,8 +8,8 @@ from decimal import Decimal
 import pytest
 
 from imbill.schemas.codec import decode, encode
-from imbill.streams.rules.balance import AccountState, bill, open_account, top_up
-from imbill.streams.rules.rating import REASON_CODES, Rated, rate_attempt
+from imbill.domain.balance import AccountState, bill, open_account, top_up
+from imbill.domain.rating import REASON_CODES, Rated, rate_attempt
 from tests.builders import ALICE, ENV, T0, attempt, checklist, payment
 
 AT = T0 + timedelta(hours=3)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from imbill.streams.config import Account, ServicePolicy
-from imbill.streams.rules.catalogue import MESSAGING_CATALOGUE
-from imbill.streams.rules.patterns import like, pattern_items
-from imbill.streams.rules.policy import DEFAULT, PolicyMatch, effective_attributes, explain
+from imbill.domain.config import Account, ServicePolicy
+from imbill.domain.catalogue import MESSAGING_CATALOGUE
+from imbill.domain.patterns import like, pattern_items
+from imbill.domain.policy import DEFAULT, PolicyMatch, effective_attributes, explain
 from tests.builders import ALICE, BOB, DOMAIN, IM_ATTRIBUTES, POLICY, ConfigBuilder, checklist
 
 LIKE_CASES = [

@@ -7,13 +7,13 @@ from decimal import ROUND_HALF_UP, Decimal
 from hypothesis import given
 from hypothesis import strategies as st
 
-from imbill.streams.config import Account, Rate, ServicePolicy, Tariff, Vendor, VendorConnection
-from imbill.streams.rules.balance import bill, open_account, top_up
-from imbill.streams.rules.catalogue import MESSAGING_CATALOGUE
-from imbill.streams.rules.money import billing_units, minor_units
-from imbill.streams.rules.patterns import like
-from imbill.streams.rules.policy import effective_attributes
-from imbill.streams.rules.rating import Rated, rate_attempt
+from imbill.domain.config import Account, Rate, ServicePolicy, Tariff, Vendor, VendorConnection
+from imbill.domain.balance import bill, open_account, top_up
+from imbill.domain.catalogue import MESSAGING_CATALOGUE
+from imbill.domain.money import billing_units, minor_units
+from imbill.domain.patterns import like
+from imbill.domain.policy import effective_attributes
+from imbill.domain.rating import Rated, rate_attempt
 from tests import strategies as s
 from tests.builders import ALICE, IM_ATTRIBUTES, T0, attempt, checklist, payment
 

@@ -9,9 +9,9 @@ import pytest
 
 from tests.builders import ALICE, BOB, DOMAIN, DROP, ENV, IM_ATTRIBUTES, POLICY, T0, ConfigBuilder, attempt, checklist
 from imbill.schemas.codec import decode, encode
-from imbill.streams.config import (Account, Product, Rate, ServicePolicy, ServiceTypes, Tariff, UsageCharge,
+from imbill.domain.config import (Account, Product, Rate, ServicePolicy, ServiceTypes, Tariff, UsageCharge,
                                    Vendor, VendorConnection)
-from imbill.streams.rules.rating import (REASON_CODES, Rated, Refused, account_push_events, charge_record,
+from imbill.domain.rating import (REASON_CODES, Rated, Refused, account_push_events, charge_record,
                                          rate_attempt, rejection_record)
 
 LATER = T0 + timedelta(days=30)

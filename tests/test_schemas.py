@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from imbill.errors import SchemaError, UnknownSchema
+from imbill.domain.errors import SchemaError, UnknownSchema
 from imbill.schemas.codec import MAGIC, decode, decode_as, encode, fingerprint, register_writer, schemas
 from tests.samples import SAMPLES
 

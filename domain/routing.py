@@ -20,7 +20,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import NamedTuple
 
-from imbill.streams.rules.tariff_rates import History, Price, TariffRates, longest_code, matching, remember
+from imbill.domain.tariff_rates import History, Price, TariffRates, longest_code, matching, remember
 
 __all__ = ["Route", "Routing", "Candidates", "RoutingTable"]
 

@@ -31,8 +31,8 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, Mapping
 
-from imbill.streams.config import Account
-from imbill.streams.rules.rating import Rated
+from imbill.domain.config import Account
+from imbill.domain.rating import Rated
 
 __all__ = ["AccountState", "BillResult", "Event", "RECENT_ATTEMPTS", "open_account", "bill", "top_up",
            "payment_rejected"]

@@ -26,9 +26,9 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Mapping
 
-from imbill.streams.config import Account, EnvironmentConfig, ServicePolicy
-from imbill.streams.rules.catalogue import CATALOGUE
-from imbill.streams.rules.patterns import MATCH_NONE, compile_pattern
+from imbill.domain.config import Account, EnvironmentConfig, ServicePolicy
+from imbill.domain.catalogue import CATALOGUE
+from imbill.domain.patterns import MATCH_NONE, compile_pattern
 
 __all__ = ["PolicyMatch", "EffectivePolicy", "effective_attributes", "matching_policies", "DEFAULT",
            "PolicyRow", "AttributeRow", "Explanation", "explain"]

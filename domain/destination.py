@@ -20,10 +20,10 @@ from datetime import datetime
 from decimal import Decimal
 from typing import NamedTuple
 
-from imbill.streams.rules.money import ZERO
-from imbill.streams.rules.rating_index import Dialed, Index, Plan, Policy, Refusal
-from imbill.streams.rules.routing import Route
-from imbill.streams.rules.tariff_rates import Price
+from imbill.domain.money import ZERO
+from imbill.domain.rating_index import Dialed, Index, Plan, Policy, Refusal
+from imbill.domain.routing import Route
+from imbill.domain.tariff_rates import Price
 
 __all__ = ["Delivery", "deliver", "named"]
 

@@ -37,7 +37,7 @@ from typing import Mapping, TypeGuard
 
 import phonenumbers
 
-from imbill.errors import ConfigError
+from imbill.domain.errors import ConfigError
 
 __all__ = ["DialingRules", "InvalidDialingRules", "to_e164"]
 

@@ -16,9 +16,9 @@ from typing import Any, Iterable, Iterator, Mapping
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
-from imbill.errors import BrokerError, PublishError, SchemaError
+from imbill.domain.errors import BrokerError, PublishError, SchemaError
 from imbill.schemas.codec import decode, encode
-from imbill.topics import TopicSpec
+from imbill.schemas.topics import TopicSpec
 
 __all__ = ["create_topics", "EventProducer", "Envelope", "read_to_end", "partitions_of"]
 

@@ -20,7 +20,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from itertools import islice
 from typing import Any, Iterable
 
-from imbill.streams.config import Rate
+from imbill.domain.config import Rate
 
 __all__ = ["MSGN", "ANY_NUMBER", "MEMO_LIMIT", "Price", "History", "TariffRates", "longest_code", "matching",
            "number_of", "remember"]

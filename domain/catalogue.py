@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
-from imbill.streams.rules.errors import ConfigError
+from imbill.domain.errors import ConfigError
 
 __all__ = [
     "AttributeSpec",

@@ -16,12 +16,12 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from imbill.streams.config import Account, EnvironmentConfig, Product, Rate
-from imbill.streams.rules.e164 import DialingRules, to_e164
-from imbill.streams.rules.money import quantum
-from imbill.streams.rules.policy import effective_attributes
-from imbill.streams.rules.routing import Route, RoutingTable
-from imbill.streams.rules.tariff_rates import TariffRates, number_of, remember
+from imbill.domain.config import Account, EnvironmentConfig, Product, Rate
+from imbill.domain.e164 import DialingRules, to_e164
+from imbill.domain.money import quantum
+from imbill.domain.policy import effective_attributes
+from imbill.domain.routing import Route, RoutingTable
+from imbill.domain.tariff_rates import TariffRates, number_of, remember
 
 __all__ = ["Plan", "Policy", "Dialed", "Refusal", "Index", "index_of", "product_refusal", "INDEXES", "CACHE_LIMIT"]
 

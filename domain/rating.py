@@ -34,11 +34,11 @@ from decimal import Decimal
 from types import MappingProxyType
 from typing import Any, Mapping, NamedTuple
 
-from imbill.streams.config import Account, ConfigState
-from imbill.streams.rules.destination import Delivery, deliver, named
-from imbill.streams.rules.money import ZERO, billing_units, round_amount
-from imbill.streams.rules.rating_index import INDEXES, Index, Plan, Policy, Refusal, index_of, product_refusal
-from imbill.streams.rules.tariff_rates import ANY_NUMBER, MSGN
+from imbill.domain.config import Account, ConfigState
+from imbill.domain.destination import Delivery, deliver, named
+from imbill.domain.money import ZERO, billing_units, round_amount
+from imbill.domain.rating_index import INDEXES, Index, Plan, Policy, Refusal, index_of, product_refusal
+from imbill.domain.tariff_rates import ANY_NUMBER, MSGN
 
 __all__ = ["Rated", "Refused", "REASON_CODES", "MSGN", "ANY_NUMBER", "rate_attempt", "charge_record",
            "rejection_record", "account_push_events"]

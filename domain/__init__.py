@@ -1,0 +1,1 @@
+"""The domain: config model, events, rules. Imports nothing else of imbill."""
