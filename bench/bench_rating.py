@@ -41,9 +41,9 @@ IM = {"msg.transport_protocol": "SIP", "msg.outgoing_aaa": True, "msg.local_look
       "msg.userpart_e164_translation": True, "msg.billing_unit_size": 60, "msg.external_routing": True}
 
 
-def _apply(state: ConfigState, env: str, event: str, body: dict, serial: list[int]) -> None:
+def _apply(events: list, env: str, event: str, body: dict, serial: list[int]) -> None:
     serial[0] += 1
-    state.apply(event, {"event_id": f"cfg-{serial[0]}", "environment": env, "occurred_at": T0, **body})
+    events.append((event, {"event_id": f"cfg-{serial[0]}", "environment": env, "occurred_at": T0, **body}))
 
 
 def _rate(tariff: str, code: str, price: str, at: datetime) -> dict:
@@ -53,12 +53,12 @@ def _rate(tariff: str, code: str, price: str, at: datetime) -> dict:
 
 def build_config(envs: int, tariffs: int, codes: int, policies: int, accounts: int, seed: int) -> ConfigState:
     """The generated config, folded event by event."""
-    rnd, state, serial = random.Random(seed), ConfigState(), [0]
+    rnd, events, serial = random.Random(seed), [], [0]
     for e in range(envs):
         env = f"env{e}"
 
         def put(event: str, body: dict) -> None:
-            _apply(state, env, event, body, serial)
+            _apply(events, env, event, body, serial)
 
         put("ServiceTypesSet", {"messaging_enabled": True, "voice_enabled": True})
         put("DialingRulesSet", {"country_code": "44", "international_prefix": "00", "national_prefix": "0",
@@ -85,7 +85,7 @@ def build_config(envs: int, tariffs: int, codes: int, policies: int, accounts: i
                 "service_password": "secret", "aliases": [f"user{a}"],
                 "service_policy": f"static{a % 50}" if a % 10 == 0 else None, "balance_model": "prepaid",
                 "opening_balance": Decimal("10.00"), "credit_limit": Decimal(0)})
-    return state
+    return ConfigState().applied(events)
 
 
 def _codes(rnd: random.Random, count: int) -> set[str]:

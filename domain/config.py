@@ -20,11 +20,13 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, Callable, Iterable, Mapping
 
+from imbill.domain.e164 import DialingRules
+
 __all__ = [
-    "ServiceTypes", "DialingRulesConfig", "Destination", "ServicePolicy", "Tariff", "Rate",
+    "ServiceTypes", "DialingRules", "Destination", "ServicePolicy", "Tariff", "Rate",
     "Vendor", "VendorConnection", "UsageCharge", "Product", "Customer", "Account",
     "Kind", "KINDS", "KIND_BY_EVENT", "KIND_BY_NAME", "KIND_BY_CLASS", "EnvironmentConfig", "ConfigState", "fold",
-    "object_key", "to_record", "from_record",
+    "object_key", "to_record", "from_record", "Skipped", "SKIPPABLE",
 ]
 
 
@@ -34,16 +36,6 @@ class ServiceTypes:
 
     messaging_enabled: bool
     voice_enabled: bool = True
-
-
-@dataclass(frozen=True)
-class DialingRulesConfig:
-    country_code: str
-    international_prefix: str = "00"
-    national_prefix: str = "0"
-    area_code: str = ""
-    min_length: int = 7
-    max_length: int = 15
 
 
 @dataclass(frozen=True)
@@ -157,7 +149,7 @@ def _rate_key(rate: Rate) -> str:
 
 KINDS: tuple[Kind, ...] = (
     Kind("service_types", "ServiceTypesSet", ServiceTypes, lambda o: "", "service_types", True),
-    Kind("dialing_rules", "DialingRulesSet", DialingRulesConfig, lambda o: "", "dialing_rules", True),
+    Kind("dialing_rules", "DialingRulesSet", DialingRules, lambda o: "", "dialing_rules", True),
     Kind("destination", "DestinationDefined", Destination, lambda o: o.prefix, "destinations"),
     Kind("service_policy", "ServicePolicyDefined", ServicePolicy, lambda o: o.name, "service_policies"),
     Kind("tariff", "TariffDefined", Tariff, lambda o: o.name, "tariffs"),
@@ -204,13 +196,14 @@ def from_record(kind: Kind, record: Mapping[str, Any]) -> Any:
     return kind.cls(**values)
 
 
-@dataclass
+@dataclass(frozen=True)
 class EnvironmentConfig:
-    """The config in force in one virtual environment."""
+    """The config in force in one virtual environment: a snapshot, never changed once folded
+    (:meth:`ConfigState.applied` makes a new one; its collections are read-only to all)."""
 
     name: str
     service_types: dict[str, ServiceTypes] = field(default_factory=dict)
-    dialing_rules: dict[str, DialingRulesConfig] = field(default_factory=dict)
+    dialing_rules: dict[str, DialingRules] = field(default_factory=dict)
     destinations: dict[str, Destination] = field(default_factory=dict)
     service_policies: dict[str, ServicePolicy] = field(default_factory=dict)
     tariffs: dict[str, Tariff] = field(default_factory=dict)
@@ -221,7 +214,8 @@ class EnvironmentConfig:
     customers: dict[str, Customer] = field(default_factory=dict)
     accounts: dict[str, Account] = field(default_factory=dict)
     version: int = 0
-    """Count of events applied; rule indexes cache against it."""
+    """Count of events applied to this environment."""
+    _derived: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def messaging_enabled(self) -> bool:
@@ -238,40 +232,112 @@ class EnvironmentConfig:
     def get(self, kind_name: str, key: str) -> Any | None:
         return self.collection(KIND_BY_NAME[kind_name]).get(key)
 
+    def derived(self, name: str, build: Callable[[EnvironmentConfig], Any]) -> Any:
+        """What the rules derive from this snapshot (an index), built once and kept with it:
+        cached by the snapshot's identity, so a live and a replay snapshot of the same
+        environment never share or evict each other's indexes."""
+        found = self._derived.get(name)
+        if found is None:
+            found = self._derived[name] = build(self)
+        return found
 
-@dataclass
+
+Skipped = Callable[[str, Mapping[str, Any], Exception], None]
+"""Told of a config record the fold refuses: (event name, record, why)."""
+
+SKIPPABLE = (KeyError, TypeError, ValueError, AttributeError)
+"""What a record that does not describe a valid config object raises while folded."""
+
+
+@dataclass(frozen=True)
 class ConfigState:
-    """Every environment's config, and where in the config topic it was read up to."""
+    """Every environment's config, and how many config events were folded into it."""
 
-    environments: dict[str, EnvironmentConfig] = field(default_factory=dict)
+    environments: Mapping[str, EnvironmentConfig] = field(default_factory=dict)
     events_applied: int = 0
     last_event_at: datetime | None = None
 
     def environment(self, name: str) -> EnvironmentConfig | None:
         return self.environments.get(name)
 
-    def apply(self, name: str, record: Mapping[str, Any]) -> None:
-        """Fold one config event into the state (unknown event types are ignored)."""
-        env = self.environments.get(record["environment"])
-        if env is None:
-            env = self.environments[record["environment"]] = EnvironmentConfig(record["environment"])
+    def apply(self, name: str, record: Mapping[str, Any]) -> ConfigState:
+        """The state after one more config event (this one is not changed)."""
+        return self.applied([(name, record)], on_skip=_raise)
+
+    def applied(self, events: Iterable[tuple[str, Mapping[str, Any]]], *, on_skip: Skipped | None = None) -> ConfigState:
+        """The state after ``events``, in order. Unknown event types are ignored; a record
+        that is no valid config object is skipped (``on_skip`` is told) and changes nothing.
+        Each touched environment is copied once per call, never changed in place."""
+        drafts: dict[str, _Draft] = {}
+        count, last = self.events_applied, self.last_event_at
+        for name, record in events:
+            try:
+                draft = _draft_of(drafts, self.environments, record["environment"])
+                changed = draft.apply(name, record)
+            except SKIPPABLE as exc:
+                (on_skip or _ignore)(name, record, exc)
+                continue
+            if changed:
+                count, last = count + 1, record["occurred_at"]
+        if not drafts:
+            return ConfigState(self.environments, count, last)
+        environments = dict(self.environments)
+        environments.update((env_name, draft.build()) for env_name, draft in drafts.items())
+        return ConfigState(environments, count, last)
+
+
+def _raise(name: str, record: Mapping[str, Any], exc: Exception) -> None:
+    raise exc
+
+
+def _ignore(name: str, record: Mapping[str, Any], exc: Exception) -> None:
+    pass
+
+
+def _draft_of(drafts: dict[str, _Draft], environments: Mapping[str, EnvironmentConfig], name: str) -> _Draft:
+    if type(name) is not str:
+        raise TypeError(f"environment name must be a string, not {type(name).__name__}")
+    draft = drafts.get(name)
+    if draft is None:
+        draft = drafts[name] = _Draft(environments.get(name) or EnvironmentConfig(name))
+    return draft
+
+
+class _Draft:
+    """A new snapshot of one environment under construction: a collection is copied the
+    first time an event touches it, so the old snapshot stays as it was."""
+
+    def __init__(self, base: EnvironmentConfig) -> None:
+        self.base, self.version = base, base.version
+        self.copied: dict[str, dict[str, Any]] = {}
+
+    def apply(self, name: str, record: Mapping[str, Any]) -> bool:
         if name == "ConfigObjectRemoved":
-            env.collection(KIND_BY_NAME[record["kind"]]).pop(record["key"], None)
+            kind = KIND_BY_NAME[record["kind"]]
+            self._collection(kind).pop(record["key"], None)
         elif name in KIND_BY_EVENT:
             kind = KIND_BY_EVENT[name]
             obj = from_record(kind, record)
-            env.collection(kind)[kind.key(obj)] = obj
+            key = kind.key(obj)
+            self._collection(kind)[key] = obj
         else:
-            return
-        env.version += 1
-        self.events_applied += 1
-        self.last_event_at = record["occurred_at"]
+            return False
+        self.version += 1
+        return True
+
+    def _collection(self, kind: Kind) -> dict[str, Any]:
+        found = self.copied.get(kind.collection)
+        if found is None:
+            found = self.copied[kind.collection] = dict(self.base.collection(kind))
+        return found
+
+    def build(self) -> EnvironmentConfig:
+        return dataclasses.replace(self.base, version=self.version, _derived={}, **self.copied)
 
 
-def fold(events: Iterable[tuple[str, Mapping[str, Any]]], until: datetime | None = None) -> ConfigState:
+def fold(events: Iterable[tuple[str, Mapping[str, Any]]], until: datetime | None = None, *,
+         on_skip: Skipped | None = None) -> ConfigState:
     """The config state after ``events`` (only those that occurred at or before ``until``)."""
-    state = ConfigState()
-    for name, record in events:
-        if until is None or record["occurred_at"] <= until:
-            state.apply(name, record)
-    return state
+    if until is not None:
+        events = ((name, record) for name, record in events if record["occurred_at"] <= until)
+    return ConfigState().applied(events, on_skip=on_skip)

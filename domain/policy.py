@@ -88,14 +88,8 @@ def _remembered(memo: dict, key: Any, value: Any) -> Any:
     return value
 
 
-_INDEXES: dict[str, _PolicyIndex] = {}
-
-
 def _index(env: EnvironmentConfig) -> _PolicyIndex:
-    index = _INDEXES.get(env.name)
-    if index is None or index.version != env.version or index.env is not env:
-        index = _INDEXES[env.name] = _PolicyIndex(env)
-    return index
+    return env.derived("policy", _PolicyIndex)
 
 
 def matching_policies(env: EnvironmentConfig, service_type: str, text: str | None) -> tuple[ServicePolicy, ...]:

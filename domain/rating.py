@@ -37,7 +37,7 @@ from typing import Any, Mapping, NamedTuple
 from imbill.domain.config import Account, ConfigState
 from imbill.domain.destination import Delivery, deliver, named
 from imbill.domain.money import ZERO, billing_units, round_amount
-from imbill.domain.rating_index import INDEXES, Index, Plan, Policy, Refusal, index_of, product_refusal
+from imbill.domain.rating_index import Index, Plan, Policy, Refusal, index_of, product_refusal
 from imbill.domain.tariff_rates import ANY_NUMBER, MSGN
 
 __all__ = ["Rated", "Refused", "REASON_CODES", "MSGN", "ANY_NUMBER", "rate_attempt", "charge_record",
@@ -109,9 +109,7 @@ def rate_attempt(attempt: Mapping[str, Any], config: ConfigState, *, rated_at: d
     except (KeyError, TypeError):
         return Refused("malformed_attempt", "the attempt lacks a field that rating needs", "")
     env = config.environments.get(name)
-    index = INDEXES.get(name)
-    if index is None or index.env is not env or index.version != env.version:
-        index = index_of(env) if env is not None else None
+    index = index_of(env) if env is not None else None
     if index is None or not index.set_up or not index.enabled:
         party = to_user if direction == "incoming" else sender
         if index is None or not index.set_up:

@@ -3,8 +3,8 @@
 An :class:`Index` holds an environment's accounts and aliases by number, each tariff's
 rates (:mod:`.tariff_rates`), each product's messaging plan, the internal vendor connection
 used on-net and the routing table of the external ones (:mod:`.routing`). It is built on
-first use of each ``EnvironmentConfig.version`` and kept while the same EnvironmentConfig
-object is at that version, so two snapshots (live and a replay) never share stale indexes.
+first use of a config snapshot and kept with it (``EnvironmentConfig.derived``), so two
+snapshots (live and a replay) never share or evict each other's indexes.
 
 Bounded memos, kept in the index and so forgotten with it, make repeats cheap: the
 effective policy per (static policy, recipient domain), and per To user part its
@@ -17,13 +17,13 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from imbill.domain.config import Account, EnvironmentConfig, Product, Rate
-from imbill.domain.e164 import DialingRules, to_e164
+from imbill.domain.e164 import to_e164
 from imbill.domain.money import quantum
 from imbill.domain.policy import effective_attributes
 from imbill.domain.routing import Route, RoutingTable
 from imbill.domain.tariff_rates import TariffRates, number_of, remember
 
-__all__ = ["Plan", "Policy", "Dialed", "Refusal", "Index", "index_of", "product_refusal", "INDEXES", "CACHE_LIMIT"]
+__all__ = ["Plan", "Policy", "Dialed", "Refusal", "Index", "index_of", "product_refusal", "CACHE_LIMIT"]
 
 CACHE_LIMIT = 50_000
 """Entries per bounded memo of destinations or policies (a full memo forgets its older half)."""
@@ -87,8 +87,7 @@ class Index:
         self.rates = {name: TariffRates(rates, quantum(env.tariffs[name].currency))
                       for name, rates in _rates_by_tariff(env).items()}
         self.plans = {name: self._plan(product) for name, product in env.products.items()}
-        rules = env.dialing_rules.get("")
-        self.rules = _dialing_rules(rules) if rules is not None else None
+        self.rules = env.dialing_rules.get("")
         routes = sorted(self._routes(), key=lambda r: (r[1].vendor, r[1].connection))
         self.internal = next((route for internal, route in routes if internal), None)
         self.external = RoutingTable(tuple(route for internal, route in routes if not internal))
@@ -160,13 +159,6 @@ def _rates_by_tariff(env: EnvironmentConfig) -> dict[str, list[Rate]]:
     return by_tariff
 
 
-def _dialing_rules(config: Any) -> DialingRules | None:
-    try:
-        return DialingRules.from_mapping(vars(config))
-    except ValueError:  # refused when the config was applied; never translate with bad rules
-        return None
-
-
 def _policy(env: EnvironmentConfig, account: Account, to_domain: str) -> Policy:
     eff = effective_attributes(env, account=account, to_domain=to_domain)
     size = eff.values.get("msg.billing_unit_size")
@@ -177,13 +169,6 @@ def _policy(env: EnvironmentConfig, account: Account, to_domain: str) -> Policy:
                   bool(eff.get("msg.external_routing")), eff.service_policy, eff.policies)
 
 
-INDEXES: dict[str, Index] = {}
-"""The latest index of each environment name."""
-
-
 def index_of(env: EnvironmentConfig) -> Index:
-    """The index of ``env`` at its current version (built when missing or stale)."""
-    index = INDEXES.get(env.name)
-    if index is None or index.version != env.version or index.env is not env:
-        index = INDEXES[env.name] = Index(env)
-    return index
+    """The index of the snapshot ``env``, built on first use and kept with the snapshot."""
+    return env.derived("rating", Index)

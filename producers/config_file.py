@@ -30,7 +30,7 @@ without a zone, or a bare date, is read as UTC.
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import date, datetime, time, timezone
 from decimal import ROUND_DOWN, Decimal, InvalidOperation
 from os import PathLike
@@ -42,7 +42,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
 from pydantic_core import PydanticCustomError
 
 from imbill.domain.errors import ConfigError
-from imbill.domain.config import (KIND_BY_CLASS, Account, Customer, Destination, DialingRulesConfig,
+from imbill.domain.config import (KIND_BY_CLASS, Account, Customer, Destination,
                                    EnvironmentConfig, Product, Rate, ServicePolicy, ServiceTypes, Tariff,
                                    UsageCharge, Vendor, VendorConnection)
 from imbill.domain.catalogue import InvalidPolicyAttribute, check_applicability, parse_attributes
@@ -663,7 +663,7 @@ def _build(model: ConfigFileModel, checker: _Checker) -> EnvironmentConfig:
         types = model.billing_engine.service_types
         _put(env, ServiceTypes(types.messaging, types.voice))
     if checker.dialing_rules is not None:
-        _put(env, DialingRulesConfig(**asdict(checker.dialing_rules)))
+        _put(env, checker.dialing_rules)
     for objects in (_destinations(model), _tariffs(model), _policies(model, checker), _vendors(model),
                     _products(model), _customers(model)):
         for obj in objects:

@@ -20,9 +20,12 @@ from typing import Any, Mapping
 import fastavro
 from fastavro.schema import to_parsing_canonical_form
 
+from imbill.domain import events as ev
+from imbill.domain.config import KIND_BY_EVENT, from_record, to_record
 from imbill.domain.errors import SchemaError, UnknownSchema
 
-__all__ = ["MAGIC", "Schema", "schema", "schemas", "encode", "decode", "decode_as", "fingerprint"]
+__all__ = ["MAGIC", "Schema", "schema", "schemas", "encode", "decode", "decode_as", "fingerprint",
+           "encode_event", "decode_event", "decode_event_as", "record_of", "event_of"]
 
 MAGIC = b"\xc3\x01"
 _EMPTY64 = 0xC15D213AA4D7A795
@@ -131,3 +134,60 @@ def decode_as(name: str, data: bytes) -> dict[str, Any]:
     if got != name:
         raise SchemaError(f"expected a {name} record, got {got}")
     return record
+
+
+# -- the domain's event types <-> Avro records ---------------------------------------------------
+
+_CLASSES: Mapping[str, type] = {cls.__name__: cls for cls in (
+    ev.MessageAttempt, ev.Charge, ev.Rejection, ev.Payment, ev.PaymentRejected, ev.BalanceChanged,
+    ev.ServiceStatusChanged, ev.ConfigObjectRemoved)}
+_ENVELOPE = ("event_id", "environment", "occurred_at")
+
+
+def record_of(event: Any) -> dict[str, Any]:
+    """The Avro record of a domain event (tuples become arrays)."""
+    if type(event) is ev.ConfigObjectDefined:
+        return {"event_id": event.event_id, "environment": event.environment, "occurred_at": event.occurred_at,
+                **to_record(event.object)}
+    record = {name: getattr(event, name) for name in ev.field_names(type(event))}
+    for name, value in record.items():
+        if type(value) is tuple:
+            record[name] = list(value)
+    return record
+
+
+def event_of(name: str, record: Mapping[str, Any]) -> ev.Event:
+    """The domain event of a decoded Avro record called ``name`` (arrays become tuples)."""
+    kind = KIND_BY_EVENT.get(name)
+    if kind is not None:
+        return ev.ConfigObjectDefined(record["event_id"], record["environment"], record["occurred_at"],
+                                      from_record(kind, record))
+    cls = _CLASSES.get(name)
+    if cls is None:
+        raise SchemaError(f"no event type for {name!r}")
+    try:
+        return cls(**{field: _frozen(record[field]) for field in ev.field_names(cls)})
+    except KeyError as exc:
+        raise SchemaError(f"{name} lacks the field {exc.args[0]}") from None
+
+
+def _frozen(value: Any) -> Any:
+    return tuple(value) if type(value) is list else value
+
+
+def encode_event(event: Any) -> bytes:
+    """Single-object encode a domain event with its schema."""
+    return encode(ev.event_name(event), record_of(event))
+
+
+def decode_event(data: bytes) -> ev.Event:
+    """The domain event of a single-object encoded record."""
+    return event_of(*decode(data))
+
+
+def decode_event_as(cls: type, data: bytes) -> Any:
+    """Decode and check the event is a ``cls``."""
+    event = decode_event(data)
+    if type(event) is not cls:
+        raise SchemaError(f"expected a {cls.__name__} record, got {ev.event_name(event)}")
+    return event

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from typing import Any, Iterator
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -103,18 +103,21 @@ class ConfigReader:
         assert self._consumer is not None
         while True:
             batches = await self._consumer.getmany(self._tp, timeout_ms=500, max_records=10_000)
-            for message in batches.get(self._tp, ()):
-                self._apply(message)
+            messages = batches.get(self._tp, ())
+            if messages:
+                self.state = self.state.applied(self._decoded(messages), on_skip=self._skipped)
+                self._next_offset = messages[-1].offset + 1
 
-    def _apply(self, message: Any) -> None:
-        try:
-            name, record = decode(message.value)
-            self.state.apply(name, record)
-        except (SchemaError, KeyError, TypeError, ValueError) as exc:
-            self.skipped += 1
-            log.warning("config record %s[%d]@%d skipped: %s", message.topic, message.partition,
-                        message.offset, exc)
-        self._next_offset = message.offset + 1
+    def _decoded(self, messages: Any) -> Iterator[tuple[str, dict[str, Any]]]:
+        for message in messages:
+            try:
+                yield decode(message.value)
+            except SchemaError as exc:
+                self._skipped(f"{message.topic}[{message.partition}]@{message.offset}", {}, exc)
+
+    def _skipped(self, name: str, record: Any, exc: Exception) -> None:
+        self.skipped += 1
+        log.warning("config record %s skipped: %s", name, exc)
 
 
 async def _wait_for_topic(consumer: AIOKafkaConsumer, topic: str, timeout: float) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 
 from imbill.schemas.codec import encode
 from imbill.domain.config import (KIND_BY_CLASS, Account, ConfigState, Customer, Destination,
-                                   DialingRulesConfig, EnvironmentConfig, Product, Rate, ServicePolicy,
+                                   DialingRules, EnvironmentConfig, Product, Rate, ServicePolicy,
                                    ServiceTypes, Tariff, UsageCharge, Vendor, VendorConnection, to_record)
 
 __all__ = ["DROP", "T0", "ENV", "DOMAIN", "ALICE", "BOB", "POLICY", "IM_ATTRIBUTES", "ConfigBuilder", "checklist",
@@ -59,7 +59,7 @@ class ConfigBuilder:
         record = {"event_id": f"cfg-{len(self.events) + 1}", "environment": environment or self.environment,
                   "occurred_at": at, **body}
         encode(name, record)
-        self.state.apply(name, record)
+        self.state = self.state.apply(name, record)
         self.events.append((name, record))
         return self
 
@@ -71,7 +71,7 @@ def checklist(environment: str = ENV, *, currency: str = "USD", msgn_price: str 
     policy_attributes = IM_ATTRIBUTES if attributes is None else attributes
     return ConfigBuilder(environment).define(
         ServiceTypes(messaging_enabled=True),
-        DialingRulesConfig(country_code="44", international_prefix="00", national_prefix="0"),
+        DialingRules(country_code="44", international_prefix="00", national_prefix="0"),
         Destination("MSGN", "custom", "On-net instant messages"),
         ServicePolicy(POLICY, "messaging", 5, "%", "IM over SIP", dict(policy_attributes)),
         Vendor("Internal vendor", internal=True),

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from imbill.bus import EventProducer, read_to_end
 from imbill.projections.models import ConfigEvent, ConfigObject, connect, to_json
 from imbill.projections.projector import ConfigProjector
-from imbill.domain.config import (KIND_BY_CLASS, KINDS, Account, Customer, Destination, DialingRulesConfig,
+from imbill.domain.config import (KIND_BY_CLASS, KINDS, Account, Customer, Destination, DialingRules,
                                    Product, Rate, ServicePolicy, ServiceTypes, Tariff, UsageCharge, Vendor,
                                    VendorConnection, fold, to_record)
 
@@ -23,7 +23,7 @@ ALICE = Account("alice", "ACME", "Messaging", "secret", ("+12125550101",), None,
                 Decimal("10.5"), Decimal("0"))
 HISTORY = [
     ("default", ServiceTypes(messaging_enabled=True)),
-    ("default", DialingRulesConfig("1", "011", "1", "212", 11, 15)),
+    ("default", DialingRules("1", "011", "1", "212", 11, 15)),
     ("default", Destination("MSGN", "custom", "On-net instant messages")),
     ("default", Destination("44", "e164", "United Kingdom")),
     ("default", ServicePolicy("Instant messaging", "messaging", 5, "%", "SIP on-net",

@@ -192,7 +192,7 @@ def test_environments_are_separate() -> None:
     config = checklist()
     checklist_events = checklist("globex", msgn_price="0.09").events
     for name, record in checklist_events:
-        config.state.apply(name, record)
+        config.state = config.state.apply(name, record)
     assert rate(config, environment="globex").amount == d("0.09")
     assert rate(config).amount == d("0.05")
 

@@ -1,0 +1,221 @@
+"""The events of imbill, as frozen dataclasses: what every topic carries.
+
+Each class has exactly the fields of its Avro schema (``schemas/avro/<ClassName>.avsc``);
+:mod:`imbill.schemas.codec` turns them into bytes and back (``encode_event`` and
+``decode_event``) and nothing else does. Producers, the processor, the projectors and
+re-rating speak these types; the rules return them.
+
+Config events are :class:`ConfigObjectDefined` (an envelope around one config object of
+:mod:`.config`, whose kind names the Avro event: ``ServicePolicyDefined``, ``RateDefined``,
+...) and :class:`ConfigObjectRemoved`.
+
+Ids are stable, derived from the cause, so reprocessing never doubles an effect:
+``chg-<attempt id>``, ``rej-<attempt id>``, ``bal-<charge or payment id>``,
+``st-<cause id>-<status>``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from imbill.domain.config import KIND_BY_CLASS
+
+__all__ = ["MessageAttempt", "Charge", "Rejection", "Payment", "PaymentRejected", "BalanceChanged",
+           "ServiceStatusChanged", "ConfigObjectDefined", "ConfigObjectRemoved", "Event", "ConfigEvent",
+           "ACCOUNT_EVENTS", "event_name", "field_names", "charge_id_of", "rejection_id_of"]
+
+
+@dataclass(frozen=True, slots=True)
+class MessageAttempt:
+    """A SIP MESSAGE the edge accepted (answered 202): the input of rating."""
+
+    attempt_id: str
+    received_at: datetime
+    environment: str
+    direction: str
+    call_id: str
+    cseq: int
+    from_user: str
+    from_domain: str
+    to_user: str
+    to_domain: str
+    request_uri: str
+    user_agent: str | None
+    content_type: str | None
+    body_chars: int
+    body_bytes: int
+    source_ip: str
+    source_port: int
+    transport: str
+    edge_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Charge:
+    """A rated and billed message (kind ``charge``), later its corrections."""
+
+    charge_id: str
+    attempt_id: str
+    kind: str
+    corrects: str | None
+    environment: str
+    account: str
+    customer: str
+    direction: str
+    attempted_at: datetime
+    rated_at: datetime
+    from_user: str
+    to_user: str
+    to_domain: str
+    destination: str
+    on_net: bool
+    body_chars: int
+    billing_units: int
+    unit_price: Decimal
+    amount: Decimal
+    currency: str
+    tariff: str
+    rate_code: str
+    rate_effective_from: datetime
+    service_policy: str | None
+    policies: tuple[str, ...]
+    transport_protocol: str
+    vendor: str | None
+    connection: str | None
+    vendor_tariff: str | None
+    vendor_cost: Decimal
+    vendor_currency: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """An attempt not charged, with a stable reason code (``rating.REASON_CODES``)."""
+
+    rejection_id: str
+    attempt_id: str
+    environment: str
+    account: str
+    attempted_at: datetime
+    rejected_at: datetime
+    reason_code: str
+    message: str
+    to_user: str
+    to_domain: str
+
+
+@dataclass(frozen=True, slots=True)
+class Payment:
+    """A top-up of an account balance."""
+
+    payment_id: str
+    environment: str
+    account: str
+    amount: Decimal
+    currency: str
+    received_at: datetime
+    reference: str
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentRejected:
+    """A payment not applied: not lost, refused where everyone sees it."""
+
+    payment_id: str
+    environment: str
+    account: str
+    amount: Decimal
+    currency: str
+    received_at: datetime
+    rejected_at: datetime
+    reason_code: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class BalanceChanged:
+    """Every change of an account balance, with its cause (a charge or a payment)."""
+
+    event_id: str
+    environment: str
+    account: str
+    cause: str
+    cause_id: str
+    delta: Decimal
+    balance: Decimal
+    currency: str
+    occurred_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceStatusChanged:
+    """Messaging suspended (wallet empty) or resumed (top-up), for messaging servers."""
+
+    event_id: str
+    environment: str
+    account: str
+    service: str
+    status: str
+    reason: str
+    cause_id: str
+    occurred_at: datetime
+    push_events: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigObjectDefined:
+    """A config object defined or redefined (its whole new value): ``ServicePolicyDefined``,
+    ``RateDefined``, ... by the object's kind."""
+
+    event_id: str
+    environment: str
+    occurred_at: datetime
+    object: Any
+
+    @property
+    def name(self) -> str:
+        return KIND_BY_CLASS[type(self.object)].event
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigObjectRemoved:
+    """A config object removed from its environment (rates are never removed)."""
+
+    event_id: str
+    environment: str
+    occurred_at: datetime
+    kind: str
+    key: str
+
+
+Event = (MessageAttempt | Charge | Rejection | Payment | PaymentRejected | BalanceChanged | ServiceStatusChanged
+         | ConfigObjectDefined | ConfigObjectRemoved)
+ConfigEvent = ConfigObjectDefined | ConfigObjectRemoved
+ACCOUNT_EVENTS = (Charge, Rejection, PaymentRejected, BalanceChanged, ServiceStatusChanged)
+"""The processor's outputs: each belongs to one account of one environment."""
+
+
+def event_name(event: Any) -> str:
+    """The Avro schema name of an event."""
+    return event.name if type(event) is ConfigObjectDefined else type(event).__name__
+
+
+_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
+def field_names(cls: type) -> tuple[str, ...]:
+    """The field names of an event class, in schema order (remembered)."""
+    names = _FIELDS.get(cls)
+    if names is None:
+        names = _FIELDS[cls] = tuple(f.name for f in fields(cls))
+    return names
+
+
+def charge_id_of(attempt_id: str) -> str:
+    return "chg-" + attempt_id
+
+
+def rejection_id_of(attempt_id: str) -> str:
+    return "rej-" + attempt_id
