@@ -33,7 +33,8 @@ from typing import NamedTuple
 
 from imbill.domain.config import ConfigState
 from imbill.domain.policy import effective_attributes
-from imbill.domain.rating import Rated, Refused, rate_attempt
+from imbill.domain.events import MessageAttempt
+from imbill.domain.rating import Rated, Refusal, rate_attempt
 
 T0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
 NOW = T0 + timedelta(days=60)
@@ -85,7 +86,11 @@ def build_config(envs: int, tariffs: int, codes: int, policies: int, accounts: i
                 "service_password": "secret", "aliases": [f"user{a}"],
                 "service_policy": f"static{a % 50}" if a % 10 == 0 else None, "balance_model": "prepaid",
                 "opening_balance": Decimal("10.00"), "credit_limit": Decimal(0)})
-    return ConfigState().applied(events)
+    state = ConfigState()
+    for start in range(0, len(events), 10_000):  # in batches, as the config reader folds the topic
+        state = state.applied(events[start:start + 10_000])
+        events[start:start + 10_000] = [None] * len(events[start:start + 10_000])
+    return state
 
 
 def _codes(rnd: random.Random, count: int) -> set[str]:
@@ -171,16 +176,18 @@ class Traffic:
             del self.conversations[:1000]
         return found
 
-    def batch(self, count: int) -> list[dict]:
+    def batch(self, count: int) -> list[MessageAttempt]:
         rnd, out = self.rnd, []
         for _ in range(count):
             self.serial += 1
             env, sender, to_user, domain = (_decoded(text) for text in self._conversation())
-            out.append({"attempt_id": f"att-{self.serial}", "environment": env,
-                        "received_at": T0 + timedelta(seconds=rnd.randrange(50 * 86400)),
-                        "direction": _decoded("incoming" if self.serial % 20 == 0 else "outgoing"),
-                        "from_user": sender, "to_user": to_user, "to_domain": domain,
-                        "body_chars": rnd.randint(1, 400), "user_agent": None})
+            out.append(MessageAttempt(
+                attempt_id=f"att-{self.serial}", environment=env,
+                received_at=T0 + timedelta(seconds=rnd.randrange(50 * 86400)),
+                direction=_decoded("incoming" if self.serial % 20 == 0 else "outgoing"), call_id="", cseq=1,
+                from_user=sender, from_domain=domain, to_user=to_user, to_domain=domain, request_uri="",
+                user_agent=None, content_type=None, body_chars=rnd.randint(1, 400), body_bytes=0, source_ip="",
+                source_port=0, transport="UDP", edge_id=""))
         return out
 
 
@@ -241,8 +248,8 @@ def _run(config: ConfigState, traffic: Traffic, count: int) -> Run:
     clock = time.process_time  # CPU time of this process: other work on the machine does not count
     for _ in range(max(1, count // BATCH)):
         batch = traffic.batch(BATCH)
-        accounts = config.environments[batch[0]["environment"]].accounts
-        probes = [{"from_user": _decoded(attempt["from_user"])} for attempt in batch]  # hashed by neither loop yet
+        accounts = config.environments[batch[0].environment].accounts
+        probes = [{"from_user": _decoded(attempt.from_user)} for attempt in batch]  # hashed by neither loop yet
         begun = clock()
         for probe in probes:
             accounts.get(probe["from_user"])
@@ -256,8 +263,8 @@ def _run(config: ConfigState, traffic: Traffic, count: int) -> Run:
                tuple((kind, outcomes[kind] / total) for kind in ("on-net", "off-net", "incoming", "refused")))
 
 
-def _outcome(result: Rated | Refused) -> str:
-    if type(result) is Refused:
+def _outcome(result: Rated | Refusal) -> str:
+    if type(result) is Refusal:
         return "refused"
     return "incoming" if result.direction == "incoming" else "on-net" if result.on_net else "off-net"
 
@@ -270,8 +277,8 @@ def rss_child(args: argparse.Namespace) -> None:
     for _ in range(args.rss_attempts // BATCH):  # fills the bounded memos as a long run does
         for attempt in traffic.batch(BATCH):
             rate_attempt(attempt, config, rated_at=NOW)
-        effective_attributes(config.environments[attempt["environment"]], account=attempt["from_user"],
-                             to_domain=attempt["to_domain"])
+        effective_attributes(config.environments[attempt.environment], account=attempt.from_user,
+                             to_domain=attempt.to_domain)
     print(json.dumps(_memory()))
 
 

@@ -17,7 +17,7 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from imbill.domain.errors import BrokerError, PublishError, SchemaError
-from imbill.schemas.codec import decode, encode
+from imbill.schemas.codec import decode, encode, encode_event
 from imbill.schemas.topics import TopicSpec
 
 __all__ = ["create_topics", "EventProducer", "Envelope", "read_to_end", "partitions_of"]
@@ -60,6 +60,10 @@ class EventProducer:
     def send(self, topic: str, key: str, name: str, record: Mapping[str, Any], partition: int | None = None):
         """Queue one event; returns kafka-python's future (``.get()`` waits for the ack)."""
         return self._producer.send(topic, key=key.encode(), value=encode(name, record), partition=partition)
+
+    def send_event(self, topic: str, key: bytes, event: Any):
+        """Queue one domain event; returns kafka-python's future."""
+        return self._producer.send(topic, key=key, value=encode_event(event))
 
     def publish(self, topic: str, key: str, name: str, record: Mapping[str, Any], timeout: float = 10.0) -> None:
         """Send one event and wait for the broker's acknowledgement."""

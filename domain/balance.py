@@ -29,9 +29,9 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Mapping
-
 from imbill.domain.config import Account
+from imbill.domain.events import (BalanceChanged, Payment, PaymentRejected, ServiceStatusChanged, charge_id_of,
+                                  rejection_id_of)
 from imbill.domain.rating import Rated
 
 __all__ = ["AccountState", "BillResult", "Event", "RECENT_ATTEMPTS", "open_account", "bill", "top_up",
@@ -39,7 +39,7 @@ __all__ = ["AccountState", "BillResult", "Event", "RECENT_ATTEMPTS", "open_accou
 
 RECENT_ATTEMPTS = 8
 RECENT_PAYMENTS = 8
-Event = tuple[str, dict[str, Any]]
+Event = BalanceChanged | ServiceStatusChanged | PaymentRejected
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,11 +89,11 @@ def bill(state: AccountState, rated: Rated, *, attempt_id: str, offset: int, occ
     if _cannot_pay(state.balance, amount, prepaid, rated.credit_limit):
         if not prepaid:
             return BillResult(seen, "insufficient_funds", [])
-        status = _status(rated, "suspended", "insufficient funds", "rej-" + attempt_id, occurred_at)
+        status = _status(rated, "suspended", "insufficient funds", rejection_id_of(attempt_id), occurred_at)
         return BillResult(replace(seen, suspended=True), "insufficient_funds", [status])
     if not amount:
         return BillResult(seen, "charged", [])
-    charge_id = "chg-" + attempt_id
+    charge_id = charge_id_of(attempt_id)
     balance = state.balance - amount
     events = [_balance_changed(rated.environment, rated.account, "charge", charge_id, -amount, balance,
                                state.currency, occurred_at)]
@@ -109,60 +109,55 @@ def _cannot_pay(balance: Decimal, amount: Decimal, prepaid: bool, credit_limit: 
     return balance - amount < -credit_limit
 
 
-def top_up(state: AccountState, payment: Mapping[str, Any], *, offset: int, occurred_at: datetime,
+def top_up(state: AccountState, payment: Payment, *, offset: int, occurred_at: datetime,
            push_events: bool = False) -> tuple[AccountState, list[Event]]:
-    """Apply a Payment record; resume a suspended service the payment lifts above 0.
+    """Apply a Payment; resume a suspended service the payment lifts above 0.
 
     ``push_events`` is the account's product policy attribute (``rating.account_push_events``).
     """
     if offset <= state.last_payment_offset:
         return state, []
-    payment_id, amount = payment["payment_id"], payment["amount"]
+    payment_id, amount = payment.payment_id, payment.amount
     if payment_id in state.recent_payments:
         return replace(state, last_payment_offset=offset), []
     seen = replace(state, last_payment_offset=offset,
                    recent_payments=(*state.recent_payments, payment_id)[-RECENT_PAYMENTS:])
-    if payment["currency"] != state.currency:
+    if payment.currency != state.currency:
         return seen, [payment_rejected(payment, "currency_mismatch",
-                                       f"payment {payment_id} is in {payment['currency']}; the balance of account "
-                                       f"{payment['account']} is kept in {state.currency}", occurred_at)]
+                                       f"payment {payment_id} is in {payment.currency}; the balance of account "
+                                       f"{payment.account} is kept in {state.currency}", occurred_at)]
     balance = state.balance + amount
-    environment, account = payment["environment"], payment["account"]
+    environment, account = payment.environment, payment.account
     events = [_balance_changed(environment, account, "payment", payment_id, amount, balance, state.currency,
                                occurred_at)]
     resume = state.suspended and balance > 0
     if resume:
-        events.append(("ServiceStatusChanged", _status_record(environment, account, "active", "top-up",
-                                                              payment_id, occurred_at, push_events)))
+        events.append(_status_changed(environment, account, "active", "top-up", payment_id, occurred_at,
+                                      push_events))
     return replace(seen, balance=balance, suspended=state.suspended and not resume), events
 
 
 def _balance_changed(environment: str, account: str, cause: str, cause_id: str, delta: Decimal,
-                     balance: Decimal, currency: str, occurred_at: datetime) -> Event:
-    return ("BalanceChanged", {
-        "event_id": "bal-" + cause_id, "environment": environment, "account": account, "cause": cause,
-        "cause_id": cause_id, "delta": delta, "balance": balance, "currency": currency,
-        "occurred_at": occurred_at,
-    })
+                     balance: Decimal, currency: str, occurred_at: datetime) -> BalanceChanged:
+    return BalanceChanged(event_id="bal-" + cause_id, environment=environment, account=account, cause=cause,
+                          cause_id=cause_id, delta=delta, balance=balance, currency=currency,
+                          occurred_at=occurred_at)
 
 
-def _status(rated: Rated, status: str, reason: str, cause_id: str, occurred_at: datetime) -> Event:
-    return ("ServiceStatusChanged", _status_record(rated.environment, rated.account, status, reason, cause_id,
-                                                   occurred_at, rated.push_events))
+def _status(rated: Rated, status: str, reason: str, cause_id: str, occurred_at: datetime) -> ServiceStatusChanged:
+    return _status_changed(rated.environment, rated.account, status, reason, cause_id, occurred_at, rated.push_events)
 
 
-def _status_record(environment: str, account: str, status: str, reason: str, cause_id: str,
-                   occurred_at: datetime, push_events: bool) -> dict[str, Any]:
-    return {
-        "event_id": f"st-{cause_id}-{status}", "environment": environment, "account": account,
-        "service": "messaging", "status": status, "reason": reason, "cause_id": cause_id,
-        "occurred_at": occurred_at, "push_events": push_events,
-    }
+def _status_changed(environment: str, account: str, status: str, reason: str, cause_id: str,
+                    occurred_at: datetime, push_events: bool) -> ServiceStatusChanged:
+    return ServiceStatusChanged(event_id=f"st-{cause_id}-{status}", environment=environment, account=account,
+                                service="messaging", status=status, reason=reason, cause_id=cause_id,
+                                occurred_at=occurred_at, push_events=push_events)
 
 
-def payment_rejected(payment: Mapping[str, Any], reason_code: str, message: str, rejected_at: datetime) -> Event:
+def payment_rejected(payment: Payment, reason_code: str, message: str, rejected_at: datetime) -> PaymentRejected:
     """A PaymentRejected event: the payment is not lost, it is refused where everyone sees it."""
-    return ("PaymentRejected", {"payment_id": payment["payment_id"], "environment": payment["environment"],
-                                "account": payment["account"], "amount": payment["amount"],
-                                "currency": payment["currency"], "received_at": payment["received_at"],
-                                "rejected_at": rejected_at, "reason_code": reason_code, "message": message})
+    return PaymentRejected(payment_id=payment.payment_id, environment=payment.environment,
+                           account=payment.account, amount=payment.amount, currency=payment.currency,
+                           received_at=payment.received_at, rejected_at=rejected_at, reason_code=reason_code,
+                           message=message)

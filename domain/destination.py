@@ -21,11 +21,12 @@ from decimal import Decimal
 from typing import NamedTuple
 
 from imbill.domain.money import ZERO
-from imbill.domain.rating_index import Dialed, Index, Plan, Policy, Refusal
+from imbill.domain.rating_index import Dialed, Index, Plan, Policy
+from imbill.domain.refusal import Refusal
 from imbill.domain.routing import Route
 from imbill.domain.tariff_rates import Price
 
-__all__ = ["Delivery", "deliver", "named"]
+__all__ = ["Delivery", "price_and_route", "named"]
 
 
 class Delivery(NamedTuple):
@@ -43,9 +44,10 @@ class Delivery(NamedTuple):
 _new = tuple.__new__  # a NamedTuple without its generated __new__'s Python frame: the hot path
 
 
-def deliver(index: Index, plan: Plan, policy: Policy, dialed: Dialed, when: datetime,
+def price_and_route(index: Index, plan: Plan, policy: Policy, dialed: Dialed, when: datetime,
             units: int) -> Delivery | Refusal:
-    """The delivery of ``units`` billing units to ``dialed`` at ``when`` (see the module doc)."""
+    """The delivery of ``units`` billing units to ``dialed`` at ``when`` and the route that delivers them
+    (see the module doc)."""
     destination, number, local = dialed
     if policy.local_lookup and local is not None:
         return _on_net(index, plan, policy, destination, number, when, units)
@@ -60,7 +62,7 @@ def named(policy: Policy) -> str:
 
 def _on_net(index: Index, plan: Plan, policy: Policy, destination: str, number: str | None, when: datetime,
             units: int) -> Delivery | Refusal:
-    if policy.transport == "SMPP":
+    if policy.transport_protocol == "SMPP":
         return Refusal("smpp_on_net", f"{named(policy)} delivers over SMPP, which cannot deliver to the "
                        f"on-net number {destination!r}")
     msgn = plan.rates.msgn

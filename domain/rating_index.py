@@ -20,10 +20,11 @@ from imbill.domain.config import Account, EnvironmentConfig, Product, Rate
 from imbill.domain.e164 import to_e164
 from imbill.domain.money import quantum
 from imbill.domain.policy import effective_attributes
+from imbill.domain.refusal import Refusal
 from imbill.domain.routing import Route, RoutingTable
 from imbill.domain.tariff_rates import TariffRates, number_of, remember
 
-__all__ = ["Plan", "Policy", "Dialed", "Refusal", "Index", "index_of", "product_refusal", "CACHE_LIMIT"]
+__all__ = ["Plan", "Policy", "Dialed", "Index", "index_of", "product_refusal", "CACHE_LIMIT"]
 
 CACHE_LIMIT = 50_000
 """Entries per bounded memo of destinations or policies (a full memo forgets its older half)."""
@@ -39,13 +40,6 @@ class Plan(NamedTuple):
     push_events: bool
 
 
-class Refusal(NamedTuple):
-    """Why a message cannot be rated: a reason code of rating.REASON_CODES, and words."""
-
-    reason_code: str
-    message: str
-
-
 def product_refusal(account: Account, plan: Plan | None) -> Refusal:
     """Why the account's product cannot rate messages (``plan`` lacks Messaging or a tariff)."""
     if plan is None or not plan.messaging:
@@ -58,12 +52,12 @@ def product_refusal(account: Account, plan: Plan | None) -> Refusal:
 class Policy(NamedTuple):
     """The service policy attributes rating reads, as the effective policy sets them."""
 
-    accounted: bool
+    outgoing_aaa: bool
     local_lookup: bool
-    translate: bool
-    transport: str
-    unit_size: int | None
-    """msg.billing_unit_size; None when undefined or below 1 (one unit per message)."""
+    userpart_e164_translation: bool
+    transport_protocol: str
+    billing_unit_size: int | None
+    """None when undefined or below 1 (one unit per message)."""
     external_routing: bool
     service_policy: str | None
     policies: tuple[str, ...]
@@ -163,10 +157,12 @@ def _policy(env: EnvironmentConfig, account: Account, to_domain: str) -> Policy:
     eff = effective_attributes(env, account=account, to_domain=to_domain)
     size = eff.values.get("msg.billing_unit_size")
     unit_size = int(size) if size is not None else None
-    return Policy(bool(eff.get("msg.outgoing_aaa")), bool(eff.get("msg.local_lookup")),
-                  bool(eff.get("msg.userpart_e164_translation")), eff.get("msg.transport_protocol", "SIP"),
-                  unit_size if unit_size is not None and unit_size >= 1 else None,
-                  bool(eff.get("msg.external_routing")), eff.service_policy, eff.policies)
+    return Policy(outgoing_aaa=bool(eff.get("msg.outgoing_aaa")), local_lookup=bool(eff.get("msg.local_lookup")),
+                  userpart_e164_translation=bool(eff.get("msg.userpart_e164_translation")),
+                  transport_protocol=eff.get("msg.transport_protocol", "SIP"),
+                  billing_unit_size=unit_size if unit_size is not None and unit_size >= 1 else None,
+                  external_routing=bool(eff.get("msg.external_routing")), service_policy=eff.service_policy,
+                  policies=eff.policies)
 
 
 def index_of(env: EnvironmentConfig) -> Index:

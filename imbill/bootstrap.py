@@ -22,6 +22,7 @@ from imbill.domain.errors import ConfigError, ImbillError
 from imbill.schemas.codec import schemas
 from imbill.settings import Settings
 from imbill.schemas.topics import CATALOGUE
+from imbill.producers.attempt import attempt_key, synthetic_attempt
 
 Say = Callable[[str], None]
 
@@ -101,24 +102,11 @@ def generate_traffic(settings: Settings, count: int, accounts: list[str], destin
             sender = rng.choice(accounts)
             attempt = synthetic_attempt(settings.environment, sender, rng.choice(destinations),
                                         body_chars=rng.randint(1, 400), call_id=f"gen-{seed}-{i}@imbill")
-            producer.send(settings.topics.attempts, f"{settings.environment}/{sender}", "MessageAttempt", attempt)
+            producer.send_event(settings.topics.attempts, attempt_key(attempt), attempt)
         producer.flush()
     finally:
         producer.close()
     return count
-
-
-def synthetic_attempt(environment: str, sender: str, to_user: str, *, body_chars: int, call_id: str,
-                      received_at: datetime | None = None, domain: str = "127.0.0.1") -> dict:
-    from imbill.producers.attempt import attempt_id_for
-
-    return {"attempt_id": attempt_id_for(call_id, 1, "MESSAGE"),
-            "received_at": received_at or datetime.now(timezone.utc), "environment": environment,
-            "direction": "outgoing", "call_id": call_id, "cseq": 1, "from_user": sender,
-            "from_domain": domain, "to_user": to_user, "to_domain": domain,
-            "request_uri": f"sip:{to_user}@{domain}", "user_agent": "imbill-traffic",
-            "content_type": "text/plain", "body_chars": body_chars, "body_bytes": body_chars,
-            "source_ip": "127.0.0.1", "source_port": 5070, "transport": "UDP", "edge_id": "traffic"}
 
 
 def serve_edge(settings: Settings, say: Say) -> None:
@@ -273,7 +261,7 @@ def explain_policy(settings: Settings, account: str, to: str, user_agent: str | 
     attributes and their sources, and how a message sent now would be rated."""
     from imbill.producers.config_publisher import current_state
     from imbill.domain.policy import explain
-    from imbill.domain.rating import Refused, rate_attempt
+    from imbill.domain.rating import Refusal, rate_attempt
 
     state = current_state(settings.bootstrap_servers, settings.topics)
     env = state.environment(settings.environment)
@@ -293,7 +281,7 @@ def explain_policy(settings: Settings, account: str, to: str, user_agent: str | 
     attempt = synthetic_attempt(settings.environment, account, to_user, body_chars=1, call_id="explain",
                                 received_at=now, domain=to_domain or settings.edge_host)
     rated = rate_attempt(attempt, state, rated_at=now)
-    if isinstance(rated, Refused):
+    if isinstance(rated, Refusal):
         outcome = f"A message sent now would be rejected: {rated.reason_code} ({rated.message})"
     else:
         where = "on-net" if rated.on_net else "off-net"

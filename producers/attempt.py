@@ -9,23 +9,24 @@
   each invalid sequence counting as one character; the whole body is decoded,
   multipart or not. `body_bytes` is the octet count (the Content-Length).
 * `received_at` is a timezone-aware UTC datetime: a naive one is refused.
-* The Kafka key is the sending account, "environment/from_user" (`attempt_key`),
+* The Kafka key is the sending account, ``domain.keys.account_key`` (`attempt_key`),
   so one account's attempts stay in order on one partition.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
 from datetime import UTC, datetime
 from functools import lru_cache
-from typing import Any
 
 from sipmessage import MediaType
 
+from imbill.domain.events import MessageAttempt
+from imbill.domain.keys import account_key
 from imbill.producers.sip import SipRequest
 
-__all__ = ["DIRECTIONS", "attempt_from_request", "attempt_id_for", "attempt_key", "body_chars"]
+__all__ = ["DIRECTIONS", "attempt_from_request", "synthetic_attempt", "new_attempt", "attempt_id_for", "attempt_key",
+           "body_chars"]
 
 DIRECTIONS = ("outgoing", "incoming")
 DEFAULT_CHARSET = "utf-8"
@@ -45,45 +46,50 @@ def body_chars(body: bytes, content_type: str | None) -> int:
         return len(body.decode(DEFAULT_CHARSET, errors="replace"))
 
 
-def attempt_from_request(
-    request: SipRequest,
-    *,
-    environment: str,
-    received_at: datetime,
-    source_ip: str,
-    source_port: int,
-    transport: str = "UDP",
-    edge_id: str,
-    direction: str = "outgoing",
-) -> dict[str, Any]:
+def attempt_from_request(request: SipRequest, *, environment: str, received_at: datetime, source_ip: str,
+                         source_port: int, transport: str = "UDP", edge_id: str,
+                         direction: str = "outgoing") -> MessageAttempt:
+    """The attempt of an accepted SIP MESSAGE."""
+    return new_attempt(
+        call_id=request.call_id, cseq=request.cseq, cseq_method=request.cseq_method, environment=environment,
+        direction=direction, from_user=request.from_user, from_domain=request.from_domain,
+        to_user=request.to_user, to_domain=request.to_domain, request_uri=request.request_uri,
+        user_agent=request.user_agent, content_type=request.content_type,
+        body_chars=body_chars(request.body, request.content_type), body_bytes=len(request.body),
+        source_ip=source_ip, source_port=source_port, transport=transport, edge_id=edge_id,
+        received_at=received_at)
+
+
+def synthetic_attempt(environment: str, sender: str, to_user: str, *, body_chars: int, call_id: str,
+                      received_at: datetime | None = None, domain: str = "127.0.0.1") -> MessageAttempt:
+    """An outgoing attempt as the edge would publish it, made up (the traffic generator, and
+    ``policy explain``'s "a message sent now")."""
+    return new_attempt(
+        call_id=call_id, cseq=1, cseq_method="MESSAGE", environment=environment, direction="outgoing",
+        from_user=sender, from_domain=domain, to_user=to_user, to_domain=domain,
+        request_uri=f"sip:{to_user}@{domain}", user_agent="imbill-traffic", content_type="text/plain",
+        body_chars=body_chars, body_bytes=body_chars, source_ip="127.0.0.1", source_port=5070, transport="UDP",
+        edge_id="traffic", received_at=received_at or datetime.now(UTC))
+
+
+def new_attempt(*, call_id: str, cseq: int, cseq_method: str, environment: str, direction: str, from_user: str,
+                from_domain: str, to_user: str, to_domain: str, request_uri: str, user_agent: str | None,
+                content_type: str | None, body_chars: int, body_bytes: int, source_ip: str, source_port: int,
+                transport: str, edge_id: str, received_at: datetime) -> MessageAttempt:
+    """The one place an attempt is made: its stable id from Call-ID and CSeq, UTC time."""
     if direction not in DIRECTIONS:
         raise ValueError(f"direction must be one of {DIRECTIONS}, not {direction!r}")
-    return {
-        "attempt_id": attempt_id_for(request.call_id, request.cseq, request.cseq_method),
-        "received_at": _utc(received_at),
-        "environment": environment,
-        "direction": direction,
-        "call_id": request.call_id,
-        "cseq": request.cseq,
-        "from_user": request.from_user,
-        "from_domain": request.from_domain,
-        "to_user": request.to_user,
-        "to_domain": request.to_domain,
-        "request_uri": request.request_uri,
-        "user_agent": request.user_agent,
-        "content_type": request.content_type,
-        "body_chars": body_chars(request.body, request.content_type),
-        "body_bytes": len(request.body),
-        "source_ip": source_ip,
-        "source_port": int(source_port),
-        "transport": transport,
-        "edge_id": edge_id,
-    }
+    return MessageAttempt(
+        attempt_id=attempt_id_for(call_id, cseq, cseq_method), received_at=_utc(received_at),
+        environment=environment, direction=direction, call_id=call_id, cseq=cseq, from_user=from_user,
+        from_domain=from_domain, to_user=to_user, to_domain=to_domain, request_uri=request_uri,
+        user_agent=user_agent, content_type=content_type, body_chars=body_chars, body_bytes=body_bytes,
+        source_ip=source_ip, source_port=int(source_port), transport=transport, edge_id=edge_id)
 
 
-def attempt_key(attempt: Mapping[str, Any]) -> bytes:
+def attempt_key(attempt: MessageAttempt) -> bytes:
     """The Kafka key: the sending account within its environment."""
-    return f"{attempt['environment']}/{attempt['from_user']}".encode()
+    return account_key(attempt.environment, attempt.from_user)
 
 
 @lru_cache(maxsize=256)

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -46,12 +46,13 @@ from aiokafka.partitioner import murmur2
 
 from imbill.domain.errors import BrokerError, PublishError
 from imbill.producers.attempt import attempt_key
-from imbill.schemas.codec import schema
+from imbill.domain.events import MessageAttempt
+from imbill.schemas.codec import encode_event
 
 __all__ = ["AttemptPublisher", "Done", "partition_for"]
 
 Done = Callable[[PublishError | None], None]  # called once per attempt: None = acknowledged
-_Waiting = tuple[Mapping[str, Any], bytes, Done]  # an attempt, its key, its callback
+_Waiting = tuple[MessageAttempt, bytes, Done]  # an attempt, its key, its callback
 MAX_BATCH_BYTES = 512 * 1024  # a full batch is closed, the next one opened behind it
 _KEY_CACHE_SIZE = 65_536
 _NO_HEADERS: list[tuple[str, bytes]] = []  # aiokafka's builder wants a list
@@ -81,7 +82,6 @@ class AttemptPublisher:
         self._bootstrap, self._topic, self._timeout = bootstrap_servers, topic, timeout
         self._producer: AIOKafkaProducer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._schema = schema("MessageAttempt")
         self._partition_count = 0
         self._partitions: dict[bytes, int] = {}
         self._waiting: dict[int, list[_Waiting]] = {}  # partition -> attempts for its next batch
@@ -103,14 +103,14 @@ class AttemptPublisher:
         self._producer, self._partition_count = producer, len(partitions)
         return self
 
-    def submit(self, attempt: Mapping[str, Any], done: Done) -> None:
+    def submit(self, attempt: MessageAttempt, done: Done) -> None:
         """Queue one attempt; `done` is called once, from the event loop, when it is settled."""
         if self._producer is None:
             _notify(done, PublishError("the attempt publisher is not started"))
             return
         try:
             key = attempt_key(attempt)
-        except (KeyError, TypeError) as exc:
+        except (AttributeError, TypeError) as exc:
             _notify(done, PublishError(f"message attempt without a key: {exc!r}"))
             return
         partition = self._partition_of(key)
@@ -122,7 +122,7 @@ class AttemptPublisher:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
 
-    async def __call__(self, attempt: Mapping[str, Any]) -> None:
+    async def __call__(self, attempt: MessageAttempt) -> None:
         """Publish one attempt and return once the broker acknowledged it (PublishError if not)."""
         acked = asyncio.get_running_loop().create_future()
         self.submit(attempt, partial(_settle_future, acked))
@@ -182,7 +182,7 @@ class AttemptPublisher:
     def _batch(self, waiting: list[_Waiting], partition: int) -> _Batch | None:
         """Encode waiting attempts into one batch (all of them, unless it fills: the rest waits)."""
         batch = _Batch(self._producer.create_batch())
-        append, encode = batch.builder.append, self._schema.encode
+        append, encode = batch.builder.append, encode_event
         for index, (attempt, key, done) in enumerate(waiting):
             try:
                 value = encode(attempt)

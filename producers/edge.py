@@ -256,7 +256,7 @@ class SipEdge(asyncio.DatagramProtocol):
         )
         self._transactions.record(key, None, now)
         self._pending += 1
-        done = partial(self._published, attempt["attempt_id"], request.headers, addr, key)
+        done = partial(self._published, attempt.attempt_id, request.headers, addr, key)
         try:
             self._publisher.submit(attempt, done)
         except Exception as exc:  # noqa: BLE001 - a 500 now, not a transaction pending forever

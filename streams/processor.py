@@ -54,15 +54,15 @@ from aiokafka.partitioner import murmur2
 from faust.types import TP
 
 from imbill.domain.errors import SchemaError
-from imbill.schemas.codec import decode_as, encode
+from imbill.schemas.codec import decode_event_as, encode_event
 from imbill.settings import Settings, load_settings
 from imbill.domain.config import ConfigState
 from imbill.streams.config_reader import ConfigReader
 from imbill.streams.recovery import (CHANGELOG_CODEC, Entry, Flushed, Output, encode_record, flushed_key,
                                      install_true_end_offsets, pending_outboxes)
-from imbill.domain.balance import AccountState, bill, open_account, payment_rejected, top_up
-from imbill.domain.rating import (REASON_CODES, Rated, Refused, account_push_events, charge_record,
-                                         rate_attempt, rejection_record)
+from imbill.domain.decide import decide_attempt, decide_payment, undecodable_attempt
+from imbill.domain.events import MessageAttempt, Payment
+from imbill.domain.keys import account_key
 from imbill.schemas.topics import ACCOUNT_PARTITIONS, Topics
 
 __all__ = ["Record", "Batch", "bill_attempts", "top_up_payments", "Processor", "create_app", "run_worker",
@@ -166,95 +166,40 @@ def _decide(batch: Batch, decided: str, outcome: Callable[..., Iterable[Output]]
 
 def _attempt_outcome(entry: Entry, key: bytes | None, partition: int, offset: int, value: bytes | None,
                      config: ConfigState, now: datetime) -> list[Output]:
+    """Only a record that is no MessageAttempt is ``malformed_attempt`` here: an exception
+    from the rules is a bug, so it stops the batch (and the worker) instead of becoming a
+    decision a customer sees."""
     try:
-        attempt = decode_as("MessageAttempt", value or b"")
+        attempt = decode_event_as(MessageAttempt, value or b"")
     except SchemaError as exc:
-        malformed = {"attempt_id": f"undecodable-{partition}-{offset}"}
-        return [_rejection(malformed, Refused("malformed_attempt", str(exc), ""), now, key)]
-    try:
-        return _rate_and_bill(entry, key, offset, attempt, config, now)
-    except Exception as exc:  # a rule failing on one record must not stop the partition
-        log.exception("attempt %s[%d]@%d could not be billed", attempt.get("attempt_id"), partition, offset)
-        return [_rejection(attempt, Refused("malformed_attempt", f"billing failed: {exc!r}", ""), now, key)]
-
-
-def _rate_and_bill(entry: Entry, key: bytes | None, offset: int, attempt: dict[str, Any], config: ConfigState,
-                   now: datetime) -> list[Output]:
-    rated = rate_attempt(attempt, config, rated_at=now)
-    if type(rated) is Refused:
-        return [_rejection(attempt, rated, now, key)]
-    if rated.direction != "outgoing":  # free, billed to the recipient, whose balance is elsewhere
-        return [_event("Charge", charge_record(attempt, rated, now))]
-    if _account_key(rated.environment, rated.account) != key:
-        refused = Refused("malformed_attempt", f"the record key {key!r} does not name the sending account",
-                          rated.account)
-        return [_rejection(attempt, refused, now, key)]
-    result = bill(entry.state or _opened(config, rated), rated, attempt_id=attempt["attempt_id"], offset=offset,
-                  occurred_at=now)
-    if result.outcome == "charged":
-        outcome = [_event("Charge", charge_record(attempt, rated, now))]
-    elif result.outcome in ("duplicate", "already_applied"):
-        outcome = []
-    else:
-        refused = Refused(result.outcome, REASON_CODES.get(result.outcome, result.outcome), rated.account)
-        outcome = [_rejection(attempt, refused, now, key)]
-    outcome += [_event(name, record) for name, record in result.events]
-    entry.state = result.state  # only once every event of the decision is encoded
-    return outcome
-
-
-def _opened(config: ConfigState, rated: Rated) -> AccountState:
-    """A balance is always kept in the customer's currency, whichever event opens it."""
-    return _opened_account(config, rated.environment, rated.account, fallback_currency=rated.currency)
+        return [_output(undecodable_attempt(f"undecodable-{partition}-{offset}", str(exc), now), key)]
+    decision = decide_attempt(entry.state, attempt, config, key=key, offset=offset, now=now)
+    outputs = [_output(event, key) for event in decision.events]
+    entry.state = decision.state  # only once every event of the decision is encoded
+    return outputs
 
 
 def _payment_outcome(entry: Entry, key: bytes | None, partition: int, offset: int, value: bytes | None,
                      config: ConfigState, now: datetime) -> list[Output]:
     try:
-        payment = decode_as("Payment", value or b"")
+        payment = decode_event_as(Payment, value or b"")
     except SchemaError as exc:
         log.warning("payment %d@%d not applied: %s", partition, offset, exc)
         return []
-    environment, account = payment["environment"], payment["account"]
-    if _account_key(environment, account) != key:
-        log.warning("payment %s not applied: record key %r is not %s/%s", payment["payment_id"], key,
-                    environment, account)
-        return []
-    state = entry.state or _opened_account(config, environment, account)
-    if state is None:
-        log.warning("payment %s not applied: %s is no account of environment %s", payment["payment_id"],
-                    account, environment)
-        return [_event(*payment_rejected(payment, "unknown_account",
-                                         f"account {account} does not exist in environment {environment}", now))]
-    state, events = top_up(state, payment, offset=offset, occurred_at=now,
-                           push_events=account_push_events(config, environment, account))
-    outcome = [_event(name, record) for name, record in events]
-    entry.state = state
-    return outcome
+    decision = decide_payment(entry.state, payment, config, key=key, offset=offset, now=now)
+    if decision.ignored:
+        log.warning("%s", decision.ignored)
+    outputs = [_output(event, key) for event in decision.events]
+    entry.state = decision.state
+    return outputs
 
 
-def _opened_account(config: ConfigState, environment: str, account: str, *,
-                    fallback_currency: str = "") -> AccountState | None:
-    env = config.environments.get(environment)
-    found = env.accounts.get(account) if env is not None else None
-    if found is None:
-        return None
-    customer = env.customers.get(found.customer)
-    return open_account(found, customer.currency if customer is not None else fallback_currency)
-
-
-def _account_key(environment: str, account: str) -> bytes:
-    return f"{environment}/{account}".encode()
-
-
-def _event(name: str, record: Mapping[str, Any]) -> Output:
-    return TOPIC_KINDS[name], _account_key(record["environment"], record["account"]), encode(name, record)
-
-
-def _rejection(attempt: Mapping[str, Any], refused: Refused, now: datetime, key: bytes | None) -> Output:
-    record = rejection_record(attempt, refused, now)
-    out_key = _account_key(record["environment"], refused.account) if refused.account else key
-    return "rejections", out_key or b"", encode("Rejection", record)
+def _output(event: Any, key: bytes | None) -> Output:
+    """An event of a decision, to send: its topic kind, its account's key and its bytes. A
+    rejection not recorded against an account keeps the input record's key."""
+    kind = TOPIC_KINDS[type(event).__name__]
+    out_key = account_key(event.environment, event.account) if event.account else key
+    return kind, out_key or b"", encode_event(event)
 
 
 # -- committing a batch: faust and Kafka --------------------------------------------------------

@@ -14,13 +14,14 @@ from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
+from imbill.domain.events import MessageAttempt, Payment
 from imbill.schemas.codec import encode
 from imbill.domain.config import (KIND_BY_CLASS, Account, ConfigState, Customer, Destination,
                                    DialingRules, EnvironmentConfig, Product, Rate, ServicePolicy,
                                    ServiceTypes, Tariff, UsageCharge, Vendor, VendorConnection, to_record)
 
 __all__ = ["DROP", "T0", "ENV", "DOMAIN", "ALICE", "BOB", "POLICY", "IM_ATTRIBUTES", "ConfigBuilder", "checklist",
-           "attempt", "payment"]
+           "attempt", "attempt_record", "payment"]
 
 T0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
 DROP = object()
@@ -89,9 +90,13 @@ def checklist(environment: str = ENV, *, currency: str = "USD", msgn_price: str 
     )
 
 
-def attempt(**fields: Any) -> dict[str, Any]:
-    """A MessageAttempt record from ALICE to BOB, one hour after T0; ``fields`` override
-    (a field given as DROP is left out)."""
+def attempt(**fields: Any) -> MessageAttempt:
+    """A MessageAttempt from ALICE to BOB, one hour after T0; ``fields`` override."""
+    return MessageAttempt(**attempt_record(**fields))
+
+
+def attempt_record(**fields: Any) -> dict[str, Any]:
+    """The Avro record of :func:`attempt` (a field given as DROP is left out)."""
     record = {
         "attempt_id": "att-1", "received_at": T0 + timedelta(hours=1), "environment": ENV,
         "direction": "outgoing", "call_id": "c1@192.0.2.10", "cseq": 1, "from_user": ALICE,
@@ -103,7 +108,7 @@ def attempt(**fields: Any) -> dict[str, Any]:
     return {name: value for name, value in record.items() if value is not DROP}
 
 
-def payment(amount: str, *, payment_id: str = "pay-1", account: str = ALICE, currency: str = "USD") -> dict[str, Any]:
-    """A Payment record (top-up) for ``account``."""
-    return {"payment_id": payment_id, "environment": ENV, "account": account, "amount": Decimal(amount),
-            "currency": currency, "received_at": T0 + timedelta(hours=2), "reference": "test"}
+def payment(amount: str, *, payment_id: str = "pay-1", account: str = ALICE, currency: str = "USD") -> Payment:
+    """A Payment (top-up) for ``account``."""
+    return Payment(payment_id=payment_id, environment=ENV, account=account, amount=Decimal(amount),
+                   currency=currency, received_at=T0 + timedelta(hours=2), reference="test")

@@ -15,11 +15,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 from kafka.partitioner.default import DefaultPartitioner
 
-from imbill.bootstrap import synthetic_attempt
+from imbill.domain.events import MessageAttempt
+from imbill.schemas.codec import event_of
 from imbill.broker import start_broker
 from imbill.bus import create_topics, read_to_end
 from imbill.domain.errors import BrokerError, PublishError
-from imbill.producers.attempt import attempt_key
+from imbill.producers.attempt import attempt_key, synthetic_attempt
 from imbill.producers.attempt_publisher import AttemptPublisher, partition_for
 from imbill.producers.edge import SipEdge
 from imbill.schemas.topics import ATTEMPTS, Topics
@@ -30,7 +31,7 @@ pytestmark = pytest.mark.integration
 BASE = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)  # whole milliseconds: timestamp-millis round-trips
 
 
-def attempts(count: int, accounts: int = 37) -> list[dict[str, Any]]:
+def attempts(count: int, accounts: int = 37) -> list[MessageAttempt]:
     return [
         synthetic_attempt("env1", f"acct{index % accounts}", f"dest{index}", body_chars=1 + index % 300,
                           call_id=f"pub-{index}@test", received_at=BASE + timedelta(milliseconds=index))
@@ -58,7 +59,7 @@ def kafka_python_partition(topic: str, key: bytes, partitions: set[int]) -> int:
     return DefaultPartitioner().partition(topic, None, key, None, None, _Cluster(topic, partitions))
 
 
-async def submit_all(publisher: AttemptPublisher, batch: list[dict[str, Any]]) -> list[PublishError | None]:
+async def submit_all(publisher: AttemptPublisher, batch: list[MessageAttempt]) -> list[PublishError | None]:
     """Submit every attempt at once (as a burst of MESSAGEs would) and wait until each is settled."""
     loop = asyncio.get_running_loop()
     settled = [loop.create_future() for _ in batch]
@@ -83,13 +84,14 @@ def test_every_acknowledged_attempt_is_on_its_key_partition_in_order(bootstrap: 
     assert asyncio.run(scenario()) == [None] * 1490
     records = list(read_to_end(bootstrap, topics.attempts))
     assert [r.error for r in records if r.error] == []
-    assert sorted(r.record["attempt_id"] for r in records) == sorted(a["attempt_id"] for a in sent)
-    by_id = {a["attempt_id"]: a for a in sent}
-    assert all(r.name == "MessageAttempt" and r.record == by_id[r.record["attempt_id"]] for r in records)
+    assert sorted(r.record["attempt_id"] for r in records) == sorted(a.attempt_id for a in sent)
+    by_id = {a.attempt_id: a for a in sent}
+    assert all(r.name == "MessageAttempt" and event_of(r.name, r.record) == by_id[r.record["attempt_id"]]
+               for r in records)
 
     partitions = set(range(ATTEMPTS.partitions))
     for record in records:
-        assert record.key == attempt_key(record.record)
+        assert record.key == attempt_key(event_of(record.name, record.record))
         assert record.partition == kafka_python_partition(topics.attempts, record.key, partitions)
         assert record.partition == partition_for(record.key, len(partitions))
 
@@ -97,7 +99,7 @@ def test_every_acknowledged_attempt_is_on_its_key_partition_in_order(bootstrap: 
     for record in sorted(records, key=lambda r: (r.partition, r.offset)):
         offsets[record.key].append(record.record["call_id"])
     for key, call_ids in offsets.items():
-        assert call_ids == [a["call_id"] for a in sent if attempt_key(a) == key]
+        assert call_ids == [a.call_id for a in sent if attempt_key(a) == key]
 
 
 @given(st.binary(max_size=80), st.integers(1, 64))
@@ -113,7 +115,7 @@ def test_done_is_called_only_once_the_attempt_is_on_the_topic(bootstrap: str, to
     def reader(attempt: dict[str, Any], settled: asyncio.Future[None]) -> Callable[[PublishError | None], None]:
         def done(error: PublishError | None) -> None:  # blocks the event loop: nothing is sent meanwhile
             on_topic = {r.record["attempt_id"] for r in read_to_end(bootstrap, topics.attempts, timeout=5)}
-            seen.append((error, attempt["attempt_id"] in on_topic))
+            seen.append((error, attempt.attempt_id in on_topic))
             settled.set_result(None)
 
         return done

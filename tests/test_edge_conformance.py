@@ -167,15 +167,15 @@ def test_edge_keeps_serving_and_counts_the_corpus(corpus_run: dict[str, Any]) ->
 
 def test_the_only_torture_message_is_published(corpus_run: dict[str, Any]) -> None:
     mpart, after = corpus_run["published"]
-    assert (mpart["from_user"], mpart["from_domain"], mpart["to_user"], mpart["body_bytes"]) == (
+    assert (mpart.from_user, mpart.from_domain, mpart.to_user, mpart.body_bytes) == (
         "fluffy",
         "example.com",
         "kumiko",
         553,
     )
-    assert mpart["content_type"] == "multipart/mixed;boundary=7a9cbec02ceef655"
-    assert mpart["user_agent"] == "SIPimp.org/0.2.5 (curses)" and mpart["edge_id"] == "edge-t"
-    assert after["call_id"] == "after-corpus@test" and after["received_at"].tzinfo is not None
+    assert mpart.content_type == "multipart/mixed;boundary=7a9cbec02ceef655"
+    assert mpart.user_agent == "SIPimp.org/0.2.5 (curses)" and mpart.edge_id == "edge-t"
+    assert after.call_id == "after-corpus@test" and after.received_at.tzinfo is not None
 
 
 # --- transactions, failures, methods ------------------------------------------------------------------
@@ -228,7 +228,7 @@ def test_publish_failure_is_a_500_and_the_edge_keeps_serving() -> None:
     assert failed is not None and failed.startswith(b"SIP/2.0 500 Server Internal Error\r\n")
     assert header_of(failed, "Retry-After") == "5" and repeated == failed
     assert accepted is not None and status_of(accepted) == 202
-    assert [a["call_id"] for a in recorder.attempts] == ["fail-2@test"]
+    assert [a.call_id for a in recorder.attempts] == ["fail-2@test"]
     assert (counters.publish_failures, counters.accepted, counters.retransmissions) == (1, 1, 1)
 
 
@@ -276,7 +276,7 @@ def test_too_many_pending_publishes_get_503() -> None:
     assert refused is not None and refused.startswith(b"SIP/2.0 503 Service Unavailable\r\n")
     assert header_of(refused, "Call-ID") == "busy-2@test" and header_of(refused, "Retry-After") == "5"
     assert accepted is not None and header_of(accepted, "Call-ID") == "busy-1@test" and status_of(accepted) == 202
-    assert [a["call_id"] for a in recorder.attempts] == ["busy-1@test"] and counters.unavailable == 1
+    assert [a.call_id for a in recorder.attempts] == ["busy-1@test"] and counters.unavailable == 1
 
 
 def test_stop_answers_pending_publishes_and_refuses_new_ones() -> None:
@@ -296,7 +296,7 @@ def test_stop_answers_pending_publishes_and_refuses_new_ones() -> None:
     refused, drained, recorder = asyncio.run(scenario())
     assert refused is not None and status_of(refused) == 503
     assert drained is not None and status_of(drained) == 202 and header_of(drained, "Call-ID") == "draining-1@test"
-    assert [a["call_id"] for a in recorder.attempts] == ["draining-1@test"]
+    assert [a.call_id for a in recorder.attempts] == ["draining-1@test"]
 
 
 def test_publishes_run_concurrently() -> None:
@@ -341,7 +341,7 @@ def test_messages_from_a_vendor_peer_are_incoming_others_outgoing() -> None:
         answer = await exchange(client, message(f"dir-{len(peers)}@test"))
         await edge.stop()
         assert answer is not None and status_of(answer) == 202
-        return recorder.attempts[0]["direction"]
+        return recorder.attempts[0].direction
 
     assert asyncio.run(scenario(frozenset({"127.0.0.1"}))) == "incoming"
     assert asyncio.run(scenario(frozenset())) == "outgoing"

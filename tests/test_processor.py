@@ -23,13 +23,13 @@ from aiokafka.partitioner import murmur2
 from kafka.partitioner.default import DefaultPartitioner
 
 from imbill.bus import EventProducer, create_topics, read_to_end
-from imbill.schemas.codec import decode, encode
+from imbill.schemas.codec import decode, encode, encode_event, record_of
 from imbill.streams.processor import bill_attempts, entry_key, main, top_up_payments
 from imbill.streams.recovery import (Entry, Flushed, decode_record, encode_record, flushed_key, pending_outboxes,
                                      true_end_offsets)
 from imbill.domain.balance import AccountState
 from imbill.schemas.topics import ACCOUNT_PARTITIONS, ACCOUNT_STATE_CHANGELOG, Topics
-from tests.builders import ALICE, BOB, ENV, T0, attempt, checklist, payment
+from tests.builders import ALICE, BOB, ENV, T0, attempt, attempt_record, checklist, payment
 
 NOW = datetime(2026, 1, 15, 9, 30, tzinfo=timezone.utc)
 LONG = 150  # characters: 3 billing units at msg.billing_unit_size 60, 0.15 at the MSGN rate 0.05
@@ -46,7 +46,7 @@ def partition_of(key: bytes) -> int:
 def records(*items: tuple[int, dict | bytes], account: str = ALICE) -> list[tuple[int, int, bytes, bytes]]:
     """(offset, attempt record or raw bytes) -> input records on the account's partition."""
     key = key_of(account)
-    return [(partition_of(key), offset, key, value if isinstance(value, bytes) else encode("MessageAttempt", value))
+    return [(partition_of(key), offset, key, value if isinstance(value, bytes) else encode_event(value))
             for offset, value in items]
 
 
@@ -110,7 +110,7 @@ def test_refusals_and_undecodable_records_are_rejections_never_errors():
 
 def test_an_attempt_keyed_to_another_account_is_not_billed_on_this_partition():
     config = checklist().state
-    wrong = [(0, 3, key_of(BOB), encode("MessageAttempt", attempt(attempt_id="w1")))]  # sent by ALICE
+    wrong = [(0, 3, key_of(BOB), encode_event(attempt(attempt_id="w1")))]  # sent by ALICE
     (kind, _, rejection), = outputs(bill_attempts({}, config, wrong, now=NOW, expected={0: 3}))
     assert (kind, rejection["reason_code"]) == ("rejections", "malformed_attempt")
 
@@ -124,7 +124,7 @@ def test_decisions_are_final_even_when_a_payment_lands_before_the_replay():
     first = bill_attempts({}, config, seven, now=NOW, expected=FROM_START)
     assert [r["reason_code"] for k, _, r in outputs(first) if k == "rejections"] == ["insufficient_funds"]
     committed = dict(first.entries)
-    top_up = [(partition_of(key_of(ALICE)), 0, key_of(ALICE), encode("Payment", payment("5.00")))]
+    top_up = [(partition_of(key_of(ALICE)), 0, key_of(ALICE), encode_event(payment("5.00")))]
     committed.update(top_up_payments(committed, config, top_up, now=NOW, expected=FROM_START).entries)
     replay = bill_attempts(committed, config, seven, now=NOW, expected=FROM_START)  # entries, no marker
     assert replay.entries == {} and replay.next_offsets == {partition_of(key_of(ALICE)): 7}
@@ -136,13 +136,13 @@ def test_decisions_are_final_even_when_a_payment_lands_before_the_replay():
 def test_a_payment_for_an_unknown_account_or_foreign_key_changes_nothing():
     config = checklist().state
     unknown = payment("1.00", account="nobody")
-    batch = top_up_payments({}, config, [(0, 0, key_of("nobody"), encode("Payment", unknown)),
-                                         (0, 1, key_of(BOB), encode("Payment", payment("1.00"))),
+    batch = top_up_payments({}, config, [(0, 0, key_of("nobody"), encode_event(unknown)),
+                                         (0, 1, key_of(BOB), encode_event(payment("1.00"))),
                                          (0, 2, key_of(BOB), b"junk")], now=NOW, expected=FROM_START)
     assert batch.next_offsets == {0: 3}
     [(kind, key, refused)] = outputs(batch)
     assert (kind, key, refused["reason_code"], refused["payment_id"]) == (
-        "rejections", key_of("nobody").decode(), "unknown_account", unknown["payment_id"])
+        "rejections", key_of("nobody").decode(), "unknown_account", unknown.payment_id)
     assert all(entry.state is None for entry in batch.entries.values())
     assert {entry.payments_decided for entry in batch.entries.values()} == {0, 2}
 
@@ -251,7 +251,7 @@ def records_of(bootstrap: str, topic: str) -> list[dict]:
 
 
 def message(attempt_id: str, sender: str = ALICE, **fields) -> tuple[str, str, dict]:
-    record = attempt(attempt_id=attempt_id, call_id=f"{attempt_id}@test", from_user=sender, body_chars=LONG,
+    record = attempt_record(attempt_id=attempt_id, call_id=f"{attempt_id}@test", from_user=sender, body_chars=LONG,
                      **fields)
     return f"{ENV}/{sender}", "MessageAttempt", record
 
@@ -269,7 +269,7 @@ def test_a_worker_charges_rejects_suspends_and_resumes(bootstrap, topics, tmp_pa
     try:
         wait_for(lambda: len(records_of(bootstrap, topics.charges)) + len(records_of(bootstrap, topics.rejections))
                  >= 11, worker, 40, "every attempt to be decided")
-        publish(bootstrap, topics.payments, [(f"{ENV}/{ALICE}", "Payment", payment("1.00", payment_id="pay-1"))])
+        publish(bootstrap, topics.payments, [(f"{ENV}/{ALICE}", "Payment", record_of(payment("1.00", payment_id="pay-1")))])
         wait_for(lambda: any(r["cause_id"] == "pay-1" for r in records_of(bootstrap, topics.balances)), worker, 20,
                  "the top-up")
         publish(bootstrap, topics.attempts, [message("a8")])

@@ -26,6 +26,7 @@ import pytest
 
 from imbill.bus import EventProducer, read_to_end
 from imbill.domain.config import Account
+from imbill.schemas.codec import record_of
 from tests.builders import ENV, checklist, payment
 from tests.test_processor import Worker, message, publish_config
 
@@ -49,7 +50,7 @@ def produce(bootstrap: str, topics, rnd: random.Random, produced: dict, done: th
                 producer.send(topics.attempts, key, name, record)
             if n % 40 == 20:
                 account = rnd.choice(ACCOUNTS)
-                top_up = payment(str(TOP_UP), payment_id=f"pay-{n}", account=account)
+                top_up = record_of(payment(str(TOP_UP), payment_id=f"pay-{n}", account=account))
                 producer.send(topics.payments, f"{ENV}/{account}", "Payment", top_up)
                 produced["payments"][account].append(top_up["payment_id"])
             if n % 30 == 29:

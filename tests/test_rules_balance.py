@@ -7,7 +7,8 @@ from decimal import Decimal
 
 import pytest
 
-from imbill.schemas.codec import decode, encode
+from imbill.domain.events import BalanceChanged, ServiceStatusChanged
+from imbill.schemas.codec import decode_event, encode_event
 from imbill.domain.balance import AccountState, bill, open_account, top_up
 from imbill.domain.rating import REASON_CODES, Rated, rate_attempt
 from tests.builders import ALICE, ENV, T0, attempt, checklist, payment
@@ -27,17 +28,17 @@ def state(balance: str, *, suspended: bool = False, **fields) -> AccountState:
     return AccountState(Decimal(balance), "USD", suspended, **fields)
 
 
-def bal(cause_id: str, delta: str, balance: str) -> tuple[str, dict]:
+def bal(cause_id: str, delta: str, balance: str) -> BalanceChanged:
     cause = "charge" if cause_id.startswith("chg-") else "payment"
-    return ("BalanceChanged", {"event_id": f"bal-{cause_id}", "environment": ENV, "account": ALICE,
-                               "cause": cause, "cause_id": cause_id, "delta": Decimal(delta),
-                               "balance": Decimal(balance), "currency": "USD", "occurred_at": AT})
+    return BalanceChanged(event_id=f"bal-{cause_id}", environment=ENV, account=ALICE, cause=cause,
+                          cause_id=cause_id, delta=Decimal(delta), balance=Decimal(balance), currency="USD",
+                          occurred_at=AT)
 
 
-def status(cause_id: str, value: str, reason: str, push: bool = False) -> tuple[str, dict]:
-    return ("ServiceStatusChanged", {"event_id": f"st-{cause_id}-{value}", "environment": ENV, "account": ALICE,
-                                     "service": "messaging", "status": value, "reason": reason,
-                                     "cause_id": cause_id, "occurred_at": AT, "push_events": push})
+def status(cause_id: str, value: str, reason: str, push: bool = False) -> ServiceStatusChanged:
+    return ServiceStatusChanged(event_id=f"st-{cause_id}-{value}", environment=ENV, account=ALICE,
+                                service="messaging", status=value, reason=reason, cause_id=cause_id,
+                                occurred_at=AT, push_events=push)
 
 
 # (case id, state before, rated, outcome, balance after, suspended after, events)
@@ -79,8 +80,8 @@ def test_bill(before: AccountState, charge: Rated, outcome: str, balance: str, s
     assert (result.outcome, result.state.balance, result.state.suspended) == (outcome, Decimal(balance), suspended)
     assert result.events == events
     assert outcome in REASON_CODES or outcome in {"charged", "duplicate", "already_applied"}
-    for name, record in result.events:
-        assert decode(encode(name, record)) == (name, record)
+    for event in result.events:
+        assert decode_event(encode_event(event)) == event
 
 
 def test_bill_remembers_the_attempt() -> None:
@@ -115,17 +116,18 @@ def test_top_up(before: AccountState, amount: str, offset: int, balance: str, su
     after, emitted = top_up(before, payment(amount), offset=offset, occurred_at=AT)
     assert (after.balance, after.suspended) == (Decimal(balance), suspended)
     assert emitted == events
-    for name, record in emitted:
-        assert decode(encode(name, record)) == (name, record)
+    for event in emitted:
+        assert decode_event(encode_event(event)) == event
 
 
 def test_payment_in_another_currency_is_not_applied() -> None:
     after, emitted = top_up(state("1.00"), payment("5", currency="EUR"), offset=1, occurred_at=AT)
     assert (after.balance, after.last_payment_offset) == (Decimal("1.00"), 1)
-    [(name, record)] = emitted
-    assert (name, record["reason_code"], record["amount"]) == ("PaymentRejected", "currency_mismatch", Decimal("5"))
-    assert "kept in USD" in record["message"]
-    assert decode(encode(name, record)) == (name, record)
+    [rejected] = emitted
+    assert (type(rejected).__name__, rejected.reason_code, rejected.amount) == (
+        "PaymentRejected", "currency_mismatch", Decimal("5"))
+    assert "kept in USD" in rejected.message
+    assert decode_event(encode_event(rejected)) == rejected
 
 
 def test_a_payment_published_twice_is_credited_once() -> None:
@@ -154,5 +156,5 @@ def test_suspend_then_resume_story() -> None:
     assert outcomes == ["charged"] * 20 + ["service_suspended"] * 5
     assert current.balance == 0 and current.suspended
     current, events = top_up(current, payment("0.10"), offset=0, occurred_at=AT)
-    assert not current.suspended and [name for name, _ in events] == ["BalanceChanged", "ServiceStatusChanged"]
+    assert not current.suspended and [type(e).__name__ for e in events] == ["BalanceChanged", "ServiceStatusChanged"]
     assert bill(current, rated("0.05"), attempt_id="m99", offset=99, occurred_at=AT).outcome == "charged"

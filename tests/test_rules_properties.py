@@ -13,6 +13,7 @@ from imbill.domain.catalogue import MESSAGING_CATALOGUE
 from imbill.domain.money import billing_units, minor_units
 from imbill.domain.patterns import like
 from imbill.domain.policy import effective_attributes
+from imbill.domain.events import BalanceChanged
 from imbill.domain.rating import Rated, rate_attempt
 from tests import strategies as s
 from tests.builders import ALICE, IM_ATTRIBUTES, T0, attempt, checklist, payment
@@ -93,14 +94,14 @@ def test_charges_equal_the_drop_in_prepaid_balances(opening: Decimal, operations
             kind, amount, index = last
         if kind == "top_up":
             state, events = top_up(state, payment(str(amount), payment_id=f"p{index}"), offset=index, occurred_at=T0)
-            paid += sum((r["delta"] for n, r in events if n == "BalanceChanged"), Decimal(0))
+            paid += sum((e.delta for e in events if type(e) is BalanceChanged), Decimal(0))
         elif kind == "charge":
             result = bill(state, base._replace(amount=amount), attempt_id=f"a{index}", offset=index, occurred_at=T0)
             state, events = result.state, result.events
             charged += amount if result.charged else 0
         else:
             continue
-        deltas += sum((r["delta"] for n, r in events if n == "BalanceChanged"), Decimal(0))
+        deltas += sum((e.delta for e in events if type(e) is BalanceChanged), Decimal(0))
         last = (kind, amount, index)
         assert state.balance >= 0
     assert state.balance == opening + paid - charged

@@ -6,7 +6,9 @@ from pathlib import Path
 import pytest
 
 from imbill.domain.errors import SchemaError, UnknownSchema
-from imbill.schemas.codec import MAGIC, decode, decode_as, encode, fingerprint, register_writer, schemas
+from imbill.schemas.codec import (MAGIC, decode, decode_as, decode_event, encode, encode_event, event_of, fingerprint,
+                                  record_of, register_writer, schemas)
+from tests.builders import DROP, attempt_record
 from tests.samples import SAMPLES
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -21,6 +23,21 @@ def test_round_trip(name):
     data = encode(name, SAMPLES[name])
     assert data[:2] == MAGIC
     assert decode(data) == (name, SAMPLES[name])
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLES))
+def test_every_event_is_a_domain_type_and_back(name):
+    event = event_of(name, SAMPLES[name])
+    assert type(event).__module__ == "imbill.domain.events"
+    assert record_of(event) == SAMPLES[name]
+    assert decode_event(encode_event(event)) == event
+
+
+def test_an_attempt_without_a_field_rating_needs_is_no_attempt():
+    """Rated as malformed_attempt by the processor (tests/test_processor.py): it cannot
+    become a MessageAttempt."""
+    with pytest.raises(SchemaError, match="to_user"):
+        event_of("MessageAttempt", attempt_record(to_user=DROP))
 
 
 def test_fingerprint_matches_the_avro_spec_example():

@@ -1,0 +1,103 @@
+"""Deciding one input record of one account: "bill one attempt" and "apply one payment".
+
+These are the processor's whole decision for a record, as pure functions: the account's
+state, the record (a domain event), the config snapshot, the record's Kafka key and
+offset, and the clock in; the new state and the events it causes out. The live processor
+and re-rating call the same functions with other snapshots and other sources of attempts.
+
+A refusal is an event (Rejection, PaymentRejected), never an exception. An exception from
+here is a bug in a rule: the caller must not turn it into a decision a customer sees.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from imbill.domain.balance import AccountState, Event, bill, open_account, payment_rejected, top_up
+from imbill.domain.config import ConfigState
+from imbill.domain.events import Charge, MessageAttempt, Payment, Rejection, rejection_id_of
+from imbill.domain.keys import account_key
+from imbill.domain.rating import REASON_CODES, Rated, Refusal, account_push_events, charge_of, rate_attempt, rejection_of
+
+__all__ = ["Decision", "decide_attempt", "decide_payment", "opened_account", "undecodable_attempt"]
+
+SKIPPED = ("duplicate", "already_applied")
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The account's state after a record (None: the key is no account), the events the
+    record causes, and why a record was ignored without an event (for the log)."""
+
+    state: AccountState | None
+    events: tuple[Charge | Rejection | Event, ...] = ()
+    ignored: str = ""
+
+
+def decide_attempt(state: AccountState | None, attempt: MessageAttempt, config: ConfigState, *,
+                   key: bytes | None, offset: int, now: datetime) -> Decision:
+    """Rate and bill ``attempt`` (the record at ``offset`` under ``key``) for its sender."""
+    rated = rate_attempt(attempt, config, rated_at=now)
+    if type(rated) is Refusal:
+        return Decision(state, (rejection_of(attempt, rated, now),))
+    if rated.direction != "outgoing":  # free, billed to the recipient, whose balance is elsewhere
+        return Decision(state, (charge_of(attempt, rated, now),))
+    if account_key(rated.environment, rated.account) != key:
+        refusal = Refusal("malformed_attempt", f"the record key {key!r} does not name the sending account",
+                          rated.account)
+        return Decision(state, (rejection_of(attempt, refusal, now),))
+    result = bill(state or _opened(config, rated), rated, attempt_id=attempt.attempt_id, offset=offset,
+                  occurred_at=now)
+    return Decision(result.state, _outcome(attempt, rated, result.outcome, now) + tuple(result.events))
+
+
+def _outcome(attempt: MessageAttempt, rated: Rated, outcome: str, now: datetime) -> tuple[Charge | Rejection, ...]:
+    if outcome == "charged":
+        return (charge_of(attempt, rated, now),)
+    if outcome in SKIPPED:
+        return ()
+    refusal = Refusal(outcome, REASON_CODES.get(outcome, outcome), rated.account)
+    return (rejection_of(attempt, refusal, now),)
+
+
+def _opened(config: ConfigState, rated: Rated) -> AccountState:
+    """A balance is always kept in the customer's currency, whichever event opens it."""
+    opened = opened_account(config, rated.environment, rated.account, fallback_currency=rated.currency)
+    assert opened is not None, "a rated account exists in its snapshot"
+    return opened
+
+
+def decide_payment(state: AccountState | None, payment: Payment, config: ConfigState, *, key: bytes | None,
+                   offset: int, now: datetime) -> Decision:
+    """Apply ``payment`` (the record at ``offset`` under ``key``) to its account's balance."""
+    environment, account = payment.environment, payment.account
+    if account_key(environment, account) != key:
+        return Decision(state, (), f"payment {payment.payment_id} not applied: record key {key!r} is not "
+                                   f"{environment}/{account}")
+    state = state or opened_account(config, environment, account)
+    if state is None:
+        return Decision(None, (payment_rejected(payment, "unknown_account", f"account {account} does not exist "
+                                                f"in environment {environment}", now),))
+    state, events = top_up(state, payment, offset=offset, occurred_at=now,
+                           push_events=account_push_events(config, environment, account))
+    return Decision(state, tuple(events))
+
+
+def opened_account(config: ConfigState, environment: str, account: str, *,
+                   fallback_currency: str = "") -> AccountState | None:
+    """The state of an account before its first event: its opening balance, in its customer's
+    currency (None when the account does not exist in the snapshot)."""
+    env = config.environments.get(environment)
+    found = env.accounts.get(account) if env is not None else None
+    if found is None:
+        return None
+    customer = env.customers.get(found.customer)
+    return open_account(found, customer.currency if customer is not None else fallback_currency)
+
+
+def undecodable_attempt(attempt_id: str, why: str, now: datetime) -> Rejection:
+    """The ``malformed_attempt`` Rejection of a record that is no MessageAttempt."""
+    return Rejection(rejection_id=rejection_id_of(attempt_id), attempt_id=attempt_id, environment="", account="",
+                     attempted_at=now, rejected_at=now, reason_code="malformed_attempt", message=why,
+                     to_user="", to_domain="")

@@ -1,0 +1,43 @@
+"""Why a message is not charged: one refusal type and the reason codes.
+
+A refusal is not an exception: the processor turns it into a Rejection event with the
+stable reason code, seen by ops and downstream systems alike.
+"""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+from typing import Mapping, NamedTuple
+
+__all__ = ["Refusal", "REASON_CODES"]
+
+REASON_CODES: Mapping[str, str] = MappingProxyType({
+    "malformed_attempt": "The attempt event cannot be decoded or lacks a field rating needs.",
+    "unknown_environment": "The virtual environment has no instant messaging setup (no service types).",
+    "service_disabled": "Messaging is not enabled in the environment (BillingEngine ServiceTypes).",
+    "unknown_recipient": "An incoming message's recipient is no account or alias of the environment.",
+    "unknown_account": "The sender is not an account of the environment.",
+    "service_not_in_product": "The account's product does not include the Messaging service.",
+    "no_usage_charge": "The product has no Messaging usage charge with a defined tariff.",
+    "not_accounted": "The service policy has outgoing_aaa off: authentication only, no accounting.",
+    "smpp_on_net": "The transport protocol is SMPP, which delivers off-net messages only.",
+    "no_rate": "The customer tariff has no rate in force for the destination.",
+    "undeliverable": "An off-net message while the service policy has external_routing off.",
+    "no_route": "No vendor connection for Messaging has a rate for the destination.",
+    "insufficient_funds": "The prepaid balance, or the postpaid credit limit, cannot cover the charge.",
+    "service_suspended": "The account's messaging service is suspended (wallet empty) until a top-up.",
+    "currency_mismatch": "The charge is in another currency than the account's balance.",
+})
+
+
+class Refusal(NamedTuple):
+    """A reason code of :data:`REASON_CODES`, words for a person, and the account the
+    refusal is recorded against ("" until known)."""
+
+    reason_code: str
+    message: str
+    account: str = ""
+
+    def against(self, account: str) -> Refusal:
+        """The same refusal, recorded against ``account``."""
+        return self._replace(account=account)
