@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import socket
 
 import pytest
+import sqlalchemy as sa
 from hypothesis import settings as hypothesis_settings
 
 from imbill.broker import LocalBroker, start_broker
@@ -87,15 +89,32 @@ def database_url(request: pytest.FixtureRequest, tmp_path) -> str:
     return _fresh_postgres_database(request.node.name)
 
 
+_created_databases: list[str] = []
+
+
 def _fresh_postgres_database(test_name: str) -> str:
-    import re
-
-    import sqlalchemy as sa
-
     name = "imbill_" + re.sub(r"[^a-z0-9]+", "_", test_name.lower())[-40:] + f"_{os.getpid()}"
-    admin = sa.create_engine(POSTGRES_URL.rsplit("/", 1)[0] + "/postgres", isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}"'))
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    admin.dispose()
+    _postgres_admin(f'DROP DATABASE IF EXISTS "{name}"', f'CREATE DATABASE "{name}"')
+    _created_databases.append(name)
     return POSTGRES_URL.rsplit("/", 1)[0] + "/" + name
+
+
+def _postgres_admin(*statements: str) -> None:
+    admin = sa.create_engine(POSTGRES_URL.rsplit("/", 1)[0] + "/postgres", isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            for statement in statements:
+                conn.execute(sa.text(statement))
+    finally:
+        admin.dispose()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _drop_test_databases():
+    """Every PostgreSQL database a test made is dropped when the session ends."""
+    yield
+    for name in _created_databases:
+        try:
+            _postgres_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        except sa.exc.SQLAlchemyError as exc:  # the session's result stands; say what is left behind
+            print(f"test database {name} not dropped: {exc}")

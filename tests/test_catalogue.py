@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.shared import shared_path
+
 from imbill.domain.errors import ConfigError
 from imbill.domain.catalogue import (
     CATALOGUE,
@@ -21,7 +23,6 @@ from imbill.domain.catalogue import (
 )
 
 POLICY = "Instant messaging"
-DOCUMENT = Path(__file__).resolve().parents[2] / "shared" / "domain" / "service-policies.txt"
 TON = ("unknown", "international", "national", "network_specific", "subscriber_number",
        "alphanumeric", "abbreviated")
 NPI = ("unknown", "isdn", "data", "telex", "national", "private", "ermes", "internet",
@@ -108,10 +109,10 @@ def _document_attributes(text: str) -> set[tuple[str, str, str]]:
     return found
 
 
-@pytest.mark.skipif(not DOCUMENT.exists(), reason="the seed documents are not next to the repo")
 def test_catalogue_is_exactly_the_document():
+    document = shared_path("domain/service-policies.txt")
     catalogued = {(s.service, s.section, s.name) for c in CATALOGUE.values() for s in c.values()}
-    assert catalogued == _document_attributes(DOCUMENT.read_text())
+    assert catalogued == _document_attributes(document.read_text())
 
 
 def test_keys_and_usages():

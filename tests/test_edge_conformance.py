@@ -12,8 +12,10 @@ from typing import Any
 import pytest
 
 from imbill.producers.edge import SipEdge, serve_edge
+from tests.shared import SHARED, shared_path
 
-CORPUS = Path(__file__).resolve().parents[2] / "shared/conformance/rfc4475"
+CORPUS = SHARED / "conformance" / "rfc4475"
+
 ANSWER_TIMEOUT = 2.0  # an answer normally takes a millisecond
 SILENCE = 0.15  # how long "no datagram" is awaited for a drop
 
@@ -118,8 +120,7 @@ async def _run_corpus(expectations: dict[str, dict[str, str]]) -> dict[str, Any]
 
 @pytest.fixture(scope="module")
 def corpus_run() -> dict[str, Any]:
-    if not (CORPUS / "edge_expectations.tsv").exists():
-        pytest.skip(f"RFC 4475 corpus not found at {CORPUS} (a checkout of the shared folder next to the repo)")
+    shared_path("conformance/rfc4475/edge_expectations.tsv")
     expectations = _expectations()
     return {"expectations": expectations, **asyncio.run(_run_corpus(expectations))}
 
