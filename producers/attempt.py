@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import hashlib
 from datetime import UTC, datetime
-from functools import lru_cache
 
 from sipmessage import MediaType
 
 from imbill.domain.events import MessageAttempt
 from imbill.domain.keys import account_key
 from imbill.producers.sip import SipRequest
+from imbill.producers.sip_grammar import memo_of_short
 
 __all__ = ["DIRECTIONS", "attempt_from_request", "synthetic_attempt", "new_attempt", "attempt_id_for", "attempt_key",
            "body_chars"]
@@ -92,7 +92,7 @@ def attempt_key(attempt: MessageAttempt) -> bytes:
     return account_key(attempt.environment, attempt.from_user)
 
 
-@lru_cache(maxsize=256)
+@memo_of_short(256)
 def _charset(content_type: str | None) -> str:
     if not content_type:
         return DEFAULT_CHARSET

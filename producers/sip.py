@@ -18,13 +18,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from collections.abc import Sequence
-from functools import lru_cache
 
 from sipmessage import MediaType
 from sipmessage.message import COMPACT_FORMS
 
 from imbill.producers.sip_grammar import (
     Malformed,
+    memo_of_short,
     check_date,
     check_request_uri,
     parse_address,
@@ -294,7 +294,7 @@ def _check_optional_headers(index: Index) -> None:
         check_date(value)
 
 
-@lru_cache(maxsize=256)
+@memo_of_short(256)
 def _content_type(value: str | None) -> str | None:
     if value is not None:
         try:

@@ -23,6 +23,7 @@ from sipmessage import URI, CSeq, Via
 from sipmessage.grammar import HOSTNAME, IPV4ADDRESS
 
 __all__ = [
+    "memo_of_short",
     "Address",
     "Malformed",
     "check_date",
@@ -174,7 +175,29 @@ def _full_via_branch(element: str) -> str | None:
 # --- addresses and URIs --------------------------------------------------------------------------------
 
 
-@lru_cache(maxsize=4096)  # To (and Contact) values repeat; From values carry a fresh tag
+CACHED_TEXT = 256
+"""Header values and URIs longer than this are parsed every time, never remembered: the
+memos are bounded in bytes (at most entries x this), whatever datagrams arrive."""
+
+
+def memo_of_short(maxsize: int):
+    """``lru_cache(maxsize)`` for calls whose first argument is short text; longer ones
+    bypass it, so a flood of unique long headers cannot grow the edge's memory."""
+    def decorate(function):
+        cached = lru_cache(maxsize=maxsize)(function)
+
+        def call(text: str | None, *args, **kwargs):
+            if text is not None and len(text) > CACHED_TEXT:
+                return function(text, *args, **kwargs)
+            return cached(text, *args, **kwargs)
+
+        call.cache_info, call.cache_clear = cached.cache_info, cached.cache_clear
+        call.__doc__, call.__name__ = function.__doc__, function.__name__
+        return call
+    return decorate
+
+
+@memo_of_short(4096)  # To (and Contact) values repeat; From values carry a fresh tag
 def parse_address(value: str, header: str) -> Address:
     """A name-addr or addr-spec (From, To, Contact): the URI's user and host, and the tag."""
     plain = _PLAIN_NAME_ADDR.fullmatch(value)
@@ -208,7 +231,7 @@ def check_date(value: str) -> None:
         raise Malformed("malformed Date")
 
 
-@lru_cache(maxsize=8192)  # URIs repeat (the same accounts send again and again)
+@memo_of_short(8192)  # URIs repeat (the same accounts send again and again)
 def _uri_user_host(uri: str, *, headers_allowed: bool, where: str) -> tuple[str, str]:
     plain = _PLAIN_SIP_URI.fullmatch(uri)
     if plain is not None:  # sip:user@host[:port][;params]: no escapes, no password, no headers
