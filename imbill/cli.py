@@ -38,10 +38,10 @@ class _Group(click.Group):
 
 
 @click.group(cls=_Group)
-@click.option("--bootstrap-servers", envvar="IMBILL_BOOTSTRAP_SERVERS", help="Kafka bootstrap servers.")
-@click.option("--database-url", envvar="IMBILL_DATABASE_URL", help="SQLAlchemy URL of the projections.")
-@click.option("--environment", envvar="IMBILL_ENVIRONMENT", help="Virtual environment (tenant).")
-@click.option("--topic-prefix", envvar="IMBILL_TOPIC_PREFIX", help="Prefix of every topic name.")
+@click.option("--bootstrap-servers", help="Kafka bootstrap servers.")
+@click.option("--database-url", help="SQLAlchemy URL of the projections.")
+@click.option("--environment", help="Virtual environment (tenant).")
+@click.option("--topic-prefix", help="Prefix of every topic name.")
 @click.pass_context
 def cli(ctx: click.Context, bootstrap_servers, database_url, environment, topic_prefix) -> None:
     """imbill: event-sourced billing for SIP instant messaging on Kafka."""

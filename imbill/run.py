@@ -8,7 +8,6 @@ process each). Ctrl-C (or SIGTERM) stops the children in reverse order, then the
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -19,7 +18,7 @@ from typing import Callable
 
 from imbill.broker import LocalBroker, port_is_free, start_broker
 from imbill.bus import create_topics
-from imbill.settings import Settings
+from imbill.settings import Settings, child_environment
 
 __all__ = ["Supervisor", "run_engine"]
 
@@ -30,20 +29,10 @@ class Supervisor:
     say: Callable[[str], None] = print
     children: list[tuple[str, subprocess.Popen]] = field(default_factory=list)
 
-    def _env(self) -> dict[str, str]:
-        env = dict(os.environ)
-        env.update({
-            "IMBILL_BOOTSTRAP_SERVERS": self.settings.bootstrap_servers,
-            "IMBILL_DATABASE_URL": self.settings.database_url,
-            "IMBILL_ENVIRONMENT": self.settings.environment,
-            "IMBILL_TOPIC_PREFIX": self.settings.topic_prefix,
-            "IMBILL_DATA_DIR": str(self.settings.data_dir),
-        })
-        return env
-
     def spawn(self, name: str, *args: str) -> None:
         log = open(self.settings.data_dir / f"{name}.log", "ab")
-        process = subprocess.Popen([sys.executable, "-m", "imbill.cli", *args], env=self._env(),
+        process = subprocess.Popen([sys.executable, "-m", "imbill", *args],
+                                   env=child_environment(self.settings),
                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self.children.append((name, process))
         self.say(f"started {name} (pid {process.pid}, log {log.name})")
