@@ -15,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from kafka.partitioner.default import DefaultPartitioner
 
-from imbill.bootstrap import synthetic_attempt
+from imbill.usecases import synthetic_attempt
 from imbill.broker import start_broker
 from imbill.bus import create_topics, read_to_end
 from imbill.domain.errors import BrokerError, PublishError

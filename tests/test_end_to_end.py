@@ -146,7 +146,7 @@ def test_processor_killed_mid_stream_leaves_one_xdr_per_attempt(bootstrap, topic
     """SIGKILL the worker while it rates a stream of attempts, restart it: every attempt ends
     with exactly one charge id (the topic may hold a re-emitted duplicate, never a second
     amount), and the xDR table one row per attempt."""
-    from imbill.bootstrap import generate_traffic
+    from imbill.usecases import generate_traffic
     from imbill.settings import load_settings
 
     settings = load_settings(dict(engine_env))

@@ -19,7 +19,8 @@ from imbill.bus import EventProducer
 from imbill.projections.models import (BalanceEvent, ProjectionOffset, RejectedAttempt, ServiceStatusEvent,
                                        Xdr, connect, metadata, migrate)
 from imbill.projections.projector import Projector
-from imbill.projections.queries import format_xdrs, query_xdrs
+from imbill.presentation import format_xdrs
+from imbill.projections.queries import query_xdrs
 
 pytestmark = [pytest.mark.integration]
 
