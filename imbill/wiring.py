@@ -19,7 +19,7 @@ import uvloop
 from imbill.broker import start_broker
 from imbill.producers.attempt_publisher import AttemptPublisher
 from imbill.producers.edge import serve_edge
-from imbill.projections.projector import ConfigProjector, Projector
+from imbill.projections.projector import ConfigProjector, XdrProjector
 from imbill.run import run_engine
 from imbill.settings import Settings
 from imbill.streams.processor import run_worker
@@ -97,7 +97,7 @@ def processor_worker(settings: Settings, worker_id: str | None = None) -> None:
 def projectors(settings: Settings, once: bool, say: Say, *, max_poll_records: int = 500) -> None:
     """The xDR and config projectors, one thread each (or, with ``once``, one after the
     other until idle)."""
-    running = [Projector(settings.database_url, settings.bootstrap_servers, settings.topics,
+    running = [XdrProjector(settings.database_url, settings.bootstrap_servers, settings.topics,
                          max_poll_records=max_poll_records),
                ConfigProjector(settings.database_url, settings.bootstrap_servers, settings.topics,
                                max_poll_records=max_poll_records)]
