@@ -82,16 +82,20 @@ def _run_until_signal(coroutine: Coroutine[Any, Any, None]) -> None:
     asyncio.run(main())
 
 
-def processor_worker(settings: Settings, worker_id: str | None = None) -> None:
-    """One processor worker (faust); several share the partitions."""
-    # TODO(lead): once imbill.streams.worker lands (wt-streams), replace this call by
+def processor_worker(settings: Settings, worker_id: str | None = None, *, loglevel: str = "info",
+                     batch_size: int = 4000, session_timeout: float = 6.0) -> None:
+    """One processor worker (faust); several share the partitions. Its local files are
+    under ``settings.data_dir / "processor" / worker_id``."""
+    # TODO(lead): when imbill.streams.worker lands (wt-streams), import its run_worker instead
+    # of imbill.streams.processor's and make this call
     #   run_worker(settings.bootstrap_servers, settings.topics,
     #              app_id=settings.topic_prefix + settings.processor_id,
-    #              data_dir=settings.data_dir / "processor", worker_id=worker_id,
-    #              loglevel=..., batch_size=..., session_timeout=...)
-    # imported as `from imbill.streams.worker import run_worker`; streams then no longer
-    # imports imbill.settings (the layers contract in .importlinter checks it).
-    run_worker(settings, worker_id=worker_id)
+    #              data_dir=settings.data_dir / "processor" / worker_id (his signature decides
+    #              whether the worker id is appended here or by run_worker), worker_id=worker_id,
+    #              loglevel=loglevel, batch_size=batch_size, session_timeout=session_timeout)
+    # and drop BEING_REMOVED's entry in tests/test_layers.py.
+    run_worker(settings, worker_id=worker_id, loglevel=loglevel, batch_size=batch_size,
+               session_timeout=session_timeout)
 
 
 def projectors(settings: Settings, once: bool, say: Say, *, max_poll_records: int = 500) -> None:
