@@ -99,7 +99,7 @@ def main() -> None:
         children.append(subprocess.Popen([sys.executable, str(HERE / "bare_responder.py"), str(bare_port)],
                                          stdout=subprocess.DEVNULL))
         env = dict(os.environ, IMBILL_BOOTSTRAP_SERVERS=broker.bootstrap_servers, IMBILL_TOPIC_PREFIX=topics.prefix)
-        children.append(subprocess.Popen([sys.executable, "-m", "imbill.cli", "edge", "--port", str(edge_port)],
+        children.append(subprocess.Popen([sys.executable, "-m", "imbill", "edge", "--port", str(edge_port)],
                                          env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         wait_answering(bare_port)
         wait_answering(edge_port)

@@ -1,4 +1,5 @@
-"""The `imbill` command: thin click commands over the wiring in imbill.bootstrap."""
+"""The `imbill` command: thin click commands over the processes (imbill.wiring), the use
+cases (imbill.usecases) and what is shown of them (imbill.presentation)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from imbill import bootstrap
+from imbill import presentation, usecases, wiring
 from imbill.domain.errors import ImbillError
 from imbill.settings import DEFAULT_EXAMPLE, Settings, load_settings
 
@@ -38,10 +39,10 @@ class _Group(click.Group):
 
 
 @click.group(cls=_Group)
-@click.option("--bootstrap-servers", envvar="IMBILL_BOOTSTRAP_SERVERS", help="Kafka bootstrap servers.")
-@click.option("--database-url", envvar="IMBILL_DATABASE_URL", help="SQLAlchemy URL of the projections.")
-@click.option("--environment", envvar="IMBILL_ENVIRONMENT", help="Virtual environment (tenant).")
-@click.option("--topic-prefix", envvar="IMBILL_TOPIC_PREFIX", help="Prefix of every topic name.")
+@click.option("--bootstrap-servers", help="Kafka bootstrap servers.")
+@click.option("--database-url", help="SQLAlchemy URL of the projections.")
+@click.option("--environment", help="Virtual environment (tenant).")
+@click.option("--topic-prefix", help="Prefix of every topic name.")
 @click.pass_context
 def cli(ctx: click.Context, bootstrap_servers, database_url, environment, topic_prefix) -> None:
     """imbill: event-sourced billing for SIP instant messaging on Kafka."""
@@ -54,7 +55,7 @@ def cli(ctx: click.Context, bootstrap_servers, database_url, environment, topic_
 @click.pass_context
 def broker(ctx: click.Context, port: int | None) -> None:
     """Run the local Kafka-protocol broker (Tansu, memory storage) until Ctrl-C."""
-    bootstrap.serve_broker(_settings(ctx), port, console.print)
+    wiring.broker(_settings(ctx), port, console.print)
 
 
 @cli.group()
@@ -66,7 +67,7 @@ def topics() -> None:
 @click.pass_context
 def topics_create(ctx: click.Context) -> None:
     """Create every topic of the catalogue that does not exist yet (idempotent)."""
-    created = bootstrap.create_all_topics(_settings(ctx))
+    created = usecases.create_all_topics(_settings(ctx))
     console.print(f"created {len(created)} topic(s): {', '.join(created) or 'none, all existed'}")
 
 
@@ -74,14 +75,14 @@ def topics_create(ctx: click.Context) -> None:
 @click.pass_context
 def topics_list(ctx: click.Context) -> None:
     """Print the topic catalogue: name, partitions, key, cleanup policy, events."""
-    console.print(bootstrap.topics_table(_settings(ctx)))
+    console.print(presentation.topics_table(_settings(ctx).topic_prefix))
 
 
 @cli.command()
 @click.pass_context
 def schemas(ctx: click.Context) -> None:
     """List the Avro schemas (one .avsc per event type) and their fingerprints."""
-    console.print(bootstrap.schemas_table())
+    console.print(presentation.schemas_table())
 
 
 @cli.group()
@@ -94,7 +95,7 @@ def config() -> None:
 @click.pass_context
 def config_apply(ctx: click.Context, file: Path) -> None:
     """Append the events that bring the environment to FILE's config (nothing if equal)."""
-    result = bootstrap.apply_config_file(_settings(ctx), file)
+    result = usecases.apply_config_file(_settings(ctx), file)
     console.print(f"environment {result.environment}: {len(result.events)} event(s) appended")
     for name, key in result.events:
         console.print(f"  {name} {key}")
@@ -105,7 +106,8 @@ def config_apply(ctx: click.Context, file: Path) -> None:
 @click.pass_context
 def config_show(ctx: click.Context, at: str | None) -> None:
     """Print the current config state of the environment (or as it was --at a time)."""
-    for table in bootstrap.config_tables(_settings(ctx), _when(at)):
+    settings, when = _settings(ctx), _when(at)
+    for table in presentation.config_tables(usecases.config_at(settings, when), settings.environment, when):
         console.print(table)
 
 
@@ -113,7 +115,8 @@ def config_show(ctx: click.Context, at: str | None) -> None:
 @click.pass_context
 def config_history(ctx: click.Context) -> None:
     """List the config events of the environment, oldest first."""
-    console.print(bootstrap.config_history_table(_settings(ctx)))
+    settings = _settings(ctx)
+    console.print(presentation.config_history_table(usecases.config_events(settings), settings.environment))
 
 
 @cli.command()
@@ -122,7 +125,7 @@ def config_history(ctx: click.Context) -> None:
 @click.pass_context
 def edge(ctx: click.Context, host: str | None, port: int | None) -> None:
     """Run the SIP edge: MESSAGE -> message-attempt event -> 202 Accepted."""
-    bootstrap.serve_edge(_settings(ctx).with_overrides(edge_host=host, edge_port=port), console.print)
+    wiring.edge(_settings(ctx).with_overrides(edge_host=host, edge_port=port), console.print)
 
 
 @cli.command()
@@ -130,15 +133,17 @@ def edge(ctx: click.Context, host: str | None, port: int | None) -> None:
 @click.pass_context
 def process(ctx: click.Context, worker_id: str | None) -> None:
     """Run a processor worker: policy, destination, units, rating, balance -> charges."""
-    bootstrap.serve_processor(_settings(ctx), worker_id)
+    wiring.processor_worker(_settings(ctx), worker_id)
 
 
 @cli.command()
 @click.option("--once", is_flag=True, help="Apply what is on the topics now, then exit.")
+@click.option("--max-poll-records", type=int, default=500, show_default=True,
+              help="Most records applied in one SQL transaction.")
 @click.pass_context
-def project(ctx: click.Context, once: bool) -> None:
+def project(ctx: click.Context, once: bool, max_poll_records: int) -> None:
     """Fold charges, rejections, balance, status and config events into SQL tables."""
-    bootstrap.serve_projectors(_settings(ctx), once, console.print)
+    wiring.projectors(_settings(ctx), once, console.print, max_poll_records=max_poll_records)
 
 
 @cli.command()
@@ -150,12 +155,12 @@ def project(ctx: click.Context, once: bool) -> None:
 @click.pass_context
 def xdr(ctx: click.Context, account, since, until, limit, fmt) -> None:
     """Print xDRs from the projection (table, CSV or JSON)."""
-    output = bootstrap.xdr_report(_settings(ctx), account=account, since=_when(since),
-                                  until=_when(until), limit=limit, fmt=fmt)
+    settings = _settings(ctx)
+    rows = usecases.xdrs(settings, account=account, since=_when(since), until=_when(until), limit=limit)
     if fmt == "table":
-        console.print(output)
+        console.print(presentation.xdr_table(rows, settings.environment))
     else:
-        click.echo(output, nl=False)
+        click.echo(presentation.format_xdrs(rows, fmt), nl=False)
 
 
 @cli.group()
@@ -167,7 +172,7 @@ def policy() -> None:
 @click.option("--service", type=click.Choice(["messaging", "voice", "all"]), default="all")
 def policy_attributes(service: str) -> None:
     """List every service policy attribute: section, type, allowed values, default, applies to."""
-    console.print(bootstrap.attributes_table(service))
+    console.print(presentation.attributes_table(service))
 
 
 @policy.command("explain")
@@ -177,7 +182,10 @@ def policy_attributes(service: str) -> None:
 @click.pass_context
 def policy_explain(ctx: click.Context, account: str, to: str, user_agent: str | None) -> None:
     """Show which service policies match, which wins, and each effective attribute's source."""
-    for renderable in bootstrap.explain_policy(_settings(ctx), account, to, user_agent):
+    settings = _settings(ctx)
+    explained = usecases.explain_policy(settings, account, to, user_agent)
+    for renderable in presentation.explanation(explained.explanation, explained.rated, account=account, to=to,
+                                               environment=settings.environment):
         console.print(renderable)
 
 
@@ -193,7 +201,7 @@ def payment(ctx: click.Context, account: str, amount: str, currency: str | None,
         value = Decimal(amount)
     except InvalidOperation:
         raise click.BadParameter(f"not a decimal amount: {amount}", param_hint="--amount") from None
-    payment_id = bootstrap.top_up(_settings(ctx), account, value, currency, reference)
+    payment_id = usecases.top_up(_settings(ctx), account, value, currency, reference)
     console.print(f"payment {payment_id} appended for {account}: {value}")
 
 
@@ -207,11 +215,8 @@ def payment(ctx: click.Context, account: str, amount: str, currency: str | None,
 @click.pass_context
 def send(ctx: click.Context, from_user, to_user, domain, host, port, text) -> None:
     """Send one SIP MESSAGE to the edge and print its answer."""
-    from imbill.producers.sip_client import send_message
-
     settings = _settings(ctx).with_overrides(edge_host=host, edge_port=port)
-    answer = send_message(settings.edge_host, settings.edge_port, from_user=from_user, to_user=to_user,
-                          text=text, domain=domain)
+    answer = usecases.send(settings, from_user=from_user, to_user=to_user, text=text, domain=domain)
     console.print(f"{answer.status} {answer.reason}")
     sys.exit(0 if 200 <= answer.status < 300 else 1)
 
@@ -224,7 +229,7 @@ def send(ctx: click.Context, from_user, to_user, domain, host, port, text) -> No
 @click.pass_context
 def traffic(ctx: click.Context, count: int, accounts: str, to_users: str, seed: int) -> None:
     """Append generated message attempts (Avro) straight onto the attempts topic."""
-    sent = bootstrap.generate_traffic(_settings(ctx), count, accounts.split(","), to_users.split(","), seed)
+    sent = usecases.generate_traffic(_settings(ctx), count, accounts.split(","), to_users.split(","), seed)
     console.print(f"appended {sent} message attempts")
 
 
@@ -234,9 +239,7 @@ def traffic(ctx: click.Context, count: int, accounts: str, to_users: str, seed: 
 @click.pass_context
 def run(ctx: click.Context, example: Path | None) -> None:
     """Start broker, topics, edge, processor and projectors together; Ctrl-C stops all."""
-    from imbill.run import run_engine
-
-    sys.exit(run_engine(_settings(ctx), example or DEFAULT_EXAMPLE, console.print))
+    sys.exit(wiring.run(_settings(ctx), example or DEFAULT_EXAMPLE, console.print))
 
 
 def main() -> None:

@@ -1,14 +1,15 @@
 """`imbill run`: the whole engine on embedded defaults, as a small process supervisor.
 
-It starts the local broker (unless IMBILL_BOOTSTRAP_SERVERS points at a running one),
+It starts the local broker (unless the bootstrap servers setting points at a running one),
 creates the topics, applies the example config if the environment has none, and then runs
 the processor, the projectors and the SIP edge as child processes (as in production, one
-process each). Ctrl-C (or SIGTERM) stops the children in reverse order, then the broker.
+process each): ``python -m imbill process|project|edge``, given the same settings through
+their environment (:func:`imbill.settings.child_environment`). Ctrl-C (or SIGTERM) stops
+the children in reverse order, then the broker.
 """
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -19,7 +20,8 @@ from typing import Callable
 
 from imbill.broker import LocalBroker, port_is_free, start_broker
 from imbill.bus import create_topics
-from imbill.settings import Settings
+from imbill.settings import Settings, child_environment
+from imbill.usecases import apply_config_file, config_at
 
 __all__ = ["Supervisor", "run_engine"]
 
@@ -30,20 +32,10 @@ class Supervisor:
     say: Callable[[str], None] = print
     children: list[tuple[str, subprocess.Popen]] = field(default_factory=list)
 
-    def _env(self) -> dict[str, str]:
-        env = dict(os.environ)
-        env.update({
-            "IMBILL_BOOTSTRAP_SERVERS": self.settings.bootstrap_servers,
-            "IMBILL_DATABASE_URL": self.settings.database_url,
-            "IMBILL_ENVIRONMENT": self.settings.environment,
-            "IMBILL_TOPIC_PREFIX": self.settings.topic_prefix,
-            "IMBILL_DATA_DIR": str(self.settings.data_dir),
-        })
-        return env
-
     def spawn(self, name: str, *args: str) -> None:
         log = open(self.settings.data_dir / f"{name}.log", "ab")
-        process = subprocess.Popen([sys.executable, "-m", "imbill.cli", *args], env=self._env(),
+        process = subprocess.Popen([sys.executable, "-m", "imbill", *args],
+                                   env=child_environment(self.settings),
                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self.children.append((name, process))
         self.say(f"started {name} (pid {process.pid}, log {log.name})")
@@ -86,8 +78,6 @@ def _interrupt(signum: int, frame: object) -> None:
 def run_engine(settings: Settings, example: Path, say: Callable[[str], None] = print,
                until: Callable[[], bool] = lambda: False) -> int:
     """Run everything until Ctrl-C (or ``until()`` is true); return an exit status."""
-    from imbill.producers.config_publisher import apply_config, current_state
-
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     signal.signal(signal.SIGTERM, _interrupt)
     broker = _local_broker(settings, say)
@@ -95,9 +85,8 @@ def run_engine(settings: Settings, example: Path, say: Callable[[str], None] = p
     status = 0
     try:
         create_topics(settings.bootstrap_servers, settings.topics.specs())
-        state = current_state(settings.bootstrap_servers, settings.topics)
-        if state.environment(settings.environment) is None:
-            result = apply_config(example, bootstrap_servers=settings.bootstrap_servers, topics=settings.topics)
+        if config_at(settings).environment(settings.environment) is None:
+            result = apply_config_file(settings, example)
             say(f"applied {example} to environment {result.environment}: {len(result.events)} events")
         supervisor.spawn("processor", "process")
         supervisor.spawn("projector", "project")

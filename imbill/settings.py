@@ -1,15 +1,20 @@
 """Settings: flags and IMBILL_* environment variables over embedded defaults.
 
-This is the only module that reads the process environment.
+This is the only module that reads the process environment: :func:`load_settings` reads it
+once (flags > IMBILL_* variables > defaults), and :func:`child_environment` is how
+``imbill run`` hands the same settings to its child processes.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from typing import Any, Callable, Mapping
 
-__all__ = ["Settings", "load_settings", "DEFAULT_EXAMPLE"]
+from imbill.schemas.topics import Topics
+
+__all__ = ["Settings", "load_settings", "child_environment", "DEFAULT_EXAMPLE"]
 
 DEFAULT_EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "instant-messaging.yaml"
 
@@ -30,32 +35,40 @@ class Settings:
     """Source IPs of vendor connections; MESSAGEs from them are incoming (free by default)."""
 
     @property
-    def topics(self) -> "Topics":
-        from imbill.schemas.topics import Topics
-
+    def topics(self) -> Topics:
         return Topics(self.topic_prefix)
 
     def with_overrides(self, **values: object) -> "Settings":
         return replace(self, **{k: v for k, v in values.items() if v is not None})
 
+    def as_environment(self) -> dict[str, str]:
+        """Every setting as its IMBILL_* variable, as :func:`load_settings` reads it back."""
+        return {_variable(f.name): _TO_TEXT.get(f.name, str)(getattr(self, f.name)) for f in fields(self)}
 
-_ENV = {
-    "bootstrap_servers": ("IMBILL_BOOTSTRAP_SERVERS", str),
-    "database_url": ("IMBILL_DATABASE_URL", str),
-    "environment": ("IMBILL_ENVIRONMENT", str),
-    "edge_host": ("IMBILL_EDGE_HOST", str),
-    "edge_port": ("IMBILL_EDGE_PORT", int),
-    "broker_port": ("IMBILL_BROKER_PORT", int),
-    "processor_id": ("IMBILL_PROCESSOR_ID", str),
-    "data_dir": ("IMBILL_DATA_DIR", Path),
-    "topic_prefix": ("IMBILL_TOPIC_PREFIX", str),
-    "replication_factor": ("IMBILL_REPLICATION_FACTOR", int),
-    "edge_vendor_peers": ("IMBILL_EDGE_VENDOR_PEERS", lambda v: tuple(p.strip() for p in v.split(",") if p.strip())),
+
+def _peers(text: str) -> tuple[str, ...]:
+    return tuple(p.strip() for p in text.split(",") if p.strip())
+
+
+_FROM_TEXT: Mapping[str, Callable[[str], Any]] = {
+    "edge_port": int, "broker_port": int, "replication_factor": int, "data_dir": Path, "edge_vendor_peers": _peers,
 }
+_TO_TEXT: Mapping[str, Callable[[Any], str]] = {"edge_vendor_peers": ",".join}
 
 
-def load_settings(environ: dict[str, str] | None = None, **flags: object) -> Settings:
+def _variable(name: str) -> str:
+    return "IMBILL_" + name.upper()
+
+
+def load_settings(environ: Mapping[str, str] | None = None, **flags: object) -> Settings:
     """Defaults, overridden by IMBILL_* variables, overridden by flags that are not None."""
-    environ = dict(os.environ if environ is None else environ)
-    values = {name: conv(environ[var]) for name, (var, conv) in _ENV.items() if var in environ}
+    environ = os.environ if environ is None else environ
+    values = {f.name: _FROM_TEXT.get(f.name, str)(environ[_variable(f.name)])
+              for f in fields(Settings) if _variable(f.name) in environ}
     return Settings().with_overrides(**values).with_overrides(**flags)
+
+
+def child_environment(settings: Settings) -> dict[str, str]:
+    """The environment of a child process: this process's (PATH and the like) with every
+    setting replaced by ``settings``' own."""
+    return {**os.environ, **settings.as_environment()}

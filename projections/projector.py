@@ -11,7 +11,7 @@ A record that cannot be decoded, or whose event type the projector does not map,
 skipped: logged with its topic, partition and offset, counted in ``skipped``, and its
 offset advanced with the rest.
 
-``Projector`` (charges, rejections, balance and service-status events) and
+``XdrProjector`` (charges, rejections, balance and service-status events) and
 ``ConfigProjector`` (config events and the config in force) share one loop; each event
 type has a small row mapper in a dispatch table.
 
@@ -21,10 +21,7 @@ means every partition's position has reached the high-watermark of its last fetc
 
 from __future__ import annotations
 
-import argparse
 import logging
-import signal
-import sys
 import threading
 import time
 from typing import Any, Callable, Mapping, Sequence
@@ -43,7 +40,7 @@ from imbill.schemas.codec import decode
 from imbill.domain.config import KIND_BY_EVENT, from_record, to_record
 from imbill.schemas.topics import Topics
 
-__all__ = ["Projector", "ConfigProjector", "XDR_MAPPERS", "CONFIG_MAPPERS", "main"]
+__all__ = ["XdrProjector", "ConfigProjector", "XDR_MAPPERS", "CONFIG_MAPPERS"]
 
 log = logging.getLogger(__name__)
 
@@ -251,7 +248,7 @@ class _TopicProjector:
         self.close()
 
 
-class Projector(_TopicProjector):
+class XdrProjector(_TopicProjector):
     """xDRs, rejected attempts, balance and service-status events."""
 
     def __init__(self, database_url: str, bootstrap_servers: str, topics: Topics, name: str = "xdr",
@@ -299,28 +296,3 @@ def _fold_objects(envelopes: Sequence[Envelope]) -> tuple[list[Row], list[tuple[
     upserts = [row for row in last.values() if row is not None]
     removals = [object_id for object_id, row in last.items() if row is None]
     return upserts, removals
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m imbill.projections.projector``: one projector until SIGTERM/SIGINT."""
-    parser = argparse.ArgumentParser(prog="python -m imbill.projections.projector", description=main.__doc__)
-    parser.add_argument("--bootstrap", required=True, help="Kafka bootstrap servers")
-    parser.add_argument("--database-url", required=True, help="SQLAlchemy URL of the projection database")
-    parser.add_argument("--topic-prefix", default="", help="prefix of the topic names")
-    parser.add_argument("--projector", choices=("xdr", "config"), default="xdr")
-    parser.add_argument("--max-poll-records", type=int, default=500)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
-    kind = ConfigProjector if args.projector == "config" else Projector
-    with kind(args.database_url, args.bootstrap, Topics(args.topic_prefix),
-              max_poll_records=args.max_poll_records) as projector:
-        projector.run(stop)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -19,7 +19,7 @@ from imbill.bus import read_to_end
 from imbill.producers.config_publisher import apply_config
 from imbill.producers.sip_client import build_message, send_message
 from imbill.projections.models import connect
-from imbill.projections.projector import Projector
+from imbill.projections.projector import XdrProjector
 from imbill.projections.queries import query_xdrs
 from tests.conftest import free_port
 
@@ -132,7 +132,7 @@ def test_checklist_from_sip_message_to_charged_xdr(bootstrap, topics, engine_env
         assert charge["vendor_cost"] == 0 and charge["tariff"] == "On-net messaging"
     assert [(r["account"], r["reason_code"]) for r in rejections] == [("9999", "unknown_account")]
 
-    with Projector(database_url, bootstrap, topics) as projector:
+    with XdrProjector(database_url, bootstrap, topics) as projector:
         projector.run_until_idle()
         projector.run_until_idle()
         engine = projector.engine
@@ -146,7 +146,7 @@ def test_processor_killed_mid_stream_leaves_one_xdr_per_attempt(bootstrap, topic
     """SIGKILL the worker while it rates a stream of attempts, restart it: every attempt ends
     with exactly one charge id (the topic may hold a re-emitted duplicate, never a second
     amount), and the xDR table one row per attempt."""
-    from imbill.bootstrap import generate_traffic
+    from imbill.usecases import generate_traffic
     from imbill.settings import load_settings
 
     settings = load_settings(dict(engine_env))
@@ -172,7 +172,7 @@ def test_processor_killed_mid_stream_leaves_one_xdr_per_attempt(bootstrap, topic
     attempts = {c["attempt_id"] for c in charges} | {r["attempt_id"] for r in rejections}
     assert len(attempts) == count
     database_url = f"sqlite:///{tmp_path / 'kill.db'}"
-    with Projector(database_url, bootstrap, topics) as projector:
+    with XdrProjector(database_url, bootstrap, topics) as projector:
         projector.run_until_idle()
         assert len(query_xdrs(projector.engine)) == len(amounts)
         assert sum(x["amount"] for x in query_xdrs(projector.engine)) == sum(amounts.values())

@@ -50,9 +50,10 @@ def progress(engine: sa.Engine) -> int:
 
 
 def start_projector(bootstrap: str, database_url: str, prefix: str, log) -> subprocess.Popen:
+    """`imbill project` as an operator runs it (both projectors; this test watches the xDR one)."""
     return subprocess.Popen(
-        [sys.executable, "-m", "imbill.projections.projector", "--bootstrap", bootstrap,
-         "--database-url", database_url, "--topic-prefix", prefix, "--max-poll-records", "20"],
+        [sys.executable, "-m", "imbill", "--bootstrap-servers", bootstrap, "--database-url", database_url,
+         "--topic-prefix", prefix, "project", "--max-poll-records", "20"],
         stdout=log, stderr=subprocess.STDOUT)
 
 

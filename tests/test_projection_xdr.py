@@ -18,8 +18,9 @@ from kafka import KafkaProducer
 from imbill.bus import EventProducer
 from imbill.projections.models import (BalanceEvent, ProjectionOffset, RejectedAttempt, ServiceStatusEvent,
                                        Xdr, connect, metadata, migrate)
-from imbill.projections.projector import Projector
-from imbill.projections.queries import format_xdrs, query_xdrs
+from imbill.projections.projector import XdrProjector
+from imbill.presentation import format_xdrs
+from imbill.projections.queries import query_xdrs
 
 pytestmark = [pytest.mark.integration]
 
@@ -100,7 +101,7 @@ def test_every_event_type_becomes_a_row_with_exact_amounts(database_url, bootstr
     producer.send(topics.service_status, "demo/alice", "ServiceStatusChanged", status_changed(4, "suspended"))
     producer.flush()
 
-    with Projector(database_url, bootstrap, topics) as projector:
+    with XdrProjector(database_url, bootstrap, topics) as projector:
         assert projector.run_until_idle() == 5
         assert projector.skipped == 0
 
@@ -131,7 +132,7 @@ def test_every_event_type_becomes_a_row_with_exact_amounts(database_url, bootstr
 
 def test_the_same_charge_twice_leaves_one_row(database_url, bootstrap, topics, producer):
     send_charges(producer, topics, [charge(1), charge(1), charge(2)])
-    with Projector(database_url, bootstrap, topics) as projector:
+    with XdrProjector(database_url, bootstrap, topics) as projector:
         assert projector.run_until_idle() == 3
         send_charges(producer, topics, [charge(1, amount="9.990000"), charge(3)])  # a later poll
         assert projector.run_until_idle() == 2
@@ -144,13 +145,13 @@ def test_the_same_charge_twice_leaves_one_row(database_url, bootstrap, topics, p
 
 def test_a_restarted_projector_resumes_from_its_stored_offsets(database_url, bootstrap, topics, producer):
     send_charges(producer, topics, [charge(n, account=f"acct{n % 5}") for n in range(20)])
-    with Projector(database_url, bootstrap, topics) as first:
+    with XdrProjector(database_url, bootstrap, topics) as first:
         assert first.run_until_idle() == 20
 
     send_charges(producer, topics, [charge(n, account=f"acct{n % 5}") for n in range(20, 30)])
-    with Projector(database_url, bootstrap, topics) as second:
+    with XdrProjector(database_url, bootstrap, topics) as second:
         assert second.run_until_idle() == 10  # not 30: it started where the first stopped
-    with Projector(database_url, bootstrap, topics) as third:
+    with XdrProjector(database_url, bootstrap, topics) as third:
         assert third.run_until_idle() == 0
 
     assert sorted(r["charge_id"] for r in rows(database_url, Xdr)) == sorted(f"ch-{n}" for n in range(30))
@@ -169,7 +170,7 @@ def test_an_undecodable_record_is_skipped_counted_and_passed(database_url, boots
     producer.flush()
 
     with caplog.at_level(logging.WARNING, logger="imbill.projections.projector"):
-        with Projector(database_url, bootstrap, topics) as projector:
+        with XdrProjector(database_url, bootstrap, topics) as projector:
             assert projector.run_until_idle() == 1
             assert projector.skipped == 2
 
@@ -194,7 +195,7 @@ def test_rows_and_offsets_are_committed_in_one_transaction(database_url, bootstr
             conn.execute(sa.text("SELECT coalesce(sum(next_offset), 0) FROM projection_offset")).scalar_one()))
         raise Crash()
 
-    with Projector(database_url, bootstrap, topics) as projector:
+    with XdrProjector(database_url, bootstrap, topics) as projector:
         sa.event.listen(projector.engine, "commit", crash_before_commit)
         with pytest.raises(Crash):
             projector.run_until_idle()
@@ -203,7 +204,7 @@ def test_rows_and_offsets_are_committed_in_one_transaction(database_url, bootstr
         sa.event.remove(projector.engine, "commit", crash_before_commit)
 
         assert projector.run_until_idle() == 3  # rewound to the committed offsets
-    with Projector(database_url, bootstrap, topics) as restarted:
+    with XdrProjector(database_url, bootstrap, topics) as restarted:
         assert restarted.run_until_idle() == 0
 
     assert sorted(r["charge_id"] for r in rows(database_url, Xdr)) == ["ch-0", "ch-1", "ch-2"]
@@ -213,7 +214,7 @@ def test_rows_and_offsets_are_committed_in_one_transaction(database_url, bootstr
 def test_query_and_format_xdrs(database_url, bootstrap, topics, producer):
     send_charges(producer, topics, [charge(1, amount="0.100000"), charge(2, account="bob"),
                                     charge(3, environment="other"), charge(4, amount="1.234567")])
-    with Projector(database_url, bootstrap, topics) as projector:
+    with XdrProjector(database_url, bootstrap, topics) as projector:
         projector.run_until_idle()
     engine = connect(database_url)
     try:
