@@ -50,9 +50,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, MutableMapping, Sequence
 
 import faust
-from aiokafka.partitioner import murmur2
 from faust.types import TP
 
+from imbill.bus.partitioner import partition_for
 from imbill.domain.errors import SchemaError
 from imbill.schemas.codec import decode_as, encode
 from imbill.settings import Settings, load_settings
@@ -442,7 +442,7 @@ class _Sink:
         count = _PARTITION_COUNTS.get(topic)
         if count is None:
             count = _PARTITION_COUNTS[topic] = len(await self._producer.partitions_for(topic))
-        return (murmur2(key) & 0x7FFFFFFF) % count
+        return partition_for(key, count)
 
     async def enqueued(self) -> list[asyncio.Future]:
         """Hand every open batch to the producer; the futures of their acknowledgements."""
