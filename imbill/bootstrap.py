@@ -312,8 +312,11 @@ def _shown(value) -> str:
     return str(value)
 
 
-def serve_processor(settings: Settings, worker_id: str | None) -> None:
+def serve_processor(settings: Settings, worker_id: str | None, *, batch_size: int = 4000,
+                    session_timeout: float = 6.0, loglevel: str = "info") -> None:
     """One processor worker (faust) until Ctrl-C/SIGTERM; several share the partitions."""
-    from imbill.streams.processor import run_worker
+    from imbill.streams.worker import run_worker
 
-    run_worker(settings, worker_id=worker_id)
+    run_worker(settings.bootstrap_servers, settings.topics, app_id=settings.topic_prefix + settings.processor_id,
+               data_dir=settings.data_dir, worker_id=worker_id, loglevel=loglevel, batch_size=batch_size,
+               session_timeout=session_timeout)

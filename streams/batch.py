@@ -1,0 +1,221 @@
+"""Deciding a batch of attempts or payments: values in, the batch's decisions out, no I/O.
+
+:func:`bill_attempts` and :func:`top_up_payments` take the committed changelog records (not
+modified), the config snapshot, the batch's input records and the time, and return a
+:class:`Batch`: the new :class:`.changelog.Entry` of every key the batch touched (state,
+decided offsets, outbox of encoded events) and how far each partition got.
+
+Records are decided strictly in offset order per partition, from the marker on: faust
+drops records in flight when a rebalance suspends its flow, and may commit past them, so a
+record that arrives after a gap is left and the partition is read again from the gap
+(:meth:`Batch.admit`). A record at or below its key's decided offset was decided by a batch
+whose entries were written but whose marker was not (a crash), and is skipped: an attempt
+is decided once, even if a payment for the account arrives in between on replay.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Callable, Iterable, Mapping
+
+from imbill.domain.balance import AccountState, bill, open_account, payment_rejected, top_up
+from imbill.domain.config import ConfigState
+from imbill.domain.errors import SchemaError
+from imbill.domain.rating import (REASON_CODES, Rated, Refused, account_push_events, charge_record, rate_attempt,
+                                  rejection_record)
+from imbill.schemas.codec import decode_as, encode
+from imbill.streams.changelog import Entry, Output
+
+__all__ = ["Record", "Batch", "entry_key", "bill_attempts", "top_up_payments", "TOPIC_KINDS"]
+
+log = logging.getLogger(__name__)
+
+TOPIC_KINDS = {"Charge": "charges", "Rejection": "rejections", "PaymentRejected": "rejections",
+               "BalanceChanged": "balances", "ServiceStatusChanged": "service_status"}
+"""Event name -> the topic kind its outbox line names."""
+
+Record = tuple[int, int, "bytes | None", "bytes | None"]
+"""An input record: (partition, offset, key, value)."""
+
+
+@dataclass
+class Batch:
+    """The decisions of one batch: the new entry of every key it touched, how far each
+    partition got, and the partitions whose records came with a gap."""
+
+    source: str
+    expected: Mapping[int, int]
+    """Partition -> the next offset to decide (every offset below it is decided)."""
+    entries: dict[bytes, Entry] = field(default_factory=dict)
+    next_offsets: dict[int, int] = field(default_factory=dict)
+    gaps: dict[int, int] = field(default_factory=dict)
+    """Partition -> the offset to read it again from: a record after it came first."""
+
+    def admit(self, partition: int, offset: int) -> bool:
+        """Whether to decide the record at ``offset``: only the next one of its partition.
+
+        Offsets below it are decided already (delivered again after a restart or a
+        rebalance). An offset above it means records were not delivered (faust drops the
+        records in flight when a rebalance suspends its flow): the rest of the partition
+        is left for after a rewind, never decided out of order.
+        """
+        want = self.next_offsets.get(partition, self.expected.get(partition))
+        if want is None or partition in self.gaps:
+            return False  # not a partition this worker owns now, or one already left
+        if offset != want:
+            if offset > want:
+                self.gaps[partition] = want
+            return False
+        self.next_offsets[partition] = offset + 1
+        return True
+
+    def touch(self, committed: Mapping[bytes, Any], key: bytes, partition: int, offset: int) -> Entry:
+        """The batch's entry for ``key``: a copy of the committed one the first time."""
+        entry = self.entries.get(key)
+        if entry is None:
+            old = committed.get(key)
+            entry = Entry(None, partition) if type(old) is not Entry else Entry(
+                old.state, partition, old.attempts_decided, old.payments_decided)
+            self.entries[key] = entry
+        entry.source, entry.source_offset = self.source, offset
+        return entry
+
+    @property
+    def decided(self) -> dict[int, int]:
+        """Partition -> the last offset this batch decided (or skipped as decided)."""
+        return {partition: offset - 1 for partition, offset in self.next_offsets.items()}
+
+
+def entry_key(key: bytes | None, partition: int) -> bytes:
+    """The changelog key of an input key (NUL-prefixed keys are the processor's own)."""
+    if key is None:
+        return b"\x00nokey/%d" % partition
+    return b"\x00raw/" + key if key[:1] == b"\x00" else key
+
+
+def _decided(committed: Mapping[bytes, Any], batch: Batch, key: bytes, offset: int, attr: str) -> bool:
+    """Decided by a batch whose entries were written but whose marker was not (a crash)."""
+    entry = batch.entries.get(key) or committed.get(key)
+    return type(entry) is Entry and offset <= getattr(entry, attr)
+
+
+def bill_attempts(committed: Mapping[bytes, Any], config: ConfigState, records: Iterable[Record], *,
+                  now: datetime, expected: Mapping[int, int]) -> Batch:
+    """Rate and bill MessageAttempt records against ``committed`` entries (not modified)."""
+    return _decide(Batch("a", expected), "attempts_decided", _attempt_outcome, committed, config, records, now)
+
+
+def top_up_payments(committed: Mapping[bytes, Any], config: ConfigState, records: Iterable[Record], *,
+                    now: datetime, expected: Mapping[int, int]) -> Batch:
+    """Apply Payment records to the balances of ``committed`` entries (not modified)."""
+    return _decide(Batch("p", expected), "payments_decided", _payment_outcome, committed, config, records, now)
+
+
+def _decide(batch: Batch, decided: str, outcome: Callable[..., Iterable[Output]], committed: Mapping[bytes, Any],
+            config: ConfigState, records: Iterable[Record], now: datetime) -> Batch:
+    """Each admitted record not yet decided for its key: its outcome joins the key's outbox."""
+    for partition, offset, raw_key, value in records:
+        if not batch.admit(partition, offset):
+            continue
+        key = entry_key(raw_key, partition)
+        if _decided(committed, batch, key, offset, decided):
+            continue
+        entry = batch.touch(committed, key, partition, offset)
+        setattr(entry, decided, offset)
+        entry.outbox.extend(outcome(entry, raw_key, partition, offset, value, config, now))
+    return batch
+
+
+def _attempt_outcome(entry: Entry, key: bytes | None, partition: int, offset: int, value: bytes | None,
+                     config: ConfigState, now: datetime) -> list[Output]:
+    try:
+        attempt = decode_as("MessageAttempt", value or b"")
+    except SchemaError as exc:
+        malformed = {"attempt_id": f"undecodable-{partition}-{offset}"}
+        return [_rejection(malformed, Refused("malformed_attempt", str(exc), ""), now, key)]
+    try:
+        return _rate_and_bill(entry, key, offset, attempt, config, now)
+    except Exception as exc:  # a rule failing on one record must not stop the partition
+        log.exception("attempt %s[%d]@%d could not be billed", attempt.get("attempt_id"), partition, offset)
+        return [_rejection(attempt, Refused("malformed_attempt", f"billing failed: {exc!r}", ""), now, key)]
+
+
+def _rate_and_bill(entry: Entry, key: bytes | None, offset: int, attempt: dict[str, Any], config: ConfigState,
+                   now: datetime) -> list[Output]:
+    rated = rate_attempt(attempt, config, rated_at=now)
+    if type(rated) is Refused:
+        return [_rejection(attempt, rated, now, key)]
+    if rated.direction != "outgoing":  # free, billed to the recipient, whose balance is elsewhere
+        return [_event("Charge", charge_record(attempt, rated, now))]
+    if _account_key(rated.environment, rated.account) != key:
+        refused = Refused("malformed_attempt", f"the record key {key!r} does not name the sending account",
+                          rated.account)
+        return [_rejection(attempt, refused, now, key)]
+    result = bill(entry.state or _opened(config, rated), rated, attempt_id=attempt["attempt_id"], offset=offset,
+                  occurred_at=now)
+    if result.outcome == "charged":
+        outcome = [_event("Charge", charge_record(attempt, rated, now))]
+    elif result.outcome in ("duplicate", "already_applied"):
+        outcome = []
+    else:
+        refused = Refused(result.outcome, REASON_CODES.get(result.outcome, result.outcome), rated.account)
+        outcome = [_rejection(attempt, refused, now, key)]
+    outcome += [_event(name, record) for name, record in result.events]
+    entry.state = result.state  # only once every event of the decision is encoded
+    return outcome
+
+
+def _opened(config: ConfigState, rated: Rated) -> AccountState | None:
+    """A balance is always kept in the customer's currency, whichever event opens it."""
+    return _opened_account(config, rated.environment, rated.account, fallback_currency=rated.currency)
+
+
+def _payment_outcome(entry: Entry, key: bytes | None, partition: int, offset: int, value: bytes | None,
+                     config: ConfigState, now: datetime) -> list[Output]:
+    try:
+        payment = decode_as("Payment", value or b"")
+    except SchemaError as exc:
+        log.warning("payment %d@%d not applied: %s", partition, offset, exc)
+        return []
+    environment, account = payment["environment"], payment["account"]
+    if _account_key(environment, account) != key:
+        log.warning("payment %s not applied: record key %r is not %s/%s", payment["payment_id"], key,
+                    environment, account)
+        return []
+    state = entry.state or _opened_account(config, environment, account)
+    if state is None:
+        log.warning("payment %s not applied: %s is no account of environment %s", payment["payment_id"],
+                    account, environment)
+        return [_event(*payment_rejected(payment, "unknown_account",
+                                         f"account {account} does not exist in environment {environment}", now))]
+    state, events = top_up(state, payment, offset=offset, occurred_at=now,
+                           push_events=account_push_events(config, environment, account))
+    outcome = [_event(name, record) for name, record in events]
+    entry.state = state
+    return outcome
+
+
+def _opened_account(config: ConfigState, environment: str, account: str, *,
+                    fallback_currency: str = "") -> AccountState | None:
+    env = config.environments.get(environment)
+    found = env.accounts.get(account) if env is not None else None
+    if found is None:
+        return None
+    customer = env.customers.get(found.customer)
+    return open_account(found, customer.currency if customer is not None else fallback_currency)
+
+
+def _account_key(environment: str, account: str) -> bytes:
+    return f"{environment}/{account}".encode()
+
+
+def _event(name: str, record: Mapping[str, Any]) -> Output:
+    return TOPIC_KINDS[name], _account_key(record["environment"], record["account"]), encode(name, record)
+
+
+def _rejection(attempt: Mapping[str, Any], refused: Refused, now: datetime, key: bytes | None) -> Output:
+    record = rejection_record(attempt, refused, now)
+    out_key = _account_key(record["environment"], refused.account) if refused.account else key
+    return "rejections", out_key or b"", encode("Rejection", record)
