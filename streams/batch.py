@@ -11,6 +11,9 @@ record that arrives after a gap is left and the partition is read again from the
 (:meth:`Batch.admit`). A record at or below its key's decided offset was decided by a batch
 whose entries were written but whose marker was not (a crash), and is skipped: an attempt
 is decided once, even if a payment for the account arrives in between on replay.
+
+An exception from the rules (other than a record that cannot be decoded) propagates out of
+:func:`bill_attempts`: deciding has no side effects, so nothing of the batch is committed.
 """
 
 from __future__ import annotations
@@ -130,16 +133,16 @@ def _decide(batch: Batch, decided: str, outcome: Callable[..., Iterable[Output]]
 
 def _attempt_outcome(entry: Entry, key: bytes | None, partition: int, offset: int, value: bytes | None,
                      config: ConfigState, now: datetime) -> list[Output]:
+    """A record that is not a MessageAttempt, or lacks a field rating needs (the rules refuse
+    it), is a final ``malformed_attempt`` rejection. Any other exception from the rules is a
+    bug, not a fact about the attempt: it propagates, the batch is not committed, and the
+    worker stops and is recovered, instead of writing a final rejection nobody can undo."""
     try:
         attempt = decode_as("MessageAttempt", value or b"")
     except SchemaError as exc:
         malformed = {"attempt_id": f"undecodable-{partition}-{offset}"}
         return [_rejection(malformed, Refused("malformed_attempt", str(exc), ""), now, key)]
-    try:
-        return _rate_and_bill(entry, key, offset, attempt, config, now)
-    except Exception as exc:  # a rule failing on one record must not stop the partition
-        log.exception("attempt %s[%d]@%d could not be billed", attempt.get("attempt_id"), partition, offset)
-        return [_rejection(attempt, Refused("malformed_attempt", f"billing failed: {exc!r}", ""), now, key)]
+    return _rate_and_bill(entry, key, offset, attempt, config, now)
 
 
 def _rate_and_bill(entry: Entry, key: bytes | None, offset: int, attempt: dict[str, Any], config: ConfigState,

@@ -19,6 +19,8 @@ import pytest
 from imbill.domain.errors import SchemaError
 from imbill.schemas.codec import decode, encode
 from imbill.schemas.topics import Topics
+from imbill.streams import batch as batch_module
+from imbill.streams import worker as worker_module
 from imbill.streams.batch import bill_attempts
 from imbill.streams.changelog import Flushed, decode_record, flushed_key
 from imbill.streams.commit import Committer
@@ -237,6 +239,30 @@ def test_nothing_is_decided_while_a_rebalance_is_under_way():
     run(worker.revoked())
     run(worker.attempts(seven_attempts()))
     assert log.ops == [] and sent(log) == {}
+
+
+def test_a_rule_failing_propagates_and_nothing_is_written(monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug in the rules")
+
+    monkeypatch.setattr(batch_module, "rate_attempt", broken)
+    with pytest.raises(RuntimeError, match="a bug in the rules"):
+        bill_attempts({}, CONFIG, seven_attempts(), now=NOW, expected=FROM_START)
+    log, halted = MemoryLog(), []
+    worker = committer(log, halted)
+    run(worker.recovered())
+    with pytest.raises(RuntimeError, match="a bug in the rules"):
+        run(worker.attempts(seven_attempts()))
+    assert halted == [True]  # the worker exits (status 70) and the next owner recovers
+    assert log.ops == [] and log.changelog == [] and sent(log) == {}
+
+
+def test_the_real_workers_halt_exits_with_status_70_at_once(monkeypatch):
+    exits: list[int] = []
+    monkeypatch.setattr(worker_module.os, "_exit", exits.append)
+    monkeypatch.setattr(worker_module.logging, "shutdown", lambda: None)
+    worker_module._exit_now()
+    assert exits == [70] == [worker_module.EXIT_UNCOMMITTED]
 
 
 def test_a_failed_commit_halts_the_worker_before_anything_else_runs():
