@@ -40,7 +40,7 @@ from imbill.streams.changelog import (OUTPUT_KINDS, Entry, Flushed, encode_recor
 
 __all__ = ["Log", "Committer", "STALL_SECONDS"]
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 STALL_SECONDS = 5.0
 """How long a partition may make no progress, records waiting, before it is read again."""
@@ -84,9 +84,9 @@ class Log(Protocol):
 class Committer:
     """One worker's commit protocol (see the module doc)."""
 
-    def __init__(self, log_: Log, topics: Topics, config: Callable[[], Awaitable[ConfigState]], *,
+    def __init__(self, log: Log, topics: Topics, config: Callable[[], Awaitable[ConfigState]], *,
                  clock: Callable[[], datetime], halt: Callable[[], None] | None = None) -> None:
-        self.log, self.topics, self.config, self.clock = log_, topics, config, clock
+        self.log, self.topics, self.config, self.clock = log, topics, config, clock
         self.halt = halt or (lambda: None)
         """Called when a batch could not be committed; if it returns, the error is raised."""
         self.lock = asyncio.Lock()
@@ -112,8 +112,8 @@ class Committer:
             try:
                 await self._commit(source, records, decide)
             except Exception:  # noqa: BLE001 - any failure leaves memory ahead of the changelog
-                log.critical("a batch could not be committed; stopping at once, the next owner of "
-                             "these partitions recovers them from the changelog", exc_info=True)
+                logger.critical("a batch could not be committed; stopping at once, the next owner of "
+                                "these partitions recovers them from the changelog", exc_info=True)
                 self.halt()
                 raise
 
@@ -165,7 +165,7 @@ class Committer:
 
     async def _seek(self, topic: str, partition: int, offset: int, why: str) -> None:
         self._rewound[topic, partition] = (offset, time.monotonic())
-        log.info(f"%s[%d]: {why}; reading again from it", topic, partition, offset)
+        logger.info(f"%s[%d]: {why}; reading again from it", topic, partition, offset)
         await self.log.seek(topic, partition, offset)
 
     async def unstall(self) -> None:
@@ -201,7 +201,7 @@ class Committer:
             await self._start_markers(partitions, assigned)
             pending = pending_outboxes(self.log.records, partitions)
             if pending:
-                log.info("re-sending the outboxes of %d keys on partitions %s", len(pending), sorted(partitions))
+                logger.info("re-sending the outboxes of %d keys on partitions %s", len(pending), sorted(partitions))
                 await self._send_outboxes(pending)
             for entry in self.log.records.values():
                 if type(entry) is Entry:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, NoReturn, Sequence
 
 import faust
+import mode.loop
 
 from imbill.schemas.topics import ACCOUNT_PARTITIONS, Topics
 from imbill.streams.batch import Record
@@ -181,8 +182,6 @@ def run_worker(bootstrap_servers: str, topics: Topics, *, app_id: str, data_dir:
                session_timeout: float = 6.0) -> None:
     """Run one processor worker until SIGINT/SIGTERM (several may share the partitions)."""
     try:
-        import mode.loop  # imported here: it only matters with uvloop, an optional dependency
-
         mode.loop.use("uvloop")
     except ImportError:  # uvloop is optional
         pass
