@@ -12,7 +12,7 @@ units) are preloaded onto the attempts topic before anything is timed.
 (a) raw: one aiokafka consumer reading the 4 partitions -> decode -> encode -> one aiokafka
     producer to a scratch topic, acks=all, each poll's sends awaited: the floor that Kafka
     and Avro set on this machine.
-(b) imbill: one worker (``python -m imbill.streams.processor``, a subprocess) rating and
+(b) imbill: one worker (``python -m imbill process``, a subprocess) rating and
     billing every attempt: charges, balance events and the balance table's changelog.
 
 Rates are attempts / second between the first and the last output record's timestamps
@@ -169,7 +169,7 @@ def run_worker(bootstrap: str, prefix: str, data_dir: Path, log_path: Path, prof
     command = [sys.executable]
     if profile:
         command += ["-m", "cProfile", "-o", profile]
-    command += ["-m", "imbill.streams.processor", "--bootstrap", bootstrap, "--topic-prefix", prefix,
+    command += ["-m", "imbill", "--bootstrap-servers", bootstrap, "--topic-prefix", prefix, "process",
                 "--worker-id", "bench-1", "--data-dir", str(data_dir), "--batch-size", str(batch_size),
                 "--log-level", "info"]
     return subprocess.Popen(command, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT)

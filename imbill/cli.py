@@ -130,10 +130,18 @@ def edge(ctx: click.Context, host: str | None, port: int | None) -> None:
 
 @cli.command()
 @click.option("--worker-id", default=None, help="Name of this worker (logs, data dir).")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Directory for the worker's local files (default .imbill, IMBILL_DATA_DIR).")
+@click.option("--batch-size", type=int, default=4000, show_default=True, help="Most records decided per batch.")
+@click.option("--session-timeout", type=float, default=6.0, show_default=True,
+              help="Seconds before the group gives up on a worker that died.")
+@click.option("--log-level", default="info", show_default=True)
 @click.pass_context
-def process(ctx: click.Context, worker_id: str | None) -> None:
+def process(ctx: click.Context, worker_id: str | None, data_dir: Path | None, batch_size: int,
+            session_timeout: float, log_level: str) -> None:
     """Run a processor worker: policy, destination, units, rating, balance -> charges."""
-    wiring.processor_worker(_settings(ctx), worker_id)
+    wiring.processor_worker(_settings(ctx).with_overrides(data_dir=data_dir), worker_id, batch_size=batch_size,
+                            session_timeout=session_timeout, loglevel=log_level)
 
 
 @cli.command()

@@ -22,7 +22,7 @@ from imbill.producers.edge import serve_edge
 from imbill.projections.projector import ConfigProjector, XdrProjector
 from imbill.run import run_engine
 from imbill.settings import Settings
-from imbill.streams.processor import run_worker
+from imbill.streams.worker import run_worker
 
 __all__ = ["Say", "broker", "edge", "processor_worker", "projectors", "run"]
 
@@ -86,15 +86,8 @@ def processor_worker(settings: Settings, worker_id: str | None = None, *, loglev
                      batch_size: int = 4000, session_timeout: float = 6.0) -> None:
     """One processor worker (faust); several share the partitions. Its local files are
     under ``settings.data_dir / "processor" / worker_id``."""
-    # TODO(lead): when imbill.streams.worker lands (wt-streams), import its run_worker instead
-    # of imbill.streams.processor's and make this call
-    #   run_worker(settings.bootstrap_servers, settings.topics,
-    #              app_id=settings.topic_prefix + settings.processor_id,
-    #              data_dir=settings.data_dir / "processor" / worker_id (his signature decides
-    #              whether the worker id is appended here or by run_worker), worker_id=worker_id,
-    #              loglevel=loglevel, batch_size=batch_size, session_timeout=session_timeout)
-    # and drop BEING_REMOVED's entry in tests/test_layers.py.
-    run_worker(settings, worker_id=worker_id, loglevel=loglevel, batch_size=batch_size,
+    run_worker(settings.bootstrap_servers, settings.topics, app_id=settings.topic_prefix + settings.processor_id,
+               data_dir=settings.data_dir, worker_id=worker_id, loglevel=loglevel, batch_size=batch_size,
                session_timeout=session_timeout)
 
 

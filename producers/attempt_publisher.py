@@ -42,8 +42,8 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
-from aiokafka.partitioner import murmur2
 
+from imbill.bus.partitioner import partition_for
 from imbill.domain.errors import BrokerError, PublishError
 from imbill.producers.attempt import attempt_key
 from imbill.domain.events import MessageAttempt
@@ -57,11 +57,6 @@ MAX_BATCH_BYTES = 512 * 1024  # a full batch is closed, the next one opened behi
 _KEY_CACHE_SIZE = 65_536
 _NO_HEADERS: list[tuple[str, bytes]] = []  # aiokafka's builder wants a list
 log = logging.getLogger(__name__)
-
-
-def partition_for(key: bytes, partition_count: int) -> int:
-    """The default (Java-compatible) partitioner for a keyed record."""
-    return (murmur2(key) & 0x7FFFFFFF) % partition_count
 
 
 class _Batch:

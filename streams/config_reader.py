@@ -24,9 +24,10 @@ from typing import Any, Iterator
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from imbill.domain.config import ConfigState
 from imbill.domain.errors import BrokerError, SchemaError
 from imbill.schemas.codec import decode
-from imbill.domain.config import ConfigState
+from imbill.streams.faust_adapter import force_metadata_update
 
 __all__ = ["ConfigReader"]
 
@@ -125,5 +126,5 @@ async def _wait_for_topic(consumer: AIOKafkaConsumer, topic: str, timeout: float
     while not consumer.partitions_for_topic(topic):
         if time.monotonic() > deadline:
             raise BrokerError(f"config topic {topic} does not exist (run `imbill topics create`)")
-        await consumer._client.force_metadata_update()  # the topic may have just been created
+        await force_metadata_update(consumer)  # the topic may have just been created
         await asyncio.sleep(0.1)

@@ -1,6 +1,6 @@
 """The processor worker: deciding batches without I/O, then a real worker on the local broker.
 
-The integration tests run ``python -m imbill.streams.processor`` as a subprocess against the
+The integration tests run ``python -m imbill process`` as a subprocess against the
 session's Tansu broker, as an operator runs it, and read its output topics back.
 """
 
@@ -20,13 +20,15 @@ from typing import Any, Callable
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.partitioner import murmur2
+from click.testing import CliRunner
 from kafka.partitioner.default import DefaultPartitioner
 
 from imbill.bus import EventProducer, create_topics, read_to_end
 from imbill.schemas.codec import decode, encode, encode_event, record_of
-from imbill.streams.processor import bill_attempts, entry_key, main, top_up_payments
-from imbill.streams.recovery import (Entry, Flushed, decode_record, encode_record, flushed_key, pending_outboxes,
-                                     true_end_offsets)
+from imbill.cli import cli
+from imbill.streams.batch import bill_attempts, entry_key, top_up_payments
+from imbill.streams.changelog import Entry, Flushed, decode_record, encode_record, flushed_key, pending_outboxes
+from imbill.streams.faust_adapter import true_end_offsets
 from imbill.domain.balance import AccountState
 from imbill.schemas.topics import ACCOUNT_PARTITIONS, ACCOUNT_STATE_CHANGELOG, Topics
 from tests.builders import ALICE, BOB, ENV, T0, attempt, attempt_record, checklist, payment
@@ -180,23 +182,26 @@ def test_pending_outboxes_are_those_no_marker_covers_on_owned_partitions():
     assert entry_key(None, 3) != entry_key(b"\x00nokey/3", 3) != flushed_key(3)
 
 
-def test_the_cli_documents_its_flags(capsys):
-    with pytest.raises(SystemExit):
-        main(["--help"])
-    out = capsys.readouterr().out
-    for flag in ("--bootstrap", "--topic-prefix", "--worker-id", "--data-dir", "--session-timeout"):
-        assert flag in out
+def test_the_cli_documents_its_flags():
+    runner = CliRunner()
+    top = runner.invoke(cli, ["--help"], terminal_width=200)
+    process = runner.invoke(cli, ["process", "--help"], terminal_width=200)
+    assert top.exit_code == process.exit_code == 0
+    for flag in ("--bootstrap-servers", "--topic-prefix"):
+        assert flag in top.output
+    for flag in ("--worker-id", "--data-dir", "--batch-size", "--session-timeout", "--log-level"):
+        assert flag in process.output
 
 
 # -- a real worker on the local broker -----------------------------------------------------------
 
 class Worker:
-    """``python -m imbill.streams.processor`` as a subprocess, its log in a file."""
+    """``python -m imbill process`` as a subprocess, its log in a file."""
 
     def __init__(self, bootstrap: str, topics: Topics, tmp_path: Path, name: str, session_timeout: float = 6.0):
         self.log_path = tmp_path / f"{name}.log"
-        command = [sys.executable, "-m", "imbill.streams.processor", "--bootstrap", bootstrap,
-                   "--topic-prefix", topics.prefix, "--worker-id", name, "--data-dir", str(tmp_path / "data"),
+        command = [sys.executable, "-m", "imbill", "--bootstrap-servers", bootstrap, "--topic-prefix", topics.prefix,
+                   "process", "--worker-id", name, "--data-dir", str(tmp_path / "data"),
                    "--session-timeout", str(session_timeout)]
         self.process = subprocess.Popen(command, stdout=open(self.log_path, "wb"), stderr=subprocess.STDOUT)
 

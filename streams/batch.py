@@ -1,0 +1,170 @@
+"""Deciding a batch of attempts or payments: values in, the batch's decisions out, no I/O.
+
+:func:`bill_attempts` and :func:`top_up_payments` take the committed changelog records (not
+modified), the config snapshot, the batch's input records and the time, and return a
+:class:`Batch`: the new :class:`.changelog.Entry` of every key the batch touched (state,
+decided offsets, outbox of encoded events) and how far each partition got.
+
+Records are decided strictly in offset order per partition, from the marker on: faust
+drops records in flight when a rebalance suspends its flow, and may commit past them, so a
+record that arrives after a gap is left and the partition is read again from the gap
+(:meth:`Batch.admit`). A record at or below its key's decided offset was decided by a batch
+whose entries were written but whose marker was not (a crash), and is skipped: an attempt
+is decided once, even if a payment for the account arrives in between on replay.
+
+An exception from the rules (other than a record that cannot be decoded) propagates out of
+:func:`bill_attempts`: deciding has no side effects, so nothing of the batch is committed.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Callable, Iterable, Mapping
+
+from imbill.domain.config import ConfigState
+from imbill.domain.decide import decide_attempt, decide_payment, undecodable_attempt
+from imbill.domain.errors import SchemaError
+from imbill.domain.events import MessageAttempt, Payment
+from imbill.domain.keys import account_key
+from imbill.schemas.codec import decode_event_as, encode_event
+from imbill.streams.changelog import Entry, Output
+
+__all__ = ["Record", "Batch", "entry_key", "bill_attempts", "top_up_payments", "TOPIC_KINDS"]
+
+log = logging.getLogger(__name__)
+
+TOPIC_KINDS = {"Charge": "charges", "Rejection": "rejections", "PaymentRejected": "rejections",
+               "BalanceChanged": "balances", "ServiceStatusChanged": "service_status"}
+"""Event name -> the topic kind its outbox line names."""
+
+Record = tuple[int, int, "bytes | None", "bytes | None"]
+"""An input record: (partition, offset, key, value)."""
+
+
+@dataclass
+class Batch:
+    """The decisions of one batch: the new entry of every key it touched, how far each
+    partition got, and the partitions whose records came with a gap."""
+
+    source: str
+    expected: Mapping[int, int]
+    """Partition -> the next offset to decide (every offset below it is decided)."""
+    entries: dict[bytes, Entry] = field(default_factory=dict)
+    next_offsets: dict[int, int] = field(default_factory=dict)
+    gaps: dict[int, int] = field(default_factory=dict)
+    """Partition -> the offset to read it again from: a record after it came first."""
+
+    def admit(self, partition: int, offset: int) -> bool:
+        """Whether to decide the record at ``offset``: only the next one of its partition.
+
+        Offsets below it are decided already (delivered again after a restart or a
+        rebalance). An offset above it means records were not delivered (faust drops the
+        records in flight when a rebalance suspends its flow): the rest of the partition
+        is left for after a rewind, never decided out of order.
+        """
+        want = self.next_offsets.get(partition, self.expected.get(partition))
+        if want is None or partition in self.gaps:
+            return False  # not a partition this worker owns now, or one already left
+        if offset != want:
+            if offset > want:
+                self.gaps[partition] = want
+            return False
+        self.next_offsets[partition] = offset + 1
+        return True
+
+    def touch(self, committed: Mapping[bytes, Any], key: bytes, partition: int, offset: int) -> Entry:
+        """The batch's entry for ``key``: a copy of the committed one the first time."""
+        entry = self.entries.get(key)
+        if entry is None:
+            old = committed.get(key)
+            entry = Entry(None, partition) if type(old) is not Entry else Entry(
+                old.state, partition, old.attempts_decided, old.payments_decided)
+            self.entries[key] = entry
+        entry.source, entry.source_offset = self.source, offset
+        return entry
+
+    @property
+    def decided(self) -> dict[int, int]:
+        """Partition -> the last offset this batch decided (or skipped as decided)."""
+        return {partition: offset - 1 for partition, offset in self.next_offsets.items()}
+
+
+def entry_key(key: bytes | None, partition: int) -> bytes:
+    """The changelog key of an input key (NUL-prefixed keys are the processor's own)."""
+    if key is None:
+        return b"\x00nokey/%d" % partition
+    return b"\x00raw/" + key if key[:1] == b"\x00" else key
+
+
+def _decided(committed: Mapping[bytes, Any], batch: Batch, key: bytes, offset: int, attr: str) -> bool:
+    """Decided by a batch whose entries were written but whose marker was not (a crash)."""
+    entry = batch.entries.get(key) or committed.get(key)
+    return type(entry) is Entry and offset <= getattr(entry, attr)
+
+
+def bill_attempts(committed: Mapping[bytes, Any], config: ConfigState, records: Iterable[Record], *,
+                  now: datetime, expected: Mapping[int, int]) -> Batch:
+    """Rate and bill MessageAttempt records against ``committed`` entries (not modified)."""
+    return _decide(Batch("a", expected), "attempts_decided", _attempt_outcome, committed, config, records, now)
+
+
+def top_up_payments(committed: Mapping[bytes, Any], config: ConfigState, records: Iterable[Record], *,
+                    now: datetime, expected: Mapping[int, int]) -> Batch:
+    """Apply Payment records to the balances of ``committed`` entries (not modified)."""
+    return _decide(Batch("p", expected), "payments_decided", _payment_outcome, committed, config, records, now)
+
+
+def _decide(batch: Batch, decided: str, outcome: Callable[..., Iterable[Output]], committed: Mapping[bytes, Any],
+            config: ConfigState, records: Iterable[Record], now: datetime) -> Batch:
+    """Each admitted record not yet decided for its key: its outcome joins the key's outbox."""
+    for partition, offset, raw_key, value in records:
+        if not batch.admit(partition, offset):
+            continue
+        key = entry_key(raw_key, partition)
+        if _decided(committed, batch, key, offset, decided):
+            continue
+        entry = batch.touch(committed, key, partition, offset)
+        setattr(entry, decided, offset)
+        entry.outbox.extend(outcome(entry, raw_key, partition, offset, value, config, now))
+    return batch
+
+
+def _attempt_outcome(entry: Entry, key: bytes | None, partition: int, offset: int, value: bytes | None,
+                     config: ConfigState, now: datetime) -> list[Output]:
+    """A record that is no MessageAttempt (undecodable, or lacking a field) is a final
+    ``malformed_attempt`` rejection. Any other exception from the rules is a bug, not a fact
+    about the attempt: it propagates, the batch is not committed, and the worker stops and is
+    recovered, instead of writing a final rejection nobody can undo."""
+    try:
+        attempt = decode_event_as(MessageAttempt, value or b"")
+    except SchemaError as exc:
+        return [_output(undecodable_attempt(f"undecodable-{partition}-{offset}", str(exc), now), key)]
+    decision = decide_attempt(entry.state, attempt, config, key=key, offset=offset, now=now)
+    outputs = [_output(event, key) for event in decision.events]
+    entry.state = decision.state  # only once every event of the decision is encoded
+    return outputs
+
+
+def _payment_outcome(entry: Entry, key: bytes | None, partition: int, offset: int, value: bytes | None,
+                     config: ConfigState, now: datetime) -> list[Output]:
+    try:
+        payment = decode_event_as(Payment, value or b"")
+    except SchemaError as exc:
+        log.warning("payment %d@%d not applied: %s", partition, offset, exc)
+        return []
+    decision = decide_payment(entry.state, payment, config, key=key, offset=offset, now=now)
+    if decision.ignored:
+        log.warning("%s", decision.ignored)
+    outputs = [_output(event, key) for event in decision.events]
+    entry.state = decision.state
+    return outputs
+
+
+def _output(event: Any, key: bytes | None) -> Output:
+    """An event of a decision, to send: its topic kind, its account's key and its bytes. A
+    rejection not recorded against an account keeps the input record's key."""
+    kind = TOPIC_KINDS[type(event).__name__]
+    out_key = account_key(event.environment, event.account) if event.account else key
+    return kind, out_key or b"", encode_event(event)

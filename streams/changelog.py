@@ -1,0 +1,106 @@
+"""The processor's changelog records: what a batch commits, and what recovery reads back.
+
+An :class:`Entry` is the processor's commit record for one key of the attempts and payments
+topics: the account's balance state (None when the key is no account), the offsets of the
+last attempt and payment decided for the key, and the outbox: the Avro-encoded events those
+decisions caused, as the topic kind, key and value to send. A :class:`Flushed` marker per
+partition holds the attempt and payment offsets up to which every record is decided and its
+events are on their topics (:mod:`.commit` writes them in that order).
+
+The next record a worker decides on a partition is the one after its marker; an outbox
+whose source offset is above the marker may be missing downstream and is sent again (same
+bytes, same ids): :func:`pending_outboxes`. Records are JSON with decimals as strings; the
+byte format is what workers already wrote, so it must not change.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Iterable, Mapping
+
+from imbill.domain.balance import AccountState
+
+__all__ = ["Output", "OUTPUT_KINDS", "Entry", "Flushed", "flushed_key", "encode_record", "decode_record",
+           "pending_outboxes"]
+
+Output = tuple[str, bytes, bytes]
+"""An event to send: (topic kind: charges, rejections, balances or service_status; key; value)."""
+
+OUTPUT_KINDS = ("charges", "rejections", "balances", "service_status")
+"""The topic kinds an outbox names (attributes of :class:`imbill.schemas.topics.Topics`)."""
+
+
+@dataclass(slots=True)
+class Entry:
+    """The changelog record of one attempts/payments key (see the module doc)."""
+
+    state: AccountState | None
+    partition: int
+    attempts_decided: int = -1
+    payments_decided: int = -1
+    outbox: list[Output] = field(default_factory=list)
+    source: str = ""
+    """Which input the outbox came from: "a" (attempts) or "p" (payments)."""
+    source_offset: int = -1
+
+
+@dataclass(slots=True)
+class Flushed:
+    """Per partition: the input offsets up to which every record is decided and every
+    event it caused is acknowledged on its topic."""
+
+    partition: int
+    attempts: int = -1
+    payments: int = -1
+
+    def covers(self, entry: Entry) -> bool:
+        return entry.source_offset <= (self.attempts if entry.source == "a" else self.payments)
+
+
+def flushed_key(partition: int) -> bytes:
+    """The changelog key of a partition's Flushed marker (no attempt key starts with NUL)."""
+    return b"\x00flushed/%d" % partition
+
+
+def encode_record(record: Entry | Flushed) -> bytes:
+    if isinstance(record, Flushed):
+        return json.dumps({"flushed": [record.partition, record.attempts, record.payments]}).encode()
+    state = record.state
+    return json.dumps({
+        "state": None if state is None else [str(state.balance), state.currency, state.suspended,
+                                             state.last_attempt_offset, state.last_payment_offset,
+                                             list(state.recent_attempts), list(state.recent_payments)],
+        "partition": record.partition, "attempts": record.attempts_decided,
+        "payments": record.payments_decided, "source": [record.source, record.source_offset],
+        "outbox": [[kind, _b64(key), _b64(value)] for kind, key, value in record.outbox],
+    }, separators=(",", ":")).encode()
+
+
+def decode_record(data: bytes) -> Entry | Flushed:
+    raw = json.loads(data)
+    if "flushed" in raw:
+        return Flushed(*raw["flushed"])
+    state = raw["state"]
+    if state is not None:
+        balance, currency, suspended, last_attempt, last_payment, recent, *payments = state
+        state = AccountState(Decimal(balance), currency, suspended, last_attempt, last_payment, tuple(recent),
+                             tuple(payments[0]) if payments else ())
+    outbox = [(kind, base64.b64decode(key), base64.b64decode(value)) for kind, key, value in raw["outbox"]]
+    source, source_offset = raw["source"]
+    return Entry(state, raw["partition"], raw["attempts"], raw["payments"], outbox, source, source_offset)
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def pending_outboxes(records: Mapping[bytes, Entry | Flushed], partitions: Iterable[int]) -> list[Entry]:
+    """The entries of ``partitions`` whose outbox is not covered by their partition's marker."""
+    owned = set(partitions)
+    markers = {p: records.get(flushed_key(p)) or Flushed(p) for p in owned}
+    return [entry for entry in records.values()
+            if type(entry) is Entry and entry.outbox and entry.partition in owned
+            and not markers[entry.partition].covers(entry)]
