@@ -37,6 +37,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from imbill.broker import start_broker
 from imbill.bus import EventProducer, create_topics
+from imbill.domain.keys import account_key
 from imbill.schemas.codec import decode, encode
 from imbill.domain.config import (Account, Customer, Destination, Product, Rate, ServicePolicy, ServiceTypes,
                                    Tariff, UsageCharge, Vendor, VendorConnection, to_record, KIND_BY_CLASS)
@@ -99,7 +100,7 @@ async def preload(bootstrap: str, topics: Topics, n: int, accounts: int) -> floa
         pending = []
         for i in range(n):
             record = attempt(i, accounts)
-            key = f"{ENV}/{record['from_user']}".encode()
+            key = account_key(ENV, record["from_user"])
             pending.append(await producer.send(topics.attempts, encode("MessageAttempt", record), key=key))
             if len(pending) >= 5000:
                 await asyncio.gather(*pending)

@@ -65,6 +65,13 @@ class EventProducer:
         """Queue one domain event; returns kafka-python's future."""
         return self._producer.send(topic, key=key, value=encode_event(event))
 
+    def publish_event(self, topic: str, key: bytes, event: Any, timeout: float = 10.0) -> None:
+        """Send one domain event and wait for the broker's acknowledgement."""
+        try:
+            self.send_event(topic, key, event).get(timeout=timeout)
+        except KafkaError as exc:
+            raise PublishError(f"{type(event).__name__} not acknowledged on {topic}: {exc}") from exc
+
     def publish(self, topic: str, key: str, name: str, record: Mapping[str, Any], timeout: float = 10.0) -> None:
         """Send one event and wait for the broker's acknowledgement."""
         try:
@@ -91,6 +98,8 @@ class Envelope:
     name: str | None
     record: dict[str, Any] | None
     error: str | None = None
+    event: Any = None
+    """The domain event (``imbill.domain.events``) when the reader asked for one."""
 
 
 def partitions_of(consumer: KafkaConsumer, topic: str, timeout: float = 10.0) -> list[TopicPartition]:

@@ -14,7 +14,7 @@ codes match against and the local account whose id or alias it is).
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 from imbill.domain.config import Account, EnvironmentConfig, Product, Rate
 from imbill.domain.e164 import to_e164

@@ -105,21 +105,42 @@ def attributes_table(service: str) -> Table:
 
 # --- config -------------------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class KindRows:
+    """The objects of one kind in force, as text, for ``imbill config show``."""
+
+    kind: str
+    columns: tuple[str, ...]
+    rows: tuple[tuple[str, ...], ...]
+
+
+def config_rows(state: ConfigState, environment: str | None = None) -> list[KindRows]:
+    """The config in force per kind (PLAN_ORDER), one row per object, first column the
+    environment; only kinds with objects. ``environment`` limits it to one. Service
+    passwords are shown as ``***``."""
+    names = sorted(state.environments) if environment is None else [environment]
+    envs = [state.environments[n] for n in names if n in state.environments]
+    found = []
+    for kind in PLAN_ORDER:
+        columns = ("environment", *(f.name for f in fields(kind.cls)))
+        rows = tuple((env.name, *(_config_cell(obj, c) for c in columns[1:]))
+                     for env in envs for obj in env.collection(kind).values())
+        if rows:
+            found.append(KindRows(kind.name, columns, rows))
+    return found
+
+
 def config_tables(state: ConfigState, environment: str, at: datetime | None) -> list[Table | str]:
     """One table per kind in force (service passwords shown as ``***``), or why there is none."""
     when = f" at {at.isoformat()}" if at else ""
-    env = state.environment(environment)
-    if env is None:
+    if state.environment(environment) is None:
         return [f"environment {environment} has no config{when} (imbill config apply FILE)"]
     tables: list[Table | str] = []
-    for kind in PLAN_ORDER:
-        objects = list(env.collection(kind).values())
-        if objects:
-            columns = [f.name for f in fields(kind.cls)]
-            table = Table("environment", *columns, title=f"{kind.name} ({environment}{when})")
-            for obj in objects:
-                table.add_row(env.name, *(_config_cell(obj, column) for column in columns))
-            tables.append(table)
+    for kind in config_rows(state, environment):
+        table = Table(*kind.columns, title=f"{kind.kind} ({environment}{when})")
+        for row in kind.rows:
+            table.add_row(*row)
+        tables.append(table)
     return tables
 
 

@@ -17,6 +17,8 @@ import sqlalchemy as sa
 from imbill.bus import EventProducer, create_topics
 from imbill.domain.config import Account, ConfigState, EnvironmentConfig
 from imbill.domain.errors import ConfigError, ImbillError
+from imbill.domain.events import Payment
+from imbill.domain.keys import account_key
 from imbill.domain.policy import Explanation, explain
 from imbill.domain.rating import Rated, Refusal, rate_attempt
 from imbill.producers.attempt import attempt_key, synthetic_attempt
@@ -67,12 +69,11 @@ def top_up(settings: Settings, account_id: str, amount: Decimal, currency: str |
     if amount <= 0:
         raise ConfigError(f"account {account_id}: a payment must be positive, got {amount}")
     payment_id = "pay-" + uuid.uuid4().hex
-    record = {"payment_id": payment_id, "environment": settings.environment, "account": account_id,
-              "amount": amount, "currency": customer_currency, "received_at": datetime.now(timezone.utc),
-              "reference": reference}
+    payment = Payment(payment_id=payment_id, environment=settings.environment, account=account_id, amount=amount,
+                      currency=customer_currency, received_at=datetime.now(timezone.utc), reference=reference)
     producer = EventProducer(settings.bootstrap_servers)
     try:
-        producer.publish(settings.topics.payments, f"{settings.environment}/{account_id}", "Payment", record)
+        producer.publish_event(settings.topics.payments, account_key(payment.environment, payment.account), payment)
     finally:
         producer.close()
     return payment_id

@@ -29,9 +29,8 @@ config partition). If the broker fails half way, applying the file again appends
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from datetime import datetime, timezone
-from decimal import Decimal
 from os import PathLike
 from typing import Any, Callable, Iterable, Mapping, NamedTuple
 
@@ -39,12 +38,11 @@ from imbill.bus import Envelope, EventProducer, read_to_end
 from imbill.domain.errors import SchemaError
 from imbill.producers.config_file import ConfigFileError, DesiredConfig, load_config_file
 from imbill.schemas.codec import encode
-from imbill.domain.config import (KIND_BY_EVENT, KIND_BY_NAME, ConfigState, EnvironmentConfig, Kind, UsageCharge,
-                                   fold, from_record, to_record)
+from imbill.domain.config import (KIND_BY_EVENT, KIND_BY_NAME, ConfigState, EnvironmentConfig, Kind, fold, from_record, to_record)
 from imbill.schemas.topics import Topics
 
-__all__ = ["PLAN_ORDER", "NEVER_REMOVED", "ApplyResult", "HistoryEntry", "KindRows", "plan_changes",
-           "apply_config", "current_state", "config_history", "describe", "tariff_currencies", "event_label"]
+__all__ = ["PLAN_ORDER", "NEVER_REMOVED", "ApplyResult", "HistoryEntry", "plan_changes",
+           "apply_config", "current_state", "config_history", "tariff_currencies", "event_label"]
 
 PLAN_ORDER: tuple[Kind, ...] = tuple(KIND_BY_NAME[name] for name in (
     "service_types", "dialing_rules", "destination", "tariff", "rate", "service_policy", "vendor",
@@ -216,52 +214,3 @@ def _append(bootstrap_servers: str, topic: str, key: str, plan: list[Event]) -> 
         producer.close()
 
 
-# --- printing -----------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class KindRows:
-    """The objects of one kind in force, as text, for ``imbill config show``."""
-
-    kind: str
-    columns: tuple[str, ...]
-    rows: tuple[tuple[str, ...], ...]
-
-
-def _text(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, Decimal):
-        text = f"{value:f}"
-        return text.rstrip("0").rstrip(".") if "." in text else text
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, UsageCharge):
-        return f"{value.service}/{value.node}/{value.tariff}"
-    if isinstance(value, (tuple, list)):
-        return ", ".join(_text(v) for v in value)
-    if isinstance(value, Mapping):
-        return ", ".join(f"{k}={_text(v)}" for k, v in value.items())
-    return str(value)
-
-
-def _shown(obj: Any, column: str) -> str:
-    value = getattr(obj, column)
-    return "***" if column == "service_password" and value else _text(value)
-
-
-def describe(state: ConfigState, environment: str | None = None) -> list[KindRows]:
-    """The config in force per kind (:data:`PLAN_ORDER`), one row per object, first column
-    the environment; only kinds with objects. ``environment`` limits it to one. Service
-    passwords are shown as ``***``."""
-    names = sorted(state.environments) if environment is None else [environment]
-    envs = [state.environments[n] for n in names if n in state.environments]
-    tables = []
-    for kind in PLAN_ORDER:
-        columns = ("environment", *(f.name for f in fields(kind.cls)))
-        rows = tuple((env.name, *(_shown(obj, c) for c in columns[1:]))
-                     for env in envs for obj in env.collection(kind).values())
-        if rows:
-            tables.append(KindRows(kind.name, columns, rows))
-    return tables

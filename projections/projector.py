@@ -36,8 +36,9 @@ from imbill.domain.errors import BrokerError, SchemaError
 from imbill.projections.models import (BalanceEvent, ConfigEvent, ConfigObject, ProjectionOffset,
                                        RejectedAttempt, ServiceStatusEvent, Xdr, connect, migrate,
                                        to_json)
-from imbill.schemas.codec import decode
-from imbill.domain.config import KIND_BY_EVENT, from_record, to_record
+from imbill.domain.config import KIND_BY_EVENT, object_key, to_record
+from imbill.domain.events import ConfigObjectDefined, ConfigObjectRemoved
+from imbill.schemas.codec import decode, event_of
 from imbill.schemas.topics import Topics
 
 __all__ = ["XdrProjector", "ConfigProjector", "XDR_MAPPERS", "CONFIG_MAPPERS"]
@@ -64,14 +65,13 @@ def _source(envelope: Envelope) -> Row:
 
 
 def _columns_of(table: sa.Table, envelope: Envelope) -> Row:
-    """The record's fields that are columns of ``table``, plus where it came from."""
-    assert envelope.record is not None
-    return {name: envelope.record[name] for name in table.columns.keys()
-            if name in envelope.record} | _source(envelope)
+    """The event's fields that are columns of ``table``, plus where it came from."""
+    event = envelope.event
+    return {name: getattr(event, name) for name in table.columns.keys() if hasattr(event, name)} | _source(envelope)
 
 
 def charge_row(envelope: Envelope) -> Row:
-    return _columns_of(Xdr.__table__, envelope) | {"policies": ",".join(envelope.record["policies"])}
+    return _columns_of(Xdr.__table__, envelope) | {"policies": ",".join(envelope.event.policies)}
 
 
 def rejection_row(envelope: Envelope) -> Row:
@@ -86,18 +86,17 @@ def service_status_row(envelope: Envelope) -> Row:
     return _columns_of(ServiceStatusEvent.__table__, envelope)
 
 
-def _kind_and_key(name: str, record: Mapping[str, Any]) -> tuple[str, str]:
-    if name == "ConfigObjectRemoved":
-        return record["kind"], record["key"]
-    kind = KIND_BY_EVENT[name]
-    return kind.name, kind.key(from_record(kind, record))
+def _kind_and_key(event: ConfigObjectDefined | ConfigObjectRemoved) -> tuple[str, str]:
+    if type(event) is ConfigObjectRemoved:
+        return event.kind, event.key
+    return object_key(event.object)
 
 
 def config_event_row(envelope: Envelope) -> Row:
-    record = envelope.record
-    kind, key = _kind_and_key(envelope.name, record)
-    return {"event_id": record["event_id"], "environment": record["environment"], "name": envelope.name,
-            "kind": kind, "key": key, "occurred_at": record["occurred_at"], "record": to_json(record),
+    event = envelope.event
+    kind, key = _kind_and_key(event)
+    return {"event_id": event.event_id, "environment": event.environment, "name": envelope.name,
+            "kind": kind, "key": key, "occurred_at": event.occurred_at, "record": to_json(envelope.record),
             **_source(envelope)}
 
 
@@ -114,12 +113,13 @@ CONFIG_MAPPERS: Dispatch = {name: (ConfigEvent.__table__, config_event_row)
 def _envelope(message: Any) -> Envelope:
     try:
         name, record = decode(message.value or b"")
+        event = event_of(name, record)
     except SchemaError as exc:
-        name, record, error = None, None, str(exc)
+        name, record, event, error = None, None, None, str(exc)
     else:
         error = None
     return Envelope(message.topic, message.partition, message.offset, message.timestamp,
-                    message.key, name, record, error)
+                    message.key, name, record, error, event)
 
 
 class _TopicProjector:
@@ -284,15 +284,15 @@ def _fold_objects(envelopes: Sequence[Envelope]) -> tuple[list[Row], list[tuple[
     """The last change of each object in a batch: its new row, or its removal."""
     last: dict[tuple[str, str, str], Row | None] = {}
     for envelope in envelopes:
-        record = envelope.record
-        kind, key = _kind_and_key(envelope.name, record)
-        object_id = (record["environment"], kind, key)
-        if envelope.name == "ConfigObjectRemoved":
+        event = envelope.event
+        kind, key = _kind_and_key(event)
+        object_id = (event.environment, kind, key)
+        if type(event) is ConfigObjectRemoved:
             last[object_id] = None
         else:
-            body = to_json(to_record(from_record(KIND_BY_EVENT[envelope.name], record)))
-            last[object_id] = {"environment": object_id[0], "kind": kind, "key": key, "body": body,
-                               "updated_at": record["occurred_at"], "event_id": record["event_id"]}
+            last[object_id] = {"environment": object_id[0], "kind": kind, "key": key,
+                               "body": to_json(to_record(event.object)), "updated_at": event.occurred_at,
+                               "event_id": event.event_id}
     upserts = [row for row in last.values() if row is not None]
     removals = [object_id for object_id, row in last.items() if row is None]
     return upserts, removals

@@ -159,16 +159,18 @@ def record_of(event: Any) -> dict[str, Any]:
 def event_of(name: str, record: Mapping[str, Any]) -> ev.Event:
     """The domain event of a decoded Avro record called ``name`` (arrays become tuples)."""
     kind = KIND_BY_EVENT.get(name)
-    if kind is not None:
-        return ev.ConfigObjectDefined(record["event_id"], record["environment"], record["occurred_at"],
-                                      from_record(kind, record))
     cls = _CLASSES.get(name)
-    if cls is None:
+    if kind is None and cls is None:
         raise SchemaError(f"no event type for {name!r}")
     try:
+        if kind is not None:
+            return ev.ConfigObjectDefined(record["event_id"], record["environment"], record["occurred_at"],
+                                          from_record(kind, record))
         return cls(**{field: _frozen(record[field]) for field in ev.field_names(cls)})
     except KeyError as exc:
         raise SchemaError(f"{name} lacks the field {exc.args[0]}") from None
+    except (TypeError, ValueError) as exc:  # a config object refusing its own values (DialingRules)
+        raise SchemaError(f"{name} is not a valid event: {exc}") from None
 
 
 def _frozen(value: Any) -> Any:

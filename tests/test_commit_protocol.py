@@ -18,7 +18,7 @@ import pytest
 
 from imbill.domain import decide as decide_module
 from imbill.domain.errors import SchemaError
-from imbill.schemas.codec import decode, encode, encode_event
+from imbill.schemas.codec import decode, encode_event
 from imbill.schemas.topics import Topics
 from imbill.streams import worker as worker_module
 from imbill.streams.batch import bill_attempts

@@ -12,7 +12,8 @@ import yaml
 from imbill.bus import read_to_end
 from imbill.domain.errors import ConfigError
 from imbill.producers.config_file import load_config_file
-from imbill.producers.config_publisher import apply_config, config_history, current_state, describe
+from imbill.presentation import config_rows as describe
+from imbill.producers.config_publisher import apply_config, config_history, current_state
 from imbill.schemas.topics import Topics
 
 pytestmark = pytest.mark.integration

@@ -13,7 +13,8 @@ import yaml
 
 from imbill.domain.errors import ConfigError
 from imbill.producers.config_file import DesiredConfig, desired_config
-from imbill.producers.config_publisher import PLAN_ORDER, describe, plan_changes, tariff_currencies
+from imbill.presentation import config_rows as describe
+from imbill.producers.config_publisher import PLAN_ORDER, plan_changes, tariff_currencies
 from imbill.schemas.codec import decode, encode
 from imbill.domain.config import ConfigState, EnvironmentConfig, fold
 

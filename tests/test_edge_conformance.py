@@ -6,7 +6,6 @@ import asyncio
 import csv
 import re
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 import pytest

@@ -18,10 +18,8 @@ import pytest
 from imbill.bus import read_to_end
 from imbill.producers.config_publisher import apply_config
 from imbill.producers.sip_client import build_message, send_message
-from imbill.projections.models import connect
 from imbill.projections.projector import XdrProjector
 from imbill.projections.queries import query_xdrs
-from tests.conftest import free_port
 
 pytestmark = pytest.mark.integration
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "instant-messaging.yaml"
