@@ -2,13 +2,16 @@
 
     ImbillError
     ├── ConfigError          invalid config file or reference (nothing is appended)
-    │   └── InvalidPolicyAttribute
+    │   ├── ConfigFileError        producers/config_file.py: names the file, object and field
+    │   ├── InvalidPolicyAttribute domain/catalogue.py: an attribute or value the catalogue refuses
+    │   └── InvalidDialingRules    domain/e164.py: a dialing rules field (also a ValueError)
     ├── SchemaError          an event that cannot be encoded or decoded
     │   └── UnknownSchema    a record whose writer fingerprint no .avsc file has
     ├── BrokerError          the local broker cannot start, a topic cannot be created
     └── PublishError         an event was not acknowledged by the broker
 
-Rejected messages are not exceptions: they are Rejection events with a reason code.
+Each class lives in the module that raises it and is imported from there; this one holds
+the root and the kinds every layer shares. Rejected messages are not exceptions: they are Rejection events with a reason code.
 """
 
 __all__ = ["ImbillError", "ConfigError", "SchemaError", "UnknownSchema", "BrokerError", "PublishError"]
