@@ -42,9 +42,23 @@ IM = {"msg.transport_protocol": "SIP", "msg.outgoing_aaa": True, "msg.local_look
       "msg.userpart_e164_translation": True, "msg.billing_unit_size": 60, "msg.external_routing": True}
 
 
-def _apply(events: list, env: str, event: str, body: dict, serial: list[int]) -> None:
-    serial[0] += 1
-    events.append((event, {"event_id": f"cfg-{serial[0]}", "environment": env, "occurred_at": T0, **body}))
+class _Fold:
+    """Config events folded in batches of 10,000 as they are made, as the config reader
+    folds the topic (never all of them held at once)."""
+
+    def __init__(self) -> None:
+        self.state, self.events, self.serial = ConfigState(), [], 0
+
+    def put(self, env: str, event: str, body: dict) -> None:
+        self.serial += 1
+        self.events.append((event, {"event_id": f"cfg-{self.serial}", "environment": env, "occurred_at": T0,
+                                    **body}))
+        if len(self.events) >= 10_000:
+            self.flush()
+
+    def flush(self) -> ConfigState:
+        self.state, self.events = self.state.applied(self.events), []
+        return self.state
 
 
 def _rate(tariff: str, code: str, price: str, at: datetime) -> dict:
@@ -53,13 +67,13 @@ def _rate(tariff: str, code: str, price: str, at: datetime) -> dict:
 
 
 def build_config(envs: int, tariffs: int, codes: int, policies: int, accounts: int, seed: int) -> ConfigState:
-    """The generated config, folded event by event."""
-    rnd, events, serial = random.Random(seed), [], [0]
+    """The generated config, folded in batches as the config reader folds the topic."""
+    rnd, fold = random.Random(seed), _Fold()
     for e in range(envs):
         env = f"env{e}"
 
         def put(event: str, body: dict) -> None:
-            _apply(events, env, event, body, serial)
+            fold.put(env, event, body)
 
         put("ServiceTypesSet", {"messaging_enabled": True, "voice_enabled": True})
         put("DialingRulesSet", {"country_code": "44", "international_prefix": "00", "national_prefix": "0",
@@ -86,11 +100,7 @@ def build_config(envs: int, tariffs: int, codes: int, policies: int, accounts: i
                 "service_password": "secret", "aliases": [f"user{a}"],
                 "service_policy": f"static{a % 50}" if a % 10 == 0 else None, "balance_model": "prepaid",
                 "opening_balance": Decimal("10.00"), "credit_limit": Decimal(0)})
-    state = ConfigState()
-    for start in range(0, len(events), 10_000):  # in batches, as the config reader folds the topic
-        state = state.applied(events[start:start + 10_000])
-        events[start:start + 10_000] = [None] * len(events[start:start + 10_000])
-    return state
+    return fold.flush()
 
 
 def _codes(rnd: random.Random, count: int) -> set[str]:

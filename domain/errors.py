@@ -8,13 +8,14 @@
     ├── SchemaError          an event that cannot be encoded or decoded
     │   └── UnknownSchema    a record whose writer fingerprint no .avsc file has
     ├── BrokerError          the local broker cannot start, a topic cannot be created
+    │   └── LogReset         a log is not the one a consumer stored offsets for (reset broker)
     └── PublishError         an event was not acknowledged by the broker
 
 Each class lives in the module that raises it and is imported from there; this one holds
 the root and the kinds every layer shares. Rejected messages are not exceptions: they are Rejection events with a reason code.
 """
 
-__all__ = ["ImbillError", "ConfigError", "SchemaError", "UnknownSchema", "BrokerError", "PublishError"]
+__all__ = ["ImbillError", "ConfigError", "SchemaError", "UnknownSchema", "BrokerError", "LogReset", "PublishError"]
 
 
 class ImbillError(Exception):
@@ -35,6 +36,11 @@ class UnknownSchema(SchemaError):
 
 class BrokerError(ImbillError):
     """The Kafka-protocol broker cannot be started or reached."""
+
+
+class LogReset(BrokerError):
+    """A topic's log is not the one whose offsets a consumer keeps with its state: the broker
+    was reset, the topic deleted and re-created, or it is another cluster."""
 
 
 class PublishError(ImbillError):

@@ -20,7 +20,7 @@ from pathlib import Path
 from imbill.domain.errors import BrokerError
 from imbill.journal import Journal, JournalProxy, restore
 
-__all__ = ["LocalBroker", "DurableBroker", "tansu_binary", "start_broker", "port_is_free", "free_port"]
+__all__ = ["LocalBroker", "DurableBroker", "tansu_binary", "start_broker", "port_is_free", "free_port", "die_with_parent"]
 
 
 def tansu_binary() -> Path:
@@ -92,7 +92,7 @@ def start_broker(port: int = 9092, host: str = "127.0.0.1", timeout: float = 10.
     process = subprocess.Popen(
         [str(tansu_binary()), "broker", "--listener-url", url, "--advertised-listener-url", advertised,
          "--storage-engine", "memory://tansu/"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent)
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent)
     broker = LocalBroker(host, port, process)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -108,7 +108,7 @@ def start_broker(port: int = 9092, host: str = "127.0.0.1", timeout: float = 10.
 
 # -- the durable local broker: Tansu behind the journal proxy -------------------------------------
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """In a child, before exec: SIGKILL it when the process that started it dies (Linux
     prctl PR_SET_PDEATHSIG), so no broker outlives a killed engine."""
     try:

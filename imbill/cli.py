@@ -52,10 +52,12 @@ def cli(ctx: click.Context, bootstrap_servers, database_url, environment, topic_
 
 @cli.command()
 @click.option("--port", type=int, default=None, help="TCP port (default 9092, IMBILL_BROKER_PORT).")
+@click.option("--memory", is_flag=True, help="Keep nothing: no journal, every record gone when it stops.")
 @click.pass_context
-def broker(ctx: click.Context, port: int | None) -> None:
-    """Run the local Kafka-protocol broker (Tansu, memory storage) until Ctrl-C."""
-    wiring.broker(_settings(ctx), port, console.print)
+def broker(ctx: click.Context, port: int | None, memory: bool) -> None:
+    """Run the local Kafka-protocol broker (Tansu) until Ctrl-C; its history is kept in the
+    data directory's journal and restored at the next start (unless --memory)."""
+    wiring.broker(_settings(ctx), port, console.print, memory=memory)
 
 
 @cli.group()
@@ -148,9 +150,14 @@ def process(ctx: click.Context, worker_id: str | None, data_dir: Path | None, ba
 @click.option("--once", is_flag=True, help="Apply what is on the topics now, then exit.")
 @click.option("--max-poll-records", type=int, default=500, show_default=True,
               help="Most records applied in one SQL transaction.")
+@click.option("--rebuild", is_flag=True,
+              help="Build every projection again from offset zero into fresh tables, swap them in at once, exit.")
 @click.pass_context
-def project(ctx: click.Context, once: bool, max_poll_records: int) -> None:
+def project(ctx: click.Context, once: bool, max_poll_records: int, rebuild: bool) -> None:
     """Fold charges, rejections, balance, status and config events into SQL tables."""
+    if rebuild:
+        wiring.rebuild_projections(_settings(ctx), console.print)
+        return
     wiring.projectors(_settings(ctx), once, console.print, max_poll_records=max_poll_records)
 
 

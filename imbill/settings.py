@@ -33,6 +33,9 @@ class Settings:
     replication_factor: int = 1
     edge_vendor_peers: tuple[str, ...] = ()
     """Source IPs of vendor connections; MESSAGEs from them are incoming (free by default)."""
+    external_broker: bool = False
+    """The bootstrap servers were given (flag or IMBILL_BOOTSTRAP_SERVERS): ``imbill run``
+    uses that broker instead of starting the embedded one."""
 
     @property
     def topics(self) -> Topics:
@@ -52,6 +55,7 @@ def _peers(text: str) -> tuple[str, ...]:
 
 _FROM_TEXT: Mapping[str, Callable[[str], Any]] = {
     "edge_port": int, "broker_port": int, "replication_factor": int, "data_dir": Path, "edge_vendor_peers": _peers,
+    "external_broker": lambda text: text.lower() in ("1", "true", "yes"),
 }
 _TO_TEXT: Mapping[str, Callable[[Any], str]] = {"edge_vendor_peers": ",".join}
 
@@ -65,7 +69,10 @@ def load_settings(environ: Mapping[str, str] | None = None, **flags: object) -> 
     environ = os.environ if environ is None else environ
     values = {f.name: _FROM_TEXT.get(f.name, str)(environ[_variable(f.name)])
               for f in fields(Settings) if _variable(f.name) in environ}
-    return Settings().with_overrides(**values).with_overrides(**flags)
+    settings = Settings().with_overrides(**values).with_overrides(**flags)
+    if "bootstrap_servers" in values or flags.get("bootstrap_servers") is not None:
+        settings = settings.with_overrides(external_broker=True)
+    return settings
 
 
 def child_environment(settings: Settings) -> dict[str, str]:

@@ -11,26 +11,34 @@ import asyncio
 import gc
 import signal
 import threading
+import time
 from pathlib import Path
 from typing import Any, Callable, Coroutine
 
 import uvloop
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from imbill.broker import start_broker
+from imbill.broker import DurableBroker, start_broker
 from imbill.producers.attempt_publisher import AttemptPublisher
 from imbill.producers.edge import serve_edge
 from imbill.projections.projector import ConfigProjector, XdrProjector
-from imbill.run import run_engine
+from imbill.projections.rebuild import rebuild
+from imbill.run import DataDirLock, run_engine
 from imbill.settings import Settings
 from imbill.streams.worker import run_worker
 
-__all__ = ["Say", "broker", "edge", "processor_worker", "projectors", "run"]
+__all__ = ["Say", "broker", "edge", "processor_worker", "projectors", "rebuild_projections", "run"]
 
 Say = Callable[[str], None]
 
 
-def broker(settings: Settings, port: int | None, say: Say) -> None:
-    """The local broker (Tansu, memory storage) on ``port`` (default: the settings')."""
+def broker(settings: Settings, port: int | None, say: Say, *, memory: bool = False) -> None:
+    """The local broker on ``port`` (default: the settings'): Tansu behind the journal of
+    ``settings.data_dir`` (restored first), or with ``memory`` Tansu alone."""
+    if not memory:
+        _run_until_signal(_durable_broker(settings, port or settings.broker_port, say))
+        return
     running = start_broker(port=port or settings.broker_port)
     say(f"local broker on {running.bootstrap_servers} (Tansu, memory storage); Ctrl-C stops it")
     stopped = threading.Event()
@@ -42,6 +50,17 @@ def broker(settings: Settings, port: int | None, say: Say) -> None:
         pass
     finally:
         running.stop()
+
+
+async def _durable_broker(settings: Settings, port: int, say: Say) -> None:
+    running = DurableBroker("127.0.0.1", port, settings.data_dir)
+    try:
+        ends = await running.start(log_path=settings.data_dir / "tansu.log")
+        say(f"local broker on {running.bootstrap_servers}: {sum(ends.values()):,} records of {len(ends)} "
+            f"partitions restored from {running.journal.path} ({running.journal.size:,} bytes); Ctrl-C stops it")
+        await asyncio.Event().wait()
+    finally:
+        await running.stop()
 
 
 def edge(settings: Settings, say: Say) -> None:
@@ -113,16 +132,51 @@ def _project_until_signal(running: list[Any], database_url: str, say: Say) -> No
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    threads = [threading.Thread(target=p.run, args=(stop,), name=f"projector-{p.name}", daemon=True)
+    failures: list[BaseException] = []
+
+    def project(projector: Any) -> None:
+        try:
+            projector.run(stop)
+        except BaseException as exc:  # noqa: BLE001 - reported by the main thread, which stops
+            failures.append(exc)
+            stop.set()
+
+    threads = [threading.Thread(target=project, args=(p,), name=f"projector-{p.name}", daemon=True)
                for p in running]
     for thread in threads:
         thread.start()
     say(f"projectors {', '.join(p.name for p in running)} writing to {database_url}")
     while not stop.wait(0.5):
-        if not all(t.is_alive() for t in threads):
-            raise SystemExit("a projector thread died; see the log")
+        pass
     for thread in threads:
         thread.join(timeout=10)
+    if failures:
+        raise failures[0]
+
+
+def rebuild_projections(settings: Settings, say: Say) -> None:
+    """``imbill project --rebuild``: refused while ``imbill run`` holds the data directory
+    (its projector would go on writing); a progress bar on stderr."""
+    lock = DataDirLock(settings.data_dir)
+    if settings.data_dir.exists():
+        lock.acquire()
+    columns = (TextColumn("rebuilding"), BarColumn(), MofNCompleteColumn(), TextColumn("records"),
+               TextColumn("{task.fields[rate]:,.0f}/s"), TimeRemainingColumn())
+    try:
+        with Progress(*columns, console=Console(stderr=True), transient=False) as bar:
+            task = bar.add_task("rebuild", total=None, rate=0.0)
+            started = time.monotonic()
+
+            def progress(done: int, total: int) -> None:
+                rate = done / max(time.monotonic() - started, 1e-6)
+                bar.update(task, completed=done, total=total, rate=rate)
+
+            counts = rebuild(settings.database_url, settings.bootstrap_servers, settings.topics, progress)
+    finally:
+        lock.release()
+    swap = counts.pop("_swap_seconds")
+    say(f"projections rebuilt from offset zero and swapped in ({swap} s): "
+        + ", ".join(f"{table} {rows:,}" for table, rows in counts.items()))
 
 
 def run(settings: Settings, example: Path, say: Say) -> int:

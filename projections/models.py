@@ -220,6 +220,9 @@ class ProjectionOffset(Base):
     topic: Mapped[str] = mapped_column(primary_key=True)
     partition: Mapped[int] = mapped_column(primary_key=True)
     next_offset: Mapped[int] = mapped_column(sa.BigInteger)
+    last_record: Mapped[str | None] = mapped_column(sa.String(64), nullable=True)
+    """Fingerprint of the record at next_offset - 1 (its key, value and timestamp): the
+    projector checks the log still holds it there, else the log was reset."""
 
 
 def _json_default(value: Any) -> str:

@@ -28,17 +28,18 @@ from typing import Any, Callable, Mapping, Sequence
 
 import sqlalchemy as sa
 from kafka import KafkaConsumer, TopicPartition
-from kafka.errors import KafkaError
+from kafka.errors import KafkaError, OffsetOutOfRangeError
 from sqlalchemy.dialects import postgresql, sqlite
 
 from imbill.bus import Envelope, partitions_of
-from imbill.domain.errors import BrokerError, SchemaError
+from imbill.domain.errors import BrokerError, LogReset, SchemaError
 from imbill.projections.models import (BalanceEvent, ConfigEvent, ConfigObject, ProjectionOffset,
-                                       RejectedAttempt, ServiceStatusEvent, Xdr, connect, migrate,
-                                       to_json)
+                                       RejectedAttempt, ServiceStatusEvent, Xdr, connect, create_schema,
+                                       migrate, to_json)
 from imbill.domain.config import KIND_BY_EVENT, object_key, to_record
 from imbill.domain.events import ConfigObjectDefined, ConfigObjectRemoved
 from imbill.schemas.codec import decode, event_of
+from imbill.projections.reset_check import check_log, fingerprint, reset_message
 from imbill.schemas.topics import Topics
 
 __all__ = ["XdrProjector", "ConfigProjector", "XDR_MAPPERS", "CONFIG_MAPPERS"]
@@ -50,6 +51,8 @@ Mapper = Callable[[Envelope], Row]
 Dispatch = Mapping[str, tuple[sa.Table, Mapper]]
 
 _INSERTS = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}
+VERIFY_SECONDS = 10.0
+"""How often a running projector checks that its log is still the one it projected."""
 
 
 def _insert(conn: sa.Connection, table: sa.Table) -> Any:
@@ -127,18 +130,26 @@ class _TopicProjector:
 
     def __init__(self, database_url: str, bootstrap_servers: str, topic_names: Sequence[str],
                  mappers: Dispatch, *, name: str, max_poll_records: int = 500,
-                 migrate_schema: bool = True) -> None:
-        if migrate_schema:
+                 migrate_schema: bool = True, schema: str | None = None) -> None:
+        """``schema`` (PostgreSQL): project into the tables of that schema, made here, instead
+        of the migrated default ones (``imbill project --rebuild`` builds there)."""
+        if migrate_schema and schema is None:
             migrate(database_url)
         self.name = name
         self.mappers = mappers
-        self.engine = connect(database_url)
+        if schema is None:
+            self.engine = connect(database_url)
+        else:
+            self.engine = connect(database_url, execution_options={"schema_translate_map": {None: schema}})
+            create_schema(self.engine)
         self.skipped = 0
         self.applied = 0
         self._max_records = max_poll_records
+        self._bootstrap = bootstrap_servers
+        self._verified_at = 0.0
         try:
             self._consumer = KafkaConsumer(bootstrap_servers=bootstrap_servers, group_id=None,
-                                           enable_auto_commit=False, auto_offset_reset="earliest",
+                                           enable_auto_commit=False, auto_offset_reset="none",
                                            fetch_max_wait_ms=100, max_poll_records=max_poll_records,
                                            client_id=f"imbill-projector-{name}")
         except KafkaError as exc:
@@ -147,18 +158,26 @@ class _TopicProjector:
         try:
             self._partitions = [tp for topic in topic_names for tp in partitions_of(self._consumer, topic)]
             self._consumer.assign(self._partitions)
-            self._committed = self._load_offsets()
+            self._committed, self._fingerprints = self._load_offsets()
+            self.verify()
             self._rewind()
         except BaseException:
             self.close()
             raise
 
-    def _load_offsets(self) -> dict[TopicPartition, int]:
+    def _load_offsets(self) -> tuple[dict[TopicPartition, int], dict[TopicPartition, str | None]]:
         table = ProjectionOffset.__table__
         with self.engine.connect() as conn:
-            rows = conn.execute(sa.select(table.c.topic, table.c.partition, table.c.next_offset)
-                                .where(table.c.projector == self.name))
-            return {TopicPartition(topic, partition): offset for topic, partition, offset in rows}
+            rows = conn.execute(sa.select(table.c.topic, table.c.partition, table.c.next_offset, table.c.last_record)
+                                .where(table.c.projector == self.name)).all()
+        return ({TopicPartition(t, p): offset for t, p, offset, _ in rows},
+                {TopicPartition(t, p): last for t, p, _, last in rows})
+
+    def verify(self) -> None:
+        """Check the log still holds, at each stored offset - 1, the record applied there;
+        raise LogReset if not (see :func:`.reset_check.check_log`)."""
+        check_log(self._bootstrap, self.name, self._committed, self._fingerprints)
+        self._verified_at = time.monotonic()
 
     def _rewind(self) -> None:
         """Put every partition back at its committed offset (the beginning if none)."""
@@ -171,20 +190,25 @@ class _TopicProjector:
     def run_once(self, timeout: float = 1.0) -> int:
         """One poll applied in one transaction; returns the number of records applied
         (rows offered: a duplicate event id offered again leaves the table unchanged)."""
-        batches = self._consumer.poll(timeout_ms=int(timeout * 1000), max_records=self._max_records)
+        try:
+            batches = self._consumer.poll(timeout_ms=int(timeout * 1000), max_records=self._max_records)
+        except OffsetOutOfRangeError as exc:
+            raise LogReset(reset_message(self.name, f"the log ends before the stored offsets {exc}")) from None
         envelopes = [_envelope(m) for tp in sorted(batches) for m in batches[tp]]
         if not envelopes:
             return 0
         positions = {TopicPartition(e.topic, e.partition): e.offset + 1 for e in envelopes}
+        fingerprints = {tp: fingerprint(messages[-1]) for tp, messages in batches.items() if messages}
         wanted = [e for e in envelopes if e.name in self.mappers]
         try:
             with self.engine.begin() as conn:
                 self._apply(conn, wanted)
-                self._store_offsets(conn, positions)
+                self._store_offsets(conn, positions, fingerprints)
         except BaseException:
             self._rewind()
             raise
         self._committed.update(positions)
+        self._fingerprints.update(fingerprints)
         self._log_skipped([e for e in envelopes if e.name not in self.mappers])
         self.applied += len(wanted)
         return len(wanted)
@@ -197,12 +221,15 @@ class _TopicProjector:
         for table, values in rows.items():
             conn.execute(_insert(conn, table).on_conflict_do_nothing(), values)
 
-    def _store_offsets(self, conn: sa.Connection, positions: Mapping[TopicPartition, int]) -> None:
+    def _store_offsets(self, conn: sa.Connection, positions: Mapping[TopicPartition, int],
+                       fingerprints: Mapping[TopicPartition, str]) -> None:
         insert = _insert(conn, ProjectionOffset.__table__)
-        upsert = insert.on_conflict_do_update(index_elements=["projector", "topic", "partition"],
-                                              set_={"next_offset": insert.excluded.next_offset})
+        upsert = insert.on_conflict_do_update(
+            index_elements=["projector", "topic", "partition"],
+            set_={"next_offset": insert.excluded.next_offset, "last_record": insert.excluded.last_record})
         conn.execute(upsert, [{"projector": self.name, "topic": tp.topic, "partition": tp.partition,
-                               "next_offset": offset} for tp, offset in positions.items()])
+                               "next_offset": offset, "last_record": fingerprints.get(tp)}
+                              for tp, offset in positions.items()])
 
     def _log_skipped(self, envelopes: Sequence[Envelope]) -> None:
         for e in envelopes:
@@ -218,13 +245,17 @@ class _TopicProjector:
                 return False
         return True
 
-    def run_until_idle(self, timeout: float = 30.0, poll_timeout: float = 0.2) -> int:
-        """Apply everything on the topics now; returns the records applied."""
+    def run_until_idle(self, timeout: float = 30.0, poll_timeout: float = 0.2,
+                       progress: Callable[[int], None] | None = None) -> int:
+        """Apply everything on the topics now; returns the records applied (``progress`` is
+        told the running total after every poll)."""
         deadline = time.monotonic() + timeout
         total = 0
         while True:
             applied = self.run_once(poll_timeout)
             total += applied
+            if progress is not None:
+                progress(total)
             if applied == 0 and self.caught_up():
                 return total
             if time.monotonic() > deadline:
@@ -235,6 +266,8 @@ class _TopicProjector:
         log.info("projector %s started at %s", self.name,
                  {f"{tp.topic}[{tp.partition}]": self._committed.get(tp, 0) for tp in self._partitions})
         while not stop_event.is_set():
+            if time.monotonic() - self._verified_at > VERIFY_SECONDS:
+                self.verify()
             self.run_once(poll_timeout)
 
     def close(self) -> None:

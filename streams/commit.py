@@ -33,6 +33,7 @@ from datetime import datetime
 from typing import Any, Awaitable, Callable, Iterable, Mapping, MutableMapping, Protocol, Sequence
 
 from imbill.domain.config import ConfigState
+from imbill.domain.errors import LogReset
 from imbill.schemas.topics import Topics
 from imbill.streams.batch import Batch, Record, bill_attempts, top_up_payments
 from imbill.streams.changelog import (OUTPUT_KINDS, Entry, Flushed, encode_record, flushed_key,
@@ -77,6 +78,8 @@ class Log(Protocol):
     async def earliest_offsets(self, partitions: Iterable[tuple[str, int]]) -> dict[tuple[str, int], int]: ...
 
     def highwater(self, topic: str, partition: int) -> int | None: ...
+
+    async def end_offsets(self, partitions: Iterable[tuple[str, int]]) -> dict[tuple[str, int], int]: ...
 
     async def position(self, topic: str, partition: int) -> int | None: ...
 
@@ -178,6 +181,7 @@ class Committer:
                 return
             for source, topic in self._sources.items():
                 for partition, offset in self._expected(source).items():
+                    self._check_log(topic, partition, offset - 1, self.log.highwater(topic, partition))
                     seen = self._progress.get((topic, partition))
                     self._progress[topic, partition] = offset
                     if seen == offset and await self._fetched_past(topic, partition, offset):
@@ -199,6 +203,12 @@ class Committer:
             assigned = [tp for tp in self.log.assignment() if tp[0] in self._sources.values()]
             partitions = {partition for _, partition in assigned}
             await self._start_markers(partitions, assigned)
+            ends = await self.log.end_offsets(assigned)
+            for (topic, partition), end in ends.items():
+                source = "a" if topic == self.topics.attempts else "p"
+                marker = self.log.records.get(flushed_key(partition))
+                if type(marker) is Flushed:
+                    self._check_log(topic, partition, marker.attempts if source == "a" else marker.payments, end)
             pending = pending_outboxes(self.log.records, partitions)
             if pending:
                 logger.info("re-sending the outboxes of %d keys on partitions %s", len(pending), sorted(partitions))
@@ -216,6 +226,19 @@ class Committer:
             start = {topic: earliest.get((topic, partition)) or 0 for topic in self._sources.values()}
             marker = Flushed(partition, start[self.topics.attempts] - 1, start[self.topics.payments] - 1)
             self.log.keep(partition, flushed_key(partition), marker)
+
+    def _check_log(self, topic: str, partition: int, decided: int, end: int | None) -> None:
+        """Stop when the log ends at or before an offset the changelog says is decided: it is
+        not the log the balances were built from (a reset broker, a re-created topic, another
+        cluster). Nothing more is written; going on would skip or re-read records silently."""
+        if end is None or decided < end:
+            return
+        message = (f"{topic}[{partition}] ends at offset {end}, but this processor's changelog has decided it "
+                   f"up to offset {decided}: the broker was reset or the topic re-created. Stopping; restore "
+                   "the broker's journal, or start from scratch (README: 'Starting from scratch')")
+        logger.critical(message)
+        self.halt()
+        raise LogReset(message)
 
     async def revoked(self, *args: Any, **kwargs: Any) -> None:
         self.ready = False

@@ -192,6 +192,13 @@ class FaustLog:
     def highwater(self, topic: str, partition: int) -> int | None:
         return self.app.consumer.highwater(TP(topic, partition))
 
+    async def end_offsets(self, partitions: Iterable[tuple[str, int]]) -> dict[tuple[str, int], int]:
+        """The true end of each partition: ``consumer.highwaters`` goes through the consumer
+        thread installed above, which answers with the fetch high-watermark."""
+        tps = [TP(t, p) for t, p in partitions]
+        ends = await self.app.consumer.highwaters(*tps) if tps else {}
+        return {(tp.topic, tp.partition): end for tp, end in ends.items()}
+
     async def position(self, topic: str, partition: int) -> int | None:
         return await self.app.consumer.position(TP(topic, partition))
 

@@ -17,7 +17,7 @@ from typing import Any, Iterable
 import pytest
 
 from imbill.domain import decide as decide_module
-from imbill.domain.errors import SchemaError
+from imbill.domain.errors import LogReset, SchemaError
 from imbill.schemas.codec import decode, encode_event
 from imbill.schemas.topics import Topics
 from imbill.streams import worker as worker_module
@@ -97,6 +97,9 @@ class MemoryLog:
 
     def highwater(self, topic: str, partition: int) -> int | None:
         return self.highwaters.get((topic, partition))
+
+    async def end_offsets(self, partitions: Iterable[tuple[str, int]]) -> dict[tuple[str, int], int]:
+        return {tp: self.highwaters[tp] for tp in partitions if tp in self.highwaters}
 
     async def position(self, topic: str, partition: int) -> int | None:
         return self.positions.get((topic, partition))
@@ -280,3 +283,40 @@ def test_an_undecodable_attempt_is_still_a_malformed_attempt_rejection():
         decode(b"not avro")
     (kind, _, value), = bill_attempts({}, CONFIG, bad, now=NOW, expected=FROM_START).entries[key_of(ALICE)].outbox
     assert (kind, decode(value)[1]["reason_code"]) == ("rejections", "malformed_attempt")
+
+
+def test_a_log_that_ends_before_the_decided_offsets_stops_the_worker_and_nothing_is_written():
+    """A broker reset under a live worker: the attempts log now ends before what the
+    changelog says is decided. The worker stops (halt) with LogReset; no write follows."""
+    log = MemoryLog()
+    worker = started(log)
+    run(worker.attempts(seven_attempts()))
+    written = (len(log.changelog), sum(len(v) for v in log.topics.values()))
+    log.highwaters[(TOPICS.attempts, P)] = 2  # the reset log holds 2 records; 7 were decided
+    halted: list = []
+    worker.halt = lambda: halted.append(True)
+    with pytest.raises(LogReset, match=rf"{TOPICS.attempts}\[{P}\] ends at offset 2.*decided it up to offset 6"):
+        run(worker.unstall())
+    assert halted == [True]
+    assert (len(log.changelog), sum(len(v) for v in log.topics.values())) == written
+
+
+def test_a_worker_taking_over_a_reset_log_stops_before_deciding_anything():
+    crashed = MemoryLog()
+    run(started(crashed).attempts(seven_attempts()))
+    log = recover(crashed)
+    log.highwaters[(TOPICS.attempts, P)] = 0  # the topic was deleted and re-created
+    halted: list = []
+    worker = committer(log, halted)
+    with pytest.raises(LogReset):
+        run(worker.recovered())
+    assert halted == [True] and not worker.ready
+
+
+def test_an_intact_log_passes_the_check():
+    log = MemoryLog()
+    worker = started(log)
+    run(worker.attempts(seven_attempts()))
+    log.highwaters[(TOPICS.attempts, P)] = 7
+    run(worker.unstall())
+    assert worker.ready
