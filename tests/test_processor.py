@@ -360,6 +360,8 @@ def test_a_restarted_worker_recovers_the_changelog_to_its_true_end(bootstrap, to
         [(fillers[2], filler), (fillers[3], pending), (alice, Entry(replace(state, balance=Decimal("7.77")), p))],
     ]))
     assert (reported, true_end) == (5, 7), "the broker no longer misreports ListOffsets latest"
+    # the payment the marker says is decided is on the log (a log without it is a reset one)
+    publish(bootstrap, topics.payments, [(f"{ENV}/{ALICE}", "Payment", record_of(payment("1.00", payment_id="pay-0")))])
 
     worker = Worker(bootstrap, topics, tmp_path, "w-recover")
     try:

@@ -23,8 +23,8 @@ from imbill.projections.models import ProjectionOffset, Xdr, connect, migrate
 
 pytestmark = [pytest.mark.integration]
 
-DISTINCT = 3000
-DUPLICATES = 300
+DISTINCT = 20_000
+DUPLICATES = 1_000
 ROUNDS = 4
 T0 = datetime(2024, 5, 1, tzinfo=timezone.utc)
 
@@ -53,7 +53,7 @@ def start_projector(bootstrap: str, database_url: str, prefix: str, log) -> subp
     """`imbill project` as an operator runs it (both projectors; this test watches the xDR one)."""
     return subprocess.Popen(
         [sys.executable, "-m", "imbill", "--bootstrap-servers", bootstrap, "--database-url", database_url,
-         "--topic-prefix", prefix, "project", "--max-poll-records", "20"],
+         "--topic-prefix", prefix, "project", "--max-poll-records", "100"],
         stdout=log, stderr=subprocess.STDOUT)
 
 
@@ -102,6 +102,7 @@ def test_sigkill_at_random_points_neither_loses_nor_doubles(database_url, bootst
 
         with engine.connect() as conn:
             got = conn.execute(sa.select(Xdr.charge_id, Xdr.amount)).all()
+            by_account = conn.execute(sa.select(Xdr.account, Xdr.amount)).all()
         assert progress(engine) == len(stream), f"seed {seed}"
     finally:
         producer.close()
@@ -110,4 +111,11 @@ def test_sigkill_at_random_points_neither_loses_nor_doubles(database_url, bootst
     assert any(applied < fed for applied, fed in killed_at), f"no kill landed mid-work: {killed_at}"
     assert len(got) == DISTINCT and {c for c, _ in got} == {c["charge_id"] for c in charges}, f"seed {seed}"
     assert sum(a for _, a in got) == sum(c["amount"] for c in charges), f"seed {seed}"
+    on_topic: dict[str, list] = {}
+    for c in charges:
+        on_topic.setdefault(c["account"], []).append(c["amount"])
+    in_sql: dict[str, list] = {}
+    for account, amount in by_account:
+        in_sql.setdefault(account, []).append(amount)
+    assert {a: (len(v), sum(v)) for a, v in in_sql.items()} == {a: (len(v), sum(v)) for a, v in on_topic.items()}
     assert all(isinstance(a, Decimal) for _, a in got)
