@@ -20,7 +20,7 @@ from pathlib import Path
 from imbill.domain.errors import BrokerError
 from imbill.journal import Journal, JournalProxy, restore
 
-__all__ = ["LocalBroker", "DurableBroker", "tansu_binary", "start_broker", "port_is_free", "free_port", "die_with_parent"]
+__all__ = ["LocalBroker", "DurableBroker", "tansu_binary", "start_broker", "port_is_free", "free_port", "die_with_parent", "accepts"]
 
 
 def tansu_binary() -> Path:
@@ -43,7 +43,7 @@ def port_is_free(host: str, port: int) -> bool:
     return True
 
 
-def _accepts(host: str, port: int) -> bool:
+def accepts(host: str, port: int) -> bool:
     try:
         with socket.create_connection((host, port), timeout=0.2):
             return True
@@ -99,7 +99,7 @@ def start_broker(port: int = 9092, host: str = "127.0.0.1", timeout: float = 10.
         if not broker.alive():
             raise BrokerError(f"the local broker exited at start (status {process.returncode}); "
                               f"is {host}:{port} in use?")
-        if _accepts(host, port):
+        if accepts(host, port):
             return broker
         time.sleep(0.02)
     broker.stop()

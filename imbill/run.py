@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, TextIO
 
-from imbill.broker import die_with_parent, port_is_free
+from imbill.broker import accepts, die_with_parent, port_is_free
 from imbill.bus import create_topics
 from imbill.domain.errors import BrokerError, ImbillError
 from imbill.settings import Settings, child_environment
@@ -183,21 +183,13 @@ def _start_broker(settings: Settings, supervisor: Supervisor, say: Callable[[str
                           "or set IMBILL_BOOTSTRAP_SERVERS to use that broker on purpose")
     process = supervisor.spawn("broker", "broker", "--port", str(port))
     deadline = time.monotonic() + START_SECONDS
-    while not _accepts("127.0.0.1", port):
+    while not accepts("127.0.0.1", port):
         if process.poll() is not None:
             raise BrokerError(f"the local broker exited at start: {supervisor.last_line('broker')}")
         if time.monotonic() > deadline:
             raise BrokerError(f"the local broker did not open 127.0.0.1:{port} in {START_SECONDS:.0f} s")
         time.sleep(0.05)
     say(f"local broker on 127.0.0.1:{port}, its history in {settings.data_dir / 'journal'}")
-
-
-def _accepts(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=0.2):
-            return True
-    except OSError:
-        return False
 
 
 def _wait_for_edge(settings: Settings, supervisor: Supervisor) -> None:
