@@ -16,23 +16,35 @@ from datetime import datetime
 
 from imbill.domain.balance import AccountState, Event, bill, open_account, payment_rejected, top_up
 from imbill.domain.config import ConfigState
-from imbill.domain.events import Charge, MessageAttempt, Payment, Rejection, rejection_id_of
+from imbill.domain.events import Charge, MessageAttempt, Payment, PaymentRejected, Rejection, rejection_id_of
 from imbill.domain.keys import account_key
+from imbill.domain.money import BALANCE_LIMIT, PAYMENT_LIMIT, ZERO
 from imbill.domain.rating import REASON_CODES, Rated, Refusal, account_push_events, charge_of, rate_attempt, rejection_of
 
-__all__ = ["Decision", "decide_attempt", "decide_payment", "opened_account", "undecodable_attempt"]
+__all__ = ["Decision", "decide_attempt", "decide_payment", "opened_account", "undecodable_attempt",
+           "undecodable_payment", "PAYMENT_REASON_CODES"]
+
+PAYMENT_REASON_CODES = {
+    "malformed_payment": "The record is no Payment (garbage, an unknown schema, a missing field).",
+    "key_mismatch": "The record key is not the account the payment names.",
+    "invalid_amount": "The amount is zero, negative or not a number.",
+    "amount_too_large": "The amount is over the single-payment limit (money.PAYMENT_LIMIT).",
+    "unknown_account": "The account does not exist in the environment.",
+    "currency_mismatch": "The payment is in another currency than the account's balance.",
+    "balance_limit": "The payment would take the balance past money.BALANCE_LIMIT.",
+}
+"""Why a payment is not applied: the reason codes of PaymentRejected."""
 
 SKIPPED = ("duplicate", "already_applied")
 
 
 @dataclass(frozen=True, slots=True)
 class Decision:
-    """The account's state after a record (None: the key is no account), the events the
-    record causes, and why a record was ignored without an event (for the log)."""
+    """The account's state after a record (None: the key is no account) and the events the
+    record causes."""
 
     state: AccountState | None
     events: tuple[Charge | Rejection | Event, ...] = ()
-    ignored: str = ""
 
 
 def decide_attempt(state: AccountState | None, attempt: MessageAttempt, config: ConfigState, *,
@@ -72,16 +84,38 @@ def decide_payment(state: AccountState | None, payment: Payment, config: ConfigS
                    offset: int, now: datetime) -> Decision:
     """Apply ``payment`` (the record at ``offset`` under ``key``) to its account's balance."""
     environment, account = payment.environment, payment.account
-    if account_key(environment, account) != key:
-        return Decision(state, (), f"payment {payment.payment_id} not applied: record key {key!r} is not "
-                                   f"{environment}/{account}")
+    refused = _implausible_payment(payment, key)
+    if refused is not None:
+        return Decision(state, (payment_rejected(payment, *refused, now),))
     state = state or opened_account(config, environment, account)
     if state is None:
         return Decision(None, (payment_rejected(payment, "unknown_account", f"account {account} does not exist "
                                                 f"in environment {environment}", now),))
+    if state.balance + payment.amount > BALANCE_LIMIT:
+        return Decision(state, (payment_rejected(payment, "balance_limit", f"payment {payment.payment_id} would take "
+                                                 f"account {account} past the balance limit {BALANCE_LIMIT}", now),))
     state, events = top_up(state, payment, offset=offset, occurred_at=now,
                            push_events=account_push_events(config, environment, account))
     return Decision(state, tuple(events))
+
+
+def _implausible_payment(payment: Payment, key: bytes | None) -> tuple[str, str] | None:
+    """(reason code, words) of a payment that is refused whatever the account's state."""
+    amount = payment.amount
+    if account_key(payment.environment, payment.account) != key:
+        return "key_mismatch", (f"payment {payment.payment_id}: the record key {key!r} is not the account's "
+                                f"({payment.environment}/{payment.account})")
+    if not amount.is_finite() or amount <= 0:
+        return "invalid_amount", f"payment {payment.payment_id} of {amount} is not a positive amount"
+    if amount > PAYMENT_LIMIT:
+        return "amount_too_large", f"payment {payment.payment_id} of {amount} is over the limit {PAYMENT_LIMIT}"
+    return None
+
+
+def undecodable_payment(payment_id: str, why: str, now: datetime) -> PaymentRejected:
+    """The ``malformed_payment`` PaymentRejected of a record that is no Payment."""
+    return PaymentRejected(payment_id=payment_id, environment="", account="", amount=ZERO, currency="",
+                           received_at=now, rejected_at=now, reason_code="malformed_payment", message=why)
 
 
 def opened_account(config: ConfigState, environment: str, account: str, *,

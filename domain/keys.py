@@ -7,9 +7,12 @@ balance state is co-partitioned with them. This is the one place that spells it.
 
 from __future__ import annotations
 
-__all__ = ["account_key"]
+__all__ = ["account_key", "KEY_SEPARATOR"]
+
+KEY_SEPARATOR = "/"
+"""Environment names may not contain it (config refuses them), so a key names one pair."""
 
 
 def account_key(environment: str, account: str) -> bytes:
     """The key of ``account`` in the virtual environment ``environment``."""
-    return f"{environment}/{account}".encode()
+    return f"{environment}{KEY_SEPARATOR}{account}".encode()

@@ -42,6 +42,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
 from pydantic_core import PydanticCustomError
 
 from imbill.domain.errors import ConfigError
+from imbill.domain.keys import KEY_SEPARATOR
 from imbill.domain.config import (KIND_BY_CLASS, Account, Customer, Destination,
                                    EnvironmentConfig, Product, Rate, ServicePolicy, ServiceTypes, Tariff,
                                    UsageCharge, Vendor, VendorConnection)
@@ -96,6 +97,16 @@ def _name(value: Any) -> Any:
     return value
 
 
+def _environment_name(value: Any) -> Any:
+    """An environment name is the first part of every account's Kafka key
+    (``domain.keys.account_key``): without "/" in it, no two (environment, account) pairs
+    share a key, so no tenant can be billed from another's wallet."""
+    value = _name(value)
+    if isinstance(value, str) and KEY_SEPARATOR in value:
+        raise _refuse(f'must not contain "{KEY_SEPARATOR}" (it separates the environment from the account in keys)')
+    return value
+
+
 def _empty_text(value: Any) -> Any:
     return "" if value is None else _text(value)
 
@@ -146,6 +157,7 @@ def _currency(value: Any) -> Any:
 
 Text = Annotated[str, BeforeValidator(_text)]
 Name = Annotated[str, BeforeValidator(_name)]
+EnvironmentName = Annotated[str, BeforeValidator(_environment_name)]
 Description = Annotated[str, BeforeValidator(_empty_text)]
 Money = Annotated[Decimal, BeforeValidator(_money)]
 Instant = Annotated[datetime, BeforeValidator(_instant)]
@@ -266,7 +278,7 @@ class CustomerModel(_Model):
 
 
 class ConfigFileModel(_Model):
-    environment: Name
+    environment: EnvironmentName
     billing_engine: BillingEngineModel | None = None
     dialing_rules: DialingRulesModel | None = None
     destinations: Annotated[list[DestinationModel], EmptyList] = []

@@ -24,7 +24,7 @@ from datetime import datetime
 from typing import Any, Callable, Iterable, Mapping
 
 from imbill.domain.config import ConfigState
-from imbill.domain.decide import decide_attempt, decide_payment, undecodable_attempt
+from imbill.domain.decide import decide_attempt, decide_payment, undecodable_attempt, undecodable_payment
 from imbill.domain.errors import SchemaError
 from imbill.domain.events import MessageAttempt, Payment
 from imbill.domain.keys import account_key
@@ -153,10 +153,8 @@ def _payment_outcome(entry: Entry, key: bytes | None, partition: int, offset: in
         payment = decode_event_as(Payment, value or b"")
     except SchemaError as exc:
         log.warning("payment %d@%d not applied: %s", partition, offset, exc)
-        return []
+        return [_output(undecodable_payment(f"undecodable-{partition}-{offset}", str(exc), now), key)]
     decision = decide_payment(entry.state, payment, config, key=key, offset=offset, now=now)
-    if decision.ignored:
-        log.warning("%s", decision.ignored)
     outputs = [_output(event, key) for event in decision.events]
     entry.state = decision.state
     return outputs

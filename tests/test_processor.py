@@ -136,15 +136,17 @@ def test_decisions_are_final_even_when_a_payment_lands_before_the_replay():
 
 
 def test_a_payment_for_an_unknown_account_or_foreign_key_changes_nothing():
+    """Each is refused where everyone sees it (a PaymentRejected), none changes a balance."""
     config = checklist().state
     unknown = payment("1.00", account="nobody")
     batch = top_up_payments({}, config, [(0, 0, key_of("nobody"), encode_event(unknown)),
                                          (0, 1, key_of(BOB), encode_event(payment("1.00"))),
                                          (0, 2, key_of(BOB), b"junk")], now=NOW, expected=FROM_START)
     assert batch.next_offsets == {0: 3}
-    [(kind, key, refused)] = outputs(batch)
-    assert (kind, key, refused["reason_code"], refused["payment_id"]) == (
-        "rejections", key_of("nobody").decode(), "unknown_account", unknown.payment_id)
+    refused = [(kind, key, r["reason_code"], r["payment_id"]) for kind, key, r in outputs(batch)]
+    assert refused == [("rejections", key_of("nobody").decode(), "unknown_account", unknown.payment_id),
+                       ("rejections", key_of(ALICE).decode(), "key_mismatch", "pay-1"),
+                       ("rejections", key_of(BOB).decode(), "malformed_payment", "undecodable-0-2")]
     assert all(entry.state is None for entry in batch.entries.values())
     assert {entry.payments_decided for entry in batch.entries.values()} == {0, 2}
 

@@ -1,0 +1,67 @@
+"""Deciding one record: payments that cannot be real are refused, never applied."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from imbill.domain.balance import AccountState
+from imbill.domain.decide import PAYMENT_REASON_CODES, decide_payment
+from imbill.domain.events import PaymentRejected
+from imbill.domain.errors import ConfigError
+from imbill.domain.keys import KEY_SEPARATOR, account_key
+from imbill.domain.money import BALANCE_LIMIT, PAYMENT_LIMIT
+from imbill.producers.config_file import load_config_file
+from tests.builders import ALICE, BOB, ENV, T0, checklist, payment
+
+NOW = T0 + timedelta(hours=3)
+CONFIG = checklist(balance_model="prepaid").state
+
+# (case id, payment, record key, state before, reason code)
+REFUSED = [
+    ("a negative payment", payment("-100.00"), ALICE, None, "invalid_amount"),
+    ("a zero payment", payment("0"), ALICE, None, "invalid_amount"),
+    ("not a number", replace(payment("1"), amount=Decimal("NaN")), ALICE, None, "invalid_amount"),
+    ("over the single-payment limit", payment(str(PAYMENT_LIMIT + 1)), ALICE, None, "amount_too_large"),
+    ("keyed to another account", payment("1.00"), BOB, None, "key_mismatch"),
+    ("an unknown account", payment("1.00", account="nobody"), "nobody", None, "unknown_account"),
+    ("another currency", payment("1.00", currency="EUR"), ALICE, None, "currency_mismatch"),
+    ("past the balance limit", payment(str(PAYMENT_LIMIT)), ALICE,
+     AccountState(BALANCE_LIMIT - 1, "USD", False), "balance_limit"),
+]
+
+
+@pytest.mark.parametrize(("paid", "key", "before", "code"), [c[1:] for c in REFUSED], ids=[c[0] for c in REFUSED])
+def test_a_payment_that_cannot_be_real_is_refused_and_changes_no_balance(paid, key, before, code) -> None:
+    decision = decide_payment(before, paid, CONFIG, key=account_key(ENV, key), offset=1, now=NOW)
+    [refused] = decision.events
+    assert type(refused) is PaymentRejected and refused.reason_code == code and code in PAYMENT_REASON_CODES
+    assert decision.state is None or decision.state.balance == (before.balance if before else Decimal("1.00"))
+
+
+def test_every_payment_reason_code_is_reached() -> None:
+    assert {case[4] for case in REFUSED} | {"malformed_payment"} == set(PAYMENT_REASON_CODES)
+
+
+def test_a_real_payment_is_applied() -> None:
+    decision = decide_payment(None, payment("5.00"), CONFIG, key=account_key(ENV, ALICE), offset=1, now=NOW)
+    assert decision.state.balance == Decimal("6.00")
+
+
+@given(st.text(max_size=8).filter(lambda s: KEY_SEPARATOR not in s), st.text(max_size=8),
+       st.text(max_size=8).filter(lambda s: KEY_SEPARATOR not in s), st.text(max_size=8))
+def test_no_two_tenant_accounts_share_a_key(env_a, account_a, env_b, account_b) -> None:
+    """Environment names cannot hold the separator (config refuses them): keys are one-to-one."""
+    assert (account_key(env_a, account_a) == account_key(env_b, account_b)) == ((env_a, account_a) == (env_b, account_b))
+
+
+def test_config_refuses_an_environment_name_with_the_key_separator(tmp_path) -> None:
+    path = tmp_path / "x.yaml"
+    path.write_text("environment: hx/u\n")
+    with pytest.raises(ConfigError, match=r'x.yaml.*environment.*must not contain "/"'):
+        load_config_file(path)
