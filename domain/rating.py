@@ -30,7 +30,7 @@ bounded memos (:mod:`.rating_index`, over :mod:`.tariff_rates` and :mod:`.routin
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import NamedTuple
 
@@ -42,7 +42,13 @@ from imbill.domain.rating_index import Index, Plan, Policy, index_of, product_re
 from imbill.domain.refusal import REASON_CODES, Refusal
 from imbill.domain.tariff_rates import ANY_NUMBER, MSGN
 
-__all__ = ["Rated", "Refusal", "REASON_CODES", "MSGN", "ANY_NUMBER", "rate_attempt", "charge_of", "rejection_of",
+MAX_BODY_CHARS = 100_000
+"""The longest message body rated (Unicode code points): a SIP datagram holds at most 65,535
+bytes, and a body past this is a bug or an attack, not a message (implausible_attempt)."""
+CLOCK_SKEW = timedelta(minutes=5)
+"""How far in the future of the rating clock an attempt may be dated (clocks differ)."""
+
+__all__ = ["MAX_BODY_CHARS", "CLOCK_SKEW", "Rated", "Refusal", "REASON_CODES", "MSGN", "ANY_NUMBER", "rate_attempt", "charge_of", "rejection_of",
            "account_push_events"]
 
 
@@ -82,6 +88,10 @@ def rate_attempt(attempt: MessageAttempt, config: ConfigState, *, rated_at: date
     """Rate one attempt against the config snapshot ``config`` (see the module doc for the
     steps); the environment's rating index is derived from the snapshot and kept with it."""
     name, direction = attempt.environment, attempt.direction
+    implausible = _implausible(attempt, rated_at)
+    if implausible:
+        return Refusal("implausible_attempt", implausible,
+                       attempt.to_user if direction == "incoming" else attempt.from_user)
     env = config.environments.get(name)
     index = index_of(env) if env is not None else None
     if index is None or not index.set_up or not index.enabled:
@@ -95,6 +105,17 @@ def rate_attempt(attempt: MessageAttempt, config: ConfigState, *, rated_at: date
     if direction == "incoming":
         return _incoming(index, attempt.to_user, attempt.to_domain, attempt.body_chars, attempt.received_at)
     return Refusal("malformed_attempt", f"direction {direction!r} is neither outgoing nor incoming", attempt.from_user)
+
+
+def _implausible(attempt: MessageAttempt, rated_at: datetime) -> str:
+    """Why an attempt cannot be real ("" when it can): its lengths are out of range, or it is
+    dated after the moment it is rated (beyond :data:`CLOCK_SKEW`)."""
+    if not 0 <= attempt.body_chars <= MAX_BODY_CHARS or not 0 <= attempt.body_bytes <= 4 * MAX_BODY_CHARS:
+        return (f"a body of {attempt.body_chars} characters ({attempt.body_bytes} bytes) is out of range "
+                f"(0 to {MAX_BODY_CHARS:,} characters)")
+    if attempt.received_at > rated_at + CLOCK_SKEW:
+        return f"the attempt is dated {attempt.received_at.isoformat()}, after it was rated ({rated_at.isoformat()})"
+    return ""
 
 
 def _outgoing(index: Index, sender: str, to_user: str, to_domain: str, chars: int,

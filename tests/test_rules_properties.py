@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from decimal import ROUND_HALF_UP, Decimal
 
 from hypothesis import given
@@ -17,6 +18,8 @@ from imbill.domain.events import BalanceChanged
 from imbill.domain.rating import Rated, rate_attempt
 from tests import strategies as s
 from tests.builders import ALICE, IM_ATTRIBUTES, T0, attempt, checklist, payment
+
+RATED_AT = T0 + timedelta(hours=2)  # the builders' attempts are received at T0 + 1 hour
 
 
 @given(s.body_chars, s.unit_sizes)
@@ -34,7 +37,7 @@ def test_amount_is_units_times_price_rounded(chars: int, size: int | None, price
     attributes = {**IM_ATTRIBUTES, "msg.billing_unit_size": size} if size else {
         k: v for k, v in IM_ATTRIBUTES.items() if k != "msg.billing_unit_size"}
     config = checklist(currency=currency, msgn_price=s.as_price(price), attributes=attributes)
-    rated = rate_attempt(attempt(body_chars=chars), config.state, rated_at=T0)
+    rated = rate_attempt(attempt(body_chars=chars), config.state, rated_at=RATED_AT)
     assert isinstance(rated, Rated)
     assert rated.billing_units == billing_units(chars, size)
     quantum = Decimal(1).scaleb(-minor_units(currency))
@@ -55,7 +58,7 @@ def test_longest_prefix_wins(codes: list[str], number: str, wildcard: bool, data
         Vendor("Carrier"), Tariff("V", "USD", applied_to="vendor"), Rate("V", "|", Decimal("0.01"), T0),
         VendorConnection("Carrier", "out", "V"),
     )
-    rated = rate_attempt(attempt(to_user=number), config.state, rated_at=T0)
+    rated = rate_attempt(attempt(to_user=number), config.state, rated_at=RATED_AT)
     prefixes = [code for code in codes if number.startswith(code)]
     expected = max(prefixes, key=len) if prefixes else ("|" if wildcard else None)
     assert getattr(rated, "rate_code", None) == expected
@@ -86,7 +89,7 @@ def test_a_static_policy_always_wins(dynamic: list[ServicePolicy], static: Servi
 def test_charges_equal_the_drop_in_prepaid_balances(opening: Decimal, operations: list) -> None:
     account = Account(ALICE, "Acme", "IM product", balance_model="prepaid", opening_balance=opening)
     state = open_account(account, "USD")
-    base = rate_attempt(attempt(), checklist().state, rated_at=T0)._replace(balance_model="prepaid")
+    base = rate_attempt(attempt(), checklist().state, rated_at=RATED_AT)._replace(balance_model="prepaid")
     charged = paid = deltas = Decimal(0)
     last: tuple = ()
     for index, (kind, amount) in enumerate(operations):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
 import pytest
@@ -122,6 +122,10 @@ def no_types() -> ConfigBuilder:
 # (case id, config, attempt fields, reason code, words the message must name)
 REFUSED = [
     ("malformed: unknown direction", checklist(), {"direction": "sideways"}, "malformed_attempt", ("sideways",)),
+    ("implausible: 2^31-1 characters", checklist(), {"body_chars": 2**31 - 1}, "implausible_attempt", ("2147483647",)),
+    ("implausible: -500 characters", checklist(), {"body_chars": -500}, "implausible_attempt", ("-500",)),
+    ("implausible: dated in 2100", checklist(), {"received_at": datetime(2100, 1, 1, tzinfo=timezone.utc)},
+     "implausible_attempt", ("2100",)),
     ("unknown environment", checklist(), {"environment": "globex"}, "unknown_environment", ("globex",)),
     ("environment without service types", no_types(), {}, "unknown_environment", (ENV,)),
     ("Messaging disabled", checklist().define(ServiceTypes(messaging_enabled=False)), {}, "service_disabled", (ENV,)),
