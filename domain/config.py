@@ -20,7 +20,9 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, Callable, Iterable, Mapping
 
+from imbill.domain.catalogue import parse_attributes
 from imbill.domain.e164 import DialingRules
+from imbill.domain.errors import ConfigError
 
 __all__ = [
     "ServiceTypes", "DialingRules", "Destination", "ServicePolicy", "Tariff", "Rate",
@@ -245,7 +247,7 @@ class EnvironmentConfig:
 Skipped = Callable[[str, Mapping[str, Any], Exception], None]
 """Told of a config record the fold refuses: (event name, record, why)."""
 
-SKIPPABLE = (KeyError, TypeError, ValueError, AttributeError)
+SKIPPABLE = (KeyError, TypeError, ValueError, AttributeError, ConfigError)
 """What a record that does not describe a valid config object raises while folded."""
 
 
@@ -286,6 +288,16 @@ class ConfigState:
         return ConfigState(environments, count, last)
 
 
+def _checked(obj: Any) -> Any:
+    """A config object as ``config apply`` would have let it through, or an error: a record
+    written straight onto the topic gets the same checks (a service policy's attributes
+    against the catalogue; dialing rules check themselves)."""
+    if type(obj) is ServicePolicy:
+        attributes = parse_attributes(obj.service_type, obj.attributes, policy=obj.name)
+        return dataclasses.replace(obj, attributes=attributes)
+    return obj
+
+
 def _raise(name: str, record: Mapping[str, Any], exc: Exception) -> None:
     raise exc
 
@@ -317,7 +329,7 @@ class _Draft:
             self._collection(kind).pop(record["key"], None)
         elif name in KIND_BY_EVENT:
             kind = KIND_BY_EVENT[name]
-            obj = from_record(kind, record)
+            obj = _checked(from_record(kind, record))
             key = kind.key(obj)
             self._collection(kind)[key] = obj
         else:

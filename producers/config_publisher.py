@@ -28,6 +28,7 @@ config partition). If the broker fails half way, applying the file again appends
 
 from __future__ import annotations
 
+import logging
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -35,7 +36,6 @@ from os import PathLike
 from typing import Any, Callable, Iterable, Mapping, NamedTuple
 
 from imbill.bus import Envelope, EventProducer, read_to_end
-from imbill.domain.errors import SchemaError
 from imbill.producers.config_file import ConfigFileError, DesiredConfig, load_config_file
 from imbill.schemas.codec import encode
 from imbill.domain.config import (KIND_BY_EVENT, KIND_BY_NAME, ConfigState, EnvironmentConfig, Kind, fold, from_record, to_record)
@@ -53,6 +53,8 @@ NEVER_REMOVED = frozenset({"rate"})
 """Kinds that a file never removes: rates are history."""
 
 Event = tuple[str, dict[str, Any]]
+
+log = logging.getLogger(__name__)
 
 
 def _new_event_id() -> str:
@@ -131,19 +133,27 @@ def _config_events(bootstrap_servers: str, topics: Topics) -> list[Envelope]:
 
 
 def _decoded(envelopes: Iterable[Envelope]) -> list[tuple[str, dict[str, Any]]]:
-    """The events of the config topic; one that cannot be decoded makes the state unknown."""
+    """The events of the config topic. A record that cannot be decoded is skipped, as every
+    reader of the topic skips it (the processor's too): it changes nothing in force, and
+    ``imbill config history`` shows it with the reason."""
     events = []
     for envelope in envelopes:
         if envelope.record is None:
-            raise SchemaError(f"{envelope.topic} offset {envelope.offset}: {envelope.error}; "
-                              "the config in force cannot be known without it")
+            log.warning("config record %s[%d]@%d skipped: %s", envelope.topic, envelope.partition, envelope.offset,
+                        envelope.error)
+            continue
         events.append((envelope.name, envelope.record))
     return events
 
 
+def _skipped(name: str, record: Mapping[str, Any], exc: Exception) -> None:
+    log.warning("config event %s %s skipped: %s", name, record.get("event_id", ""), exc)
+
+
 def current_state(bootstrap_servers: str, topics: Topics, until: datetime | None = None) -> ConfigState:
-    """The config of every environment in force now (or at ``until``), folded from the topic."""
-    return fold(_decoded(_config_events(bootstrap_servers, topics)), until=until)
+    """The config of every environment in force now (or at ``until``), folded from the topic
+    with the same rules as every other reader (:meth:`ConfigState.applied`)."""
+    return fold(_decoded(_config_events(bootstrap_servers, topics)), until=until, on_skip=_skipped)
 
 
 class HistoryEntry(NamedTuple):
@@ -169,7 +179,7 @@ def _history_entry(envelope: Envelope) -> HistoryEntry:
 def config_history(bootstrap_servers: str, topics: Topics, environment: str | None = None) -> list[HistoryEntry]:
     """Every config event in topic order (of one environment, if given)."""
     entries = [_history_entry(e) for e in _config_events(bootstrap_servers, topics)]
-    return [e for e in entries if environment is None or e.environment == environment]
+    return [e for e in entries if environment is None or e.environment in (environment, "")]
 
 
 # --- applying -----------------------------------------------------------------------------
@@ -195,7 +205,7 @@ def apply_config(path: str | PathLike[str], *, bootstrap_servers: str, topics: T
     """
     desired = load_config_file(path)
     events = _decoded(_config_events(bootstrap_servers, topics))
-    current = fold(events).environment(desired.environment)
+    current = fold(events, on_skip=_skipped).environment(desired.environment)
     plan = plan_changes(desired, current, now=now or _utc_now(),
                         currencies=tariff_currencies(events, desired.environment))
     for name, record in plan:

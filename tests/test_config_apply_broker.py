@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from imbill.bus import read_to_end
+from imbill.bus import EventProducer, read_to_end
 from imbill.domain.errors import ConfigError
 from imbill.producers.config_file import load_config_file
 from imbill.presentation import config_rows as describe
@@ -135,3 +135,17 @@ def test_two_environments_side_by_side(bootstrap: str, topics: Topics) -> None:
     assert state.environment("europe").tariffs["On-net messaging"].currency == "EUR"
     assert [h.key for h in config_history(bootstrap, topics, "europe")] == [k for _, k in europe.events]
     assert {row[0] for table in describe(state) for row in table.rows} == {"default", "europe"}
+
+
+def test_an_undecodable_config_record_is_skipped_by_every_reader_and_shown_in_history(bootstrap, topics):
+    """No record on the config topic can make a command unusable: it is skipped, with the
+    reason, by the CLI's fold as by the processor's, and the config in force is unchanged."""
+    apply_config(EXAMPLE, bootstrap_servers=bootstrap, topics=topics)
+    before = current_state(bootstrap, topics)
+    producer = EventProducer(bootstrap)
+    producer._producer.send(topics.config, key=b"default", value=b"\x00garbage").get(10)
+    producer.close()
+    assert current_state(bootstrap, topics) == before
+    assert apply_config(EXAMPLE, bootstrap_servers=bootstrap, topics=topics).events == ()
+    history = config_history(bootstrap, topics, "default")
+    assert history[-1].event == "(undecodable)" and "C3 01" in history[-1].key

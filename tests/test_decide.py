@@ -17,7 +17,8 @@ from imbill.domain.errors import ConfigError
 from imbill.domain.keys import KEY_SEPARATOR, account_key
 from imbill.domain.money import BALANCE_LIMIT, PAYMENT_LIMIT
 from imbill.producers.config_file import load_config_file
-from tests.builders import ALICE, BOB, ENV, T0, checklist, payment
+from imbill.domain.rating import rate_attempt
+from tests.builders import ALICE, BOB, ENV, T0, attempt, checklist, payment
 
 NOW = T0 + timedelta(hours=3)
 CONFIG = checklist(balance_model="prepaid").state
@@ -65,3 +66,19 @@ def test_config_refuses_an_environment_name_with_the_key_separator(tmp_path) -> 
     path.write_text("environment: hx/u\n")
     with pytest.raises(ConfigError, match=r'x.yaml.*environment.*must not contain "/"'):
         load_config_file(path)
+
+
+def test_a_hostile_config_record_is_skipped_and_billing_goes_on() -> None:
+    """A valid-Avro ServicePolicyDefined with ``msg.billing_unit_size: "sixty"`` (written
+    straight onto the topic) gets the checks of ``config apply``: it is skipped with its
+    reason, the policy in force stays, and the environment's attempts are still rated."""
+    builder = checklist()
+    hostile = {"event_id": "evil", "environment": ENV, "occurred_at": T0, "name": "Instant messaging",
+               "service_type": "messaging", "description": "", "pattern": "%", "match_priority": 5,
+               "attributes": {"msg.billing_unit_size": "sixty"}}
+    skipped: list = []
+    state = builder.state.applied([("ServicePolicyDefined", hostile)], on_skip=lambda *why: skipped.append(why))
+    assert [why[0] for why in skipped] == ["ServicePolicyDefined"] and "billing_unit_size" in str(skipped[0][2])
+    assert state.environments[ENV].service_policies == builder.state.environments[ENV].service_policies
+    rated = rate_attempt(attempt(body_chars=150), state, rated_at=NOW)
+    assert rated.billing_units == 3
