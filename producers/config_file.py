@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Mapping, get_args
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from pydantic_core import PydanticCustomError
 
 from imbill.domain.errors import ConfigError
@@ -157,6 +157,8 @@ def _currency(value: Any) -> Any:
 
 Text = Annotated[str, BeforeValidator(_text)]
 Name = Annotated[str, BeforeValidator(_name)]
+Int32 = Annotated[int, Field(ge=-(2**31), le=2**31 - 1)]
+"""A whole number that fits the Avro int of its event."""
 EnvironmentName = Annotated[str, BeforeValidator(_environment_name)]
 Description = Annotated[str, BeforeValidator(_empty_text)]
 Money = Annotated[Decimal, BeforeValidator(_money)]
@@ -204,7 +206,7 @@ class ServicePolicyModel(_Model):
     service_type: Service
     recipient_domain_pattern: Text | None = None
     sip_endpoint_pattern: Text | None = None
-    match_priority: int = 0
+    match_priority: Int32 = 0
     description: Description = ""
     attributes: Annotated[dict[str, Any], BeforeValidator(lambda v: {} if v is None else v)] = {}
 
@@ -235,7 +237,7 @@ class ConnectionModel(_Model):
     tariff: Name
     internal: bool = False
     use_for: Text | None = None
-    routing_preference: int = 0
+    routing_preference: Int32 = 0
     service_policy: Text | None = None
 
 

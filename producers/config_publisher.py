@@ -49,6 +49,10 @@ PLAN_ORDER: tuple[Kind, ...] = tuple(KIND_BY_NAME[name] for name in (
     "vendor_connection", "product", "customer", "account"))
 """Kinds in the order their events are appended: what is referred to comes first."""
 
+MAX_EVENT_BYTES = 900_000
+"""The largest config event appended: below the broker's default 1 MiB request size with room
+for the batch and request headers, so a plan is refused whole rather than cut half-way."""
+
 NEVER_REMOVED = frozenset({"rate"})
 """Kinds that a file never removes: rates are history."""
 
@@ -208,8 +212,11 @@ def apply_config(path: str | PathLike[str], *, bootstrap_servers: str, topics: T
     current = fold(events, on_skip=_skipped).environment(desired.environment)
     plan = plan_changes(desired, current, now=now or _utc_now(),
                         currencies=tariff_currencies(events, desired.environment))
-    for name, record in plan:
-        encode(name, record)  # refuse the whole plan before appending any of it
+    for name, record in plan:  # refuse the whole plan before appending any of it
+        if len(encode(name, record)) > MAX_EVENT_BYTES:
+            raise ConfigFileError(desired.source, [f"{_label_of(name, record)}: the {name} event would be "
+                                                   f"{len(encode(name, record)):,} bytes, over the broker's "
+                                                   f"{MAX_EVENT_BYTES:,} (shorten its descriptions)"])
     if plan:
         _append(bootstrap_servers, topics.config, desired.environment, plan)
     return ApplyResult(desired.environment, tuple((name, _label_of(name, record)) for name, record in plan))

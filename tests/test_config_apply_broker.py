@@ -149,3 +149,24 @@ def test_an_undecodable_config_record_is_skipped_by_every_reader_and_shown_in_hi
     assert apply_config(EXAMPLE, bootstrap_servers=bootstrap, topics=topics).events == ()
     history = config_history(bootstrap, topics, "default")
     assert history[-1].event == "(undecodable)" and "C3 01" in history[-1].key
+
+
+def test_config_apply_is_all_or_nothing_and_names_the_object(bootstrap, topics, tmp_path):
+    """A 2 MB description would have appended the events before it and then failed: now the
+    whole plan is refused before the first event, naming the object."""
+    config = yaml.safe_load(EXAMPLE.read_text())
+    config["customers"][0]["description"] = "x" * 2_000_000
+    path = tmp_path / "big.yaml"
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(ConfigError, match=r"big.yaml: customer:Example Corp: the CustomerDefined event would be .* bytes, over the broker's"):
+        apply_config(path, bootstrap_servers=bootstrap, topics=topics)
+    assert list(read_to_end(bootstrap, topics.config)) == []
+
+
+def test_a_match_priority_past_the_avro_int_is_refused_with_file_object_and_field(tmp_path):
+    config = yaml.safe_load(EXAMPLE.read_text())
+    config["service_policies"][0]["match_priority"] = 2**70
+    path = tmp_path / "huge.yaml"
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(ConfigError, match=r"huge.yaml: service policy .*match_priority"):
+        load_config_file(path)
