@@ -17,12 +17,15 @@ from __future__ import annotations
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Mapping
 
-__all__ = ["MINOR_UNITS", "DEFAULT_MINOR_UNITS", "ZERO", "PAYMENT_LIMIT", "BALANCE_LIMIT", "minor_units", "quantum", "round_amount", "billing_units"]
+__all__ = ["MINOR_UNITS", "DEFAULT_MINOR_UNITS", "ZERO", "PAYMENT_LIMIT", "PRICE_LIMIT", "BALANCE_LIMIT", "minor_units", "quantum", "round_amount", "billing_units"]
 
 ZERO = Decimal(0)
 DEFAULT_MINOR_UNITS = 2
 PAYMENT_LIMIT = Decimal("1000000")
 """The largest single payment (top-up) applied; a larger one is refused (amount_too_large)."""
+PRICE_LIMIT = Decimal("1000000")
+"""The largest unit price of a rate: with at most 100,000 billing units an amount stays far
+inside the events' decimal(24, 6)."""
 BALANCE_LIMIT = Decimal("1000000000")
 """The largest balance an account may hold, far inside the Avro decimal(24, 6) of the events
 (|value| < 10^18): a payment that would go past it is refused (balance_limit)."""

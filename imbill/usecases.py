@@ -19,6 +19,7 @@ from imbill.domain.config import Account, ConfigState, EnvironmentConfig
 from imbill.domain.errors import ConfigError, ImbillError
 from imbill.domain.events import Payment
 from imbill.domain.keys import account_key
+from imbill.domain.money import PAYMENT_LIMIT
 from imbill.domain.policy import Explanation, explain
 from imbill.domain.rating import Rated, Refusal, rate_attempt
 from imbill.producers.attempt import attempt_key, synthetic_attempt
@@ -31,6 +32,9 @@ from imbill.settings import Settings
 
 __all__ = ["PolicyExplanation", "create_all_topics", "apply_config_file", "config_at", "config_events",
            "top_up", "send", "generate_traffic", "explain_policy", "xdrs"]
+
+MICRO = Decimal("0.000001")
+"""Payments are kept to the micro unit (the events' decimal(24, 6))."""
 
 
 def create_all_topics(settings: Settings) -> list[str]:
@@ -66,8 +70,12 @@ def top_up(settings: Settings, account_id: str, amount: Decimal, currency: str |
     if currency and currency != customer_currency:
         raise ConfigError(f"account {account_id}: payment currency {currency} differs from the "
                           f"customer's currency {customer_currency}")
-    if amount <= 0:
+    if not amount.is_finite() or amount <= 0:
         raise ConfigError(f"account {account_id}: a payment must be positive, got {amount}")
+    if amount > PAYMENT_LIMIT:
+        raise ConfigError(f"account {account_id}: a payment may be at most {PAYMENT_LIMIT:,}, got {amount}")
+    if amount != amount.quantize(MICRO):
+        raise ConfigError(f"account {account_id}: a payment has at most 6 decimals, got {amount}")
     payment_id = "pay-" + uuid.uuid4().hex
     payment = Payment(payment_id=payment_id, environment=settings.environment, account=account_id, amount=amount,
                       currency=customer_currency, received_at=datetime.now(timezone.utc), reference=reference)

@@ -38,11 +38,12 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Mapping, get_args
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from pydantic_core import PydanticCustomError
 
 from imbill.domain.errors import ConfigError
 from imbill.domain.keys import KEY_SEPARATOR
+from imbill.domain.money import BALANCE_LIMIT, PRICE_LIMIT
 from imbill.domain.config import (KIND_BY_CLASS, Account, Customer, Destination,
                                    EnvironmentConfig, Product, Rate, ServicePolicy, ServiceTypes, Tariff,
                                    UsageCharge, Vendor, VendorConnection)
@@ -107,6 +108,15 @@ def _environment_name(value: Any) -> Any:
     return value
 
 
+def _at_most(limit: Decimal) -> Any:
+    """A check that an amount is at most ``limit`` (domain.money's documented bounds)."""
+    def check(amount: Decimal) -> Decimal:
+        if amount > limit:
+            raise _refuse("is over the limit {limit}, got {value}", limit=f"{limit:,}", value=str(amount))
+        return amount
+    return check
+
+
 def _empty_text(value: Any) -> Any:
     return "" if value is None else _text(value)
 
@@ -162,6 +172,8 @@ Int32 = Annotated[int, Field(ge=-(2**31), le=2**31 - 1)]
 EnvironmentName = Annotated[str, BeforeValidator(_environment_name)]
 Description = Annotated[str, BeforeValidator(_empty_text)]
 Money = Annotated[Decimal, BeforeValidator(_money)]
+Price = Annotated[Decimal, BeforeValidator(_money), AfterValidator(_at_most(PRICE_LIMIT))]
+Balance = Annotated[Decimal, BeforeValidator(_money), AfterValidator(_at_most(BALANCE_LIMIT))]
 Instant = Annotated[datetime, BeforeValidator(_instant)]
 Currency = Annotated[str, BeforeValidator(_currency)]
 Service = Literal["messaging", "voice"]
@@ -214,7 +226,7 @@ class ServicePolicyModel(_Model):
 class RateModel(_Model):
     rate_code: Name
     rating_mode: Literal["flat"] = "flat"
-    unit_price: Money
+    unit_price: Price
     effective_from: Instant = EPOCH
     description: Description = ""
 
@@ -268,8 +280,8 @@ class AccountModel(_Model):
     aliases: Annotated[list[Name], EmptyList] = []
     service_policy: Text | None = None
     balance_model: Literal["prepaid", "postpaid"] = "postpaid"
-    opening_balance: Money = Decimal(0)
-    credit_limit: Money = Decimal(0)
+    opening_balance: Balance = Decimal(0)
+    credit_limit: Balance = Decimal(0)
 
 
 class CustomerModel(_Model):

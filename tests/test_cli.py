@@ -94,6 +94,18 @@ def test_payment_for_an_unknown_account_is_refused(bootstrap, topics):
     assert ok.exit_code == 0 and "payment pay-" in ok.output
 
 
+@pytest.mark.integration
+@pytest.mark.parametrize(("amount", "words"), [("1.1234567", "at most 6 decimals"), ("-5", "must be positive"),
+                                               ("0", "must be positive"), ("2000000", "at most 1,000,000"),
+                                               ("NaN", "must be positive")])
+def test_a_payment_that_cannot_be_real_is_refused_in_one_line(bootstrap, topics, amount, words):
+    env = {"IMBILL_BOOTSTRAP_SERVERS": bootstrap, "IMBILL_TOPIC_PREFIX": topics.prefix}
+    invoke("config", "apply", str(EXAMPLE), **env)
+    result = invoke("payment", "--account", "1001", "--amount", amount, **env)
+    assert result.exit_code == 2 and words in result.output and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
 def test_xdr_without_a_projection_says_what_to_do(tmp_path):
     result = invoke("--database-url", f"sqlite:///{tmp_path / 'none.db'}", "xdr")
     assert result.exit_code == 2 and "run `imbill project` first" in result.output

@@ -14,6 +14,7 @@ from imbill.producers.config_file import EPOCH, ConfigFileError, load_config_fil
 from imbill.domain.config import Account, Rate, ServicePolicy
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLE = EXAMPLES / "instant-messaging.yaml"
 
 # Small files, each broken in one way, and the exact message. Reused by the broker test.
 # Context most cases share: a vendor tariff A, a customer tariff B, the MSGN destination.
@@ -321,3 +322,18 @@ def test_a_missing_section_is_empty_and_lists_may_be_left_blank() -> None:
     desired = parse_config("environment: e\ntariffs:\ncustomers:\n  - name: C\n    currency: USD\n    accounts:\n")
     assert list(desired.config.objects()) == [desired.config.customers["C"]]
     assert not desired.config.messaging_enabled
+
+
+@pytest.mark.parametrize(("field", "where"), [("unit_price", "rates"), ("opening_balance", "accounts"),
+                                              ("credit_limit", "accounts")])
+def test_amounts_past_their_documented_limit_are_refused(field, where, tmp_path) -> None:
+    """Every amount has a maximum (domain.money) so no arithmetic on it can leave the events'
+    decimal(24, 6): a unit price of at most 1,000,000, balances and credit of 1,000,000,000."""
+    text = (EXAMPLE.read_text().replace('unit_price: "0.05"', 'unit_price: "2000000"')
+            if field == "unit_price" else EXAMPLE.read_text().replace('opening_balance: "10.00"',
+                                                                     'opening_balance: "1e15"')
+            .replace('credit_limit: "50.00"', 'credit_limit: "1e15"'))
+    path = tmp_path / "big.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=rf"big.yaml: .*{field}: is over the limit"):
+        load_config_file(path)
