@@ -181,12 +181,13 @@ def to_record(obj: Any) -> dict[str, Any]:
         if isinstance(value, tuple):
             record[name] = [dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for v in value]
         elif isinstance(value, Mapping):
-            record[name] = dict(value)
+            record[name] = {k: list(v) if isinstance(v, tuple) else v for k, v in value.items()}
     return record
 
 
 def from_record(kind: Kind, record: Mapping[str, Any]) -> Any:
-    """The config object carried by a ``<Kind>Defined``/``Set`` event record."""
+    """The config object carried by a ``<Kind>Defined``/``Set`` event record, checked as
+    ``config apply`` checks it (:func:`_checked`): every reader agrees on what is invalid."""
     values = {}
     for f in dataclasses.fields(kind.cls):
         value = record[f.name]
@@ -195,7 +196,7 @@ def from_record(kind: Kind, record: Mapping[str, Any]) -> Any:
         elif isinstance(value, Mapping):
             value = dict(value)
         values[f.name] = value
-    return kind.cls(**values)
+    return _checked(kind.cls(**values))
 
 
 @dataclass(frozen=True)
@@ -329,7 +330,7 @@ class _Draft:
             self._collection(kind).pop(record["key"], None)
         elif name in KIND_BY_EVENT:
             kind = KIND_BY_EVENT[name]
-            obj = _checked(from_record(kind, record))
+            obj = from_record(kind, record)
             key = kind.key(obj)
             self._collection(kind)[key] = obj
         else:

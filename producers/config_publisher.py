@@ -37,7 +37,8 @@ from typing import Any, Callable, Iterable, Mapping, NamedTuple
 
 from imbill.bus import Envelope, EventProducer, read_to_end
 from imbill.producers.config_file import ConfigFileError, DesiredConfig, load_config_file
-from imbill.schemas.codec import encode
+from imbill.domain.errors import SchemaError
+from imbill.schemas.codec import encode, event_of
 from imbill.domain.config import (KIND_BY_EVENT, KIND_BY_NAME, ConfigState, EnvironmentConfig, Kind, fold, from_record, to_record)
 from imbill.schemas.topics import Topics
 
@@ -175,6 +176,11 @@ def _history_entry(envelope: Envelope) -> HistoryEntry:
     record = envelope.record
     if record is None:
         return HistoryEntry(envelope.offset, None, "(undecodable)", "", envelope.error or "")
+    try:
+        event_of(envelope.name or "", record)
+    except SchemaError as exc:  # decodable, but no valid config object: skipped by every reader
+        return HistoryEntry(envelope.offset, record.get("occurred_at"), f"(refused {envelope.name})",
+                            record.get("environment", ""), str(exc))
     name = envelope.name or ""
     return HistoryEntry(envelope.offset, record.get("occurred_at"), name, record.get("environment", ""),
                         _label_of(name, record))

@@ -22,7 +22,7 @@ from fastavro.schema import to_parsing_canonical_form
 
 from imbill.domain import events as ev
 from imbill.domain.config import KIND_BY_EVENT, from_record, to_record
-from imbill.domain.errors import SchemaError, UnknownSchema
+from imbill.domain.errors import ConfigError, SchemaError, UnknownSchema
 
 __all__ = ["MAGIC", "Schema", "schema", "schemas", "encode", "decode", "decode_as", "fingerprint",
            "encode_event", "decode_event", "decode_event_as", "record_of", "event_of"]
@@ -177,7 +177,7 @@ def event_of(name: str, record: Mapping[str, Any]) -> ev.Event:
         if missing:
             raise SchemaError(f"{name} lacks the field {missing[0]}") from None
         raise SchemaError(f"{name} is not a valid event: {exc}") from None
-    except ValueError as exc:  # a config object refusing its own values (DialingRules)
+    except (ValueError, ConfigError) as exc:  # a config object refused by config apply's own checks
         raise SchemaError(f"{name} is not a valid event: {exc}") from None
 
 

@@ -170,3 +170,17 @@ def test_a_match_priority_past_the_avro_int_is_refused_with_file_object_and_fiel
     path.write_text(yaml.safe_dump(config))
     with pytest.raises(ConfigError, match=r"huge.yaml: service policy .*match_priority"):
         load_config_file(path)
+
+
+def test_a_hostile_config_record_is_refused_by_every_reader_and_history_says_why(bootstrap, topics):
+    apply_config(EXAMPLE, bootstrap_servers=bootstrap, topics=topics)
+    before = current_state(bootstrap, topics)
+    hostile = {"event_id": "evil", "environment": "default", "occurred_at": before.last_event_at,
+               "name": "Instant messaging", "service_type": "messaging", "description": "", "pattern": "%",
+               "match_priority": 5, "attributes": {"msg.billing_unit_size": "sixty"}}
+    producer = EventProducer(bootstrap)
+    producer.publish(topics.config, "default", "ServicePolicyDefined", hostile)
+    producer.close()
+    assert current_state(bootstrap, topics) == before
+    last = config_history(bootstrap, topics, "default")[-1]
+    assert last.event == "(refused ServicePolicyDefined)" and "billing_unit_size" in last.key

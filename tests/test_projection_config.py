@@ -28,7 +28,7 @@ HISTORY = [
     ("default", Destination("44", "e164", "United Kingdom")),
     ("default", ServicePolicy("Instant messaging", "messaging", 5, "%", "SIP on-net",
                               {"msg.transport_protocol": "SIP", "msg.outgoing_aaa": True,
-                               "msg.billing_unit_size": 60, "msg.routing": ["a", "b"]})),
+                               "msg.billing_unit_size": 60, "msg.reject_error_codes": ["0x00000058"]})),
     ("default", Tariff("Messaging EUR", "EUR")),
     ("default", Rate("Messaging EUR", "MSGN", Decimal("0.05"), T0)),
     ("default", Rate("Messaging EUR", "MSGN", Decimal("0.04"), T0 + timedelta(days=30))),
