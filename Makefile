@@ -4,7 +4,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: setup run test bench
+.PHONY: setup run test bench fuzz
 
 setup: $(VENV)/.installed
 
@@ -20,6 +20,10 @@ run: setup
 test: setup
 	bash scripts/postgres-up
 	$(BIN)/python -m pytest -q
+
+fuzz: setup
+	bash scripts/postgres-up
+	IMBILL_FUZZ_EXAMPLES=$${IMBILL_FUZZ_EXAMPLES:-50} $(BIN)/python -m pytest -q tests/test_fuzz.py
 
 bench: setup
 	bash scripts/sip-tools-up

@@ -1,0 +1,209 @@
+"""Fuzzing the inputs of a live worker and a live projector with hostile records.
+
+Hypothesis writes random and mutated records onto the attempts, payments and config topics
+(garbage bytes, unknown schema fingerprints, valid records with bytes flipped, valid Avro
+with hostile values: negative, zero and huge amounts, foreign keys, unknown accounts,
+implausible bodies and dates, refused policy attributes), then valid traffic. Afterwards:
+
+- every valid attempt has exactly one outcome, and valid payments are applied;
+- no money is created: for every account, opening balance + the payments applied - the
+  charges = the balance the processor reports last, and every payment applied is a real
+  one (positive, within the limit, keyed to its account);
+- the worker is still running, and the xDR projection holds exactly the charges.
+
+``make test`` runs a few examples (about a minute); ``IMBILL_FUZZ_EXAMPLES=50 make fuzz``
+runs a longer campaign.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from decimal import Decimal
+
+import pytest
+import sqlalchemy as sa
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from imbill.bus import EventProducer, create_topics, read_to_end
+from imbill.domain.money import PAYMENT_LIMIT
+from imbill.projections.projector import XdrProjector
+from imbill.schemas.codec import MAGIC, encode, record_of
+from imbill.schemas.topics import Topics
+from tests.builders import ALICE, BOB, ENV, T0, attempt_record, checklist, payment
+from tests.test_processor import Worker, publish, wait_for
+
+pytestmark = pytest.mark.integration
+EXAMPLES = int(os.environ.get("IMBILL_FUZZ_EXAMPLES", "4"))
+OPENING = {ALICE: Decimal("1.00"), BOB: Decimal("1.00")}  # checklist(): postpaid, credit 5.00
+serial = iter(range(10**9))
+
+
+def _valid_attempt(n: int) -> dict:
+    return attempt_record(attempt_id=f"fz-{n}", call_id=f"fz-{n}@fuzz", from_user=ALICE if n % 2 else BOB,
+                          to_user=BOB if n % 2 else ALICE, body_chars=10)
+
+
+def _valid_payment(n: int, amount: str = "0.50") -> dict:
+    return record_of(payment(amount, payment_id=f"fzp-{n}", account=ALICE if n % 2 else BOB))
+
+
+garbage = st.binary(min_size=0, max_size=200)
+unknown_schema = st.binary(min_size=8, max_size=8).map(lambda fp: MAGIC + fp + b"\x02\x04ab")
+
+
+@st.composite
+def flipped(draw, valid: bytes) -> bytes:
+    data = bytearray(valid)
+    for _ in range(draw(st.integers(1, 4))):
+        at = draw(st.integers(0, len(data) - 1))
+        data[at] = draw(st.integers(0, 255))
+    return bytes(data)
+
+
+@st.composite
+def hostile_attempt(draw) -> tuple[bytes, bytes]:
+    n = draw(st.integers(0, 10**6))
+    key = f"{ENV}/{ALICE}".encode()
+    kind = draw(st.sampled_from(["garbage", "unknown", "flipped", "chars", "date", "key"]))
+    if kind == "garbage":
+        return key, draw(garbage)
+    if kind == "unknown":
+        return key, draw(unknown_schema)
+    record = attempt_record(attempt_id=f"hx-{n}", call_id=f"hx-{n}@fuzz")
+    if kind == "flipped":
+        return key, draw(flipped(encode("MessageAttempt", record)))
+    if kind == "chars":
+        record["body_chars"] = draw(st.sampled_from([-500, -1, 2**31 - 1, 100_001]))
+    elif kind == "date":
+        record["received_at"] = T0.replace(year=2100)
+    else:
+        key = f"{ENV}/{BOB}".encode()  # keyed to another account than it names
+    return key, encode("MessageAttempt", record)
+
+
+@st.composite
+def hostile_payment(draw) -> tuple[bytes, bytes]:
+    n = draw(st.integers(0, 10**6))
+    key = f"{ENV}/{ALICE}".encode()
+    kind = draw(st.sampled_from(["garbage", "unknown", "flipped", "amount", "key", "account"]))
+    if kind == "garbage":
+        return key, draw(garbage)
+    if kind == "unknown":
+        return key, draw(unknown_schema)
+    record = record_of(payment("0.50", payment_id=f"hp-{n}"))
+    if kind == "flipped":
+        return key, draw(flipped(encode("Payment", record)))
+    if kind == "amount":
+        record["amount"] = Decimal(draw(st.sampled_from(["-100.00", "0", "1000000.01", "999999999999"])))
+    elif kind == "key":
+        key = f"{ENV}/{BOB}".encode()
+    else:
+        record["account"], key = "nobody", f"{ENV}/nobody".encode()
+    return key, encode("Payment", record)
+
+
+@st.composite
+def hostile_config(draw) -> tuple[bytes, bytes]:
+    kind = draw(st.sampled_from(["garbage", "unknown", "policy"]))
+    if kind == "garbage":
+        return ENV.encode(), draw(garbage)
+    if kind == "unknown":
+        return ENV.encode(), draw(unknown_schema)
+    policy = {"event_id": f"hc-{draw(st.integers(0, 10**6))}", "environment": ENV, "occurred_at": T0, "name": "IM",
+              "service_type": "messaging", "description": "", "pattern": "%", "match_priority": 99,
+              "attributes": {"msg.billing_unit_size": draw(st.sampled_from(["sixty", "0", "-3", "yes"]))}}
+    return ENV.encode(), encode("ServicePolicyDefined", policy)
+
+
+def send_raw(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]) -> None:
+    producer = EventProducer(bootstrap)
+    try:
+        for key, value in records:
+            producer._producer.send(topic, key=key, value=value)  # raw bytes: what a hostile client writes
+        producer.flush()
+    finally:
+        producer.close()
+
+
+@pytest.fixture(scope="module")
+def live(broker, tmp_path_factory):
+    topics = Topics(prefix=f"fuzz{os.getpid()}.")
+    create_topics(broker.bootstrap_servers, topics.specs())
+    publish(broker.bootstrap_servers, topics.config, [(ENV, name, record) for name, record in checklist().events])
+    worker = Worker(broker.bootstrap_servers, topics, tmp_path_factory.mktemp("fuzz"), "fuzz", session_timeout=3)
+    worker.wait_ready()
+    state = {"valid_attempts": set(), "valid_payments": set()}
+    yield broker.bootstrap_servers, topics, worker, state
+    worker.stop()
+
+
+@settings(max_examples=EXAMPLES, deadline=None, derandomize=False,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(attempts=st.lists(hostile_attempt(), min_size=5, max_size=40),
+       payments=st.lists(hostile_payment(), min_size=5, max_size=40),
+       config=st.lists(hostile_config(), min_size=1, max_size=5))
+def test_hostile_records_neither_stop_billing_nor_create_money(live, attempts, payments, config):
+    bootstrap, topics, worker, state = live
+    send_raw(bootstrap, topics.config, config)
+    send_raw(bootstrap, topics.attempts, attempts)
+    send_raw(bootstrap, topics.payments, payments)
+    numbers = [next(serial) for _ in range(6)]
+    publish(bootstrap, topics.attempts, [(f"{ENV}/{r['from_user']}", "MessageAttempt", r)
+                                         for r in map(_valid_attempt, numbers)])
+    publish(bootstrap, topics.payments, [(f"{ENV}/{r['account']}", "Payment", r) for r in map(_valid_payment, numbers)])
+    state["valid_attempts"] |= {f"fz-{n}" for n in numbers}
+    state["valid_payments"] |= {f"fzp-{n}" for n in numbers}
+
+    outcomes = wait_for(lambda: _outcomes_cover(bootstrap, topics, state), worker, 60, "the valid records' outcomes")
+    assert all(len(found) == 1 for found in outcomes.values()), "an attempt has more than one outcome"
+    _assert_no_money_created(bootstrap, topics, state)
+    assert worker.process.poll() is None, worker.log()[-2000:]
+
+
+def _outcomes_cover(bootstrap: str, topics, state: dict) -> dict | None:
+    found: dict[str, list] = defaultdict(list)
+    for topic in (topics.charges, topics.rejections):
+        for envelope in read_to_end(bootstrap, topic):
+            if envelope.record and "attempt_id" in envelope.record:
+                found[envelope.record["attempt_id"]].append(envelope.name)
+    applied = {e.record["cause_id"] for e in read_to_end(bootstrap, topics.balances) if e.record["cause"] == "payment"}
+    if state["valid_attempts"] <= found.keys() and state["valid_payments"] <= applied:
+        return {a: found[a] for a in state["valid_attempts"]}
+    return None
+
+
+def _assert_no_money_created(bootstrap: str, topics, state: dict) -> None:
+    payments: dict[str, list] = defaultdict(list)  # (hostile ids repeat: hypothesis draws them)
+    for envelope in read_to_end(bootstrap, topics.payments):
+        if envelope.record is not None:
+            payments[envelope.record["payment_id"]].append((envelope.key, envelope.record))
+    charged: dict[str, Decimal] = defaultdict(Decimal)
+    for envelope in read_to_end(bootstrap, topics.charges):
+        charged[envelope.record["account"]] += envelope.record["amount"]
+    paid: dict[str, Decimal] = defaultdict(Decimal)
+    last: dict[str, Decimal] = {}
+    for envelope in read_to_end(bootstrap, topics.balances):
+        record = envelope.record
+        if record["cause"] == "payment":
+            assert any(Decimal(0) < real["amount"] == record["delta"] <= PAYMENT_LIMIT
+                       and key == f"{ENV}/{real['account']}".encode() for key, real in payments[record["cause_id"]]), (
+                f"money created: {record} has no real payment behind it")
+            paid[record["account"]] += record["delta"]
+        last[record["account"]] = record["balance"]
+    for account, balance in last.items():
+        assert balance == OPENING[account] + paid[account] - charged[account], account
+
+
+def test_the_projection_holds_exactly_the_charges(live, tmp_path):
+    bootstrap, topics, _, _ = live
+    database_url = f"sqlite:///{tmp_path / 'fuzz.db'}"
+    with XdrProjector(database_url, bootstrap, topics) as projector:
+        projector.run_until_idle()
+    charges = [e.record for e in read_to_end(bootstrap, topics.charges)]
+    engine = sa.create_engine(database_url)
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text("select charge_id from xdr")).all()
+    engine.dispose()
+    assert sorted(r[0] for r in rows) == sorted({c["charge_id"] for c in charges})
