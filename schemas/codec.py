@@ -168,15 +168,14 @@ def event_of(name: str, record: Mapping[str, Any]) -> ev.Event:
                                           from_record(kind, record))
         arrays = _ARRAYS.get(cls)
         if arrays:
-            record = {**record, **{name: tuple(record[name]) for name in arrays}}
+            record = {**record, **{field: tuple(record[field]) for field in arrays}}
         return cls(**record)  # the reader schema's fields are exactly the class's (tests/test_schemas.py)
     except KeyError as exc:
         raise SchemaError(f"{name} lacks the field {exc.args[0]}") from None
     except TypeError as exc:
-        missing = [field for field in ev.field_names(cls or type(None)) if field not in record] if cls else []
-        if missing:
-            raise SchemaError(f"{name} lacks the field {missing[0]}") from None
-        raise SchemaError(f"{name} is not a valid event: {exc}") from None
+        missing = [field for field in ev.field_names(cls) if field not in record] if cls is not None else []
+        why = f"lacks the field {missing[0]}" if missing else f"is not a valid event: {exc}"
+        raise SchemaError(f"{name} {why}") from None
     except (ValueError, ConfigError) as exc:  # a config object refused by config apply's own checks
         raise SchemaError(f"{name} is not a valid event: {exc}") from None
 
