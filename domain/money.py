@@ -17,6 +17,8 @@ from __future__ import annotations
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Mapping
 
+from iso4217 import Currency
+
 __all__ = ["MINOR_UNITS", "DEFAULT_MINOR_UNITS", "ZERO", "PAYMENT_LIMIT", "PRICE_LIMIT", "BALANCE_LIMIT", "minor_units", "quantum", "round_amount", "billing_units"]
 
 ZERO = Decimal(0)
@@ -30,19 +32,9 @@ BALANCE_LIMIT = Decimal("1000000000")
 """The largest balance an account may hold, far inside the Avro decimal(24, 6) of the events
 (|value| < 10^18): a payment that would go past it is refused (balance_limit)."""
 
-_ZERO_DECIMALS = ("BIF", "CLP", "DJF", "GNF", "ISK", "JPY", "KMF", "KRW", "PYG", "RWF", "UGX",
-                  "UYI", "VND", "VUV", "XAF", "XOF", "XPF")
-_THREE_DECIMALS = ("BHD", "IQD", "JOD", "KWD", "LYD", "OMR", "TND")
-_TWO_DECIMALS = ("AED", "AUD", "BRL", "CAD", "CHF", "CNY", "CZK", "DKK", "EUR", "GBP", "HKD",
-                 "HUF", "ILS", "INR", "MXN", "NOK", "NZD", "PLN", "RON", "RUB", "SEK", "SGD",
-                 "THB", "TRY", "UAH", "USD", "ZAR")
-
-MINOR_UNITS: Mapping[str, int] = {
-    **{code: 0 for code in _ZERO_DECIMALS},
-    **{code: 2 for code in _TWO_DECIMALS},
-    **{code: 3 for code in _THREE_DECIMALS},
-}
-"""ISO 4217 minor units of the currencies that need saying; any other code has 2."""
+MINOR_UNITS: Mapping[str, int] = {c.code: c.exponent for c in Currency if c.exponent is not None}
+"""ISO 4217 minor units of every currency that has them (the ISO table, from the `iso4217`
+package); any other code (XAU, XDR, an unknown code) has 2."""
 
 _QUANTA = {places: Decimal(1).scaleb(-places) for places in range(5)}
 

@@ -119,7 +119,7 @@ def aggregate_xdrs(engine: Engine, by: str, where: XdrFilter = XdrFilter(), *, n
     if by in ("hour", "day"):
         query = query.order_by(key.desc() if newest_first else key, table.c.currency)
     else:
-        query = query.order_by(key, table.c.currency)
+        query = query.order_by(key.asc().nulls_last(), table.c.currency)
     with engine.connect() as conn:
         rows = [dict(row) for row in conn.execute(query.limit(limit)).mappings()]
     for row in rows:
