@@ -310,6 +310,8 @@ def xdr(ctx: click.Context, account, customer, destination, direction, since, un
         raise click.UsageError("parquet is binary: give --output FILE", ctx)
     if output is not None and fmt == "table":
         raise click.UsageError("--output writes csv, json or parquet: give --format too", ctx)
+    if output is not None and not output.parent.is_dir():
+        raise click.BadParameter(f"no directory {output.parent} to write {output.name} in", ctx, param_hint="--output")
     if by and (wide or columns):
         raise click.UsageError("--by shows totals: --wide and --columns choose xDR columns", ctx)
     settings = _settings(ctx)

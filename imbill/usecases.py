@@ -26,6 +26,7 @@ from imbill.domain.policy import Explanation, explain
 from imbill.domain.rating import Rated, Refusal, rate_attempt
 from imbill.producers.attempt import attempt_id_for, attempt_key, synthetic_attempt
 from imbill.producers.sip_client import SipAnswer, send_message
+from imbill.producers.config_file import load_config_file
 from imbill.producers.config_publisher import (ApplyResult, HistoryEntry, apply_config, config_history,
                                                current_state)
 from imbill.projections.models import connect
@@ -67,6 +68,7 @@ def create_all_topics(settings: Settings) -> list[str]:
 
 
 def apply_config_file(settings: Settings, path: Path) -> ApplyResult:
+    load_config_file(path)  # a bad file is said first, broker or not
     check_reachable(settings.bootstrap_servers)
     return apply_config(path, bootstrap_servers=settings.bootstrap_servers, topics=settings.topics)
 
@@ -231,6 +233,11 @@ def _database(settings: Settings, table: str) -> Iterator[Engine]:
         raise DatabaseUnavailable(f"cannot use the database URL {settings.database_url!r} ({exc}): give "
                                   f"--database-url or IMBILL_DATABASE_URL, e.g. sqlite:///imbill.db") from exc
     shown = engine.url.render_as_string(hide_password=True)
+    if engine.dialect.name == "sqlite" and engine.url.database not in (None, "", ":memory:") \
+            and not Path(engine.url.database).exists():
+        engine.dispose()
+        raise ImbillError(f"no database at {engine.url.database}: run `imbill run` (or `imbill project`) first, "
+                          f"or give --database-url / IMBILL_DATABASE_URL")
     try:
         if not sa.inspect(engine).has_table(table):
             raise ImbillError(f"no {table} table in {shown}: run `imbill project` first")
