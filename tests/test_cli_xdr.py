@@ -8,8 +8,16 @@ the real xDR projector."""
 from __future__ import annotations
 
 import csv
+import fcntl
 import io
 import json
+import os
+import pty
+import re
+import struct
+import subprocess
+import sys
+import termios
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
@@ -221,7 +229,7 @@ def test_columns_takes_any_column_of_the_xdr_table(projected):
     assert result.exit_code == 0, result.output
     assert next(csv.reader(io.StringIO(result.output))) == chosen
     table = imbill(projected, "xdr", "--columns", "charge_id,vendor_cost,policies")
-    assert "│ ch-1 " in table.output and "0.01" in table.output and "offnet, static-alice" in table.output
+    assert "│ ch-1 " in table.output and "0.01" in table.output and "offnet,static-alice" in table.output
 
 
 def test_wide_shows_every_column_and_the_default_fits_80_columns(projected):
@@ -230,3 +238,39 @@ def test_wide_shows_every_column_and_the_default_fits_80_columns(projected):
     narrow = imbill(projected, "xdr")
     assert max(len(line) for line in narrow.output.splitlines()) <= 80
     assert "2026-01-01 23:30:00" in narrow.output and "…" not in narrow.output
+
+
+def in_terminal(args: list[str], columns: int = 80) -> str:
+    """What a user sees running ``imbill ARGS`` in a terminal ``columns`` wide (a real pty)."""
+    controller, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 50, columns, 0, 0))
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")} | {"TERM": "xterm", "NO_COLOR": "1"}
+    process = subprocess.Popen([sys.executable, "-m", "imbill", *args], stdin=terminal, stdout=terminal,
+                               stderr=terminal, env=env, close_fds=True)
+    os.close(terminal)
+    output = b""
+    while True:
+        try:
+            chunk = os.read(controller, 65536)
+        except OSError:  # EIO: the terminal's other end is closed
+            break
+        if not chunk:
+            break
+        output += chunk
+    os.close(controller)
+    assert process.wait(timeout=60) == 0, output
+    return re.sub(r"\x1b\[[0-9;]*m", "", output.decode()).replace("\r\n", "\n")
+
+
+def test_the_default_table_fits_an_80_column_terminal(projected):
+    if not projected.startswith("sqlite"):
+        pytest.skip("the table is the same on PostgreSQL")
+    shown = in_terminal(["--database-url", projected, "--environment", "demo", "xdr"])
+    lines = shown.strip("\n").splitlines()
+    assert max(len(line) for line in lines) <= 80, shown
+    assert len(lines) == 4 + 6 + 1  # title, three header lines, a line per xDR (none wrapped), the bottom
+    assert "2026-01-01 23:30:00" in shown and "…" not in shown
+    for header in ("attempted_at", "account", "destination", "units", "amount", "currency"):
+        assert header in lines[2]
+    wide = in_terminal(["--database-url", projected, "--environment", "demo", "xdr", "--wide"])
+    assert max(len(line) for line in wide.strip("\n").splitlines()) <= 80  # rich folds it into the terminal
