@@ -389,14 +389,19 @@ def policy_attributes(service: str, fmt: str) -> None:
 @click.option("--account", required=True, help="Sending account id.")
 @click.option("--to", "to", required=True, help="Destination, e.g. sip:1002@im.example.com")
 @click.option("--user-agent", default=None, help="User-Agent of the sender (voice policies match on it).")
+@click.option("--format", "fmt", type=click.Choice(presentation.FORMATS), default="table", show_default=True,
+              help="table; csv (the effective attributes) or json (policies, attributes and outcome).")
 @click.pass_context
-def policy_explain(ctx: click.Context, account: str, to: str, user_agent: str | None) -> None:
+def policy_explain(ctx: click.Context, account: str, to: str, user_agent: str | None, fmt: str) -> None:
     """Show which service policies match, which wins, and each effective attribute's source."""
     settings = _settings(ctx)
     explained = usecases.explain_policy(settings, account, to, user_agent)
-    for renderable in presentation.explanation(explained.explanation, explained.rated, account=account, to=to,
-                                               environment=settings.environment):
-        say(renderable)
+    for shown in presentation.explanation(explained.explanation, explained.rated, account=account, to=to,
+                                          environment=settings.environment, fmt=fmt):
+        if fmt == "table":
+            say(shown)
+        else:
+            click.echo(shown, nl=False)
 
 
 WAIT_HELP = "Seconds to wait for what the processor made of it (0: do not wait)."

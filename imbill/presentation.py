@@ -127,7 +127,7 @@ def config_rows(state: ConfigState, environment: str | None = None) -> list[Kind
     found = []
     for kind in PLAN_ORDER:
         columns = ("environment", *(f.name for f in fields(kind.cls)))
-        rows = tuple((env.name, *(_config_cell(obj, c) for c in columns[1:]))
+        rows = tuple((env.name, *(_config_cell(obj, c, _currency(env, obj)) for c in columns[1:]))
                      for env in envs for obj in env.collection(kind).values())
         if rows:
             found.append(KindRows(kind.name, columns, rows))
@@ -148,9 +148,21 @@ def config_tables(state: ConfigState, environment: str, at: datetime | None) -> 
     return tables
 
 
-def _config_cell(obj: Any, column: str) -> str:
+def _currency(env: EnvironmentConfig, obj: Any) -> str | None:
+    """The currency of an account's (its customer's) or a rate's (its tariff's) money."""
+    owner = env.customers.get(getattr(obj, "customer", "")) or env.tariffs.get(getattr(obj, "tariff", ""))
+    return getattr(owner, "currency", None)
+
+
+def _config_cell(obj: Any, column: str, currency: str | None = None) -> str:
+    """A config field as text: balances in their currency's minor units, unit prices as
+    configured but never with fewer decimals than the currency has (0.05, 0.0125, 0.50)."""
     value = getattr(obj, column)
-    return "***" if column == "service_password" and value else text(value, CONFIG)
+    if column == "service_password" and value:
+        return "***"
+    if isinstance(value, Decimal) and currency:
+        return money(value, currency)
+    return text(value, CONFIG)
 
 
 def config_listing(state: ConfigState, environment: str) -> Listing:
@@ -364,18 +376,24 @@ def text_listing(title: str, columns: Sequence[str], rows: Iterable[Sequence[str
 
 # --- policy explain -----------------------------------------------------------------------
 
-def explanation(result: Explanation, rated: Rated | Refusal, *, account: str, to: str, environment: str) -> list[Table | str]:
+def explanation(result: Explanation, rated: Rated | Refusal, *, account: str, to: str, environment: str,
+                fmt: str = "table") -> list[Table | str]:
     """``imbill policy explain``: the policies and their roles, the effective attributes and
-    their sources, and how a message sent now would be rated (``rated``)."""
-    policies = Table("service policy", "role", "match priority", "pattern",
-                     title=f"Service policies for {account} -> {to} ({environment})")
-    for row in result.policies:
-        policies.add_row(row.name, row.role, str(row.match_priority), row.pattern or "")
-    attributes = Table("attribute", "value", "source", "static", "dynamic", "default", title="Effective attributes")
-    for row in result.attributes:
-        attributes.add_row(row.attribute, text(row.value, EXPLAIN), row.source,
-                           *(text(v, EXPLAIN) for v in (row.static_value, row.dynamic_value, row.default)))
-    return [policies, attributes, _outcome(rated)]
+    their sources, and how a message sent now would be rated (``rated``). As ``csv``: the
+    effective attributes; as ``json``: one object with all three."""
+    policies = text_listing(f"Service policies for {account} -> {to} ({environment})",
+                            ("service policy", "role", "match priority", "pattern"),
+                            [(r.name, r.role, str(r.match_priority), r.pattern or "") for r in result.policies])
+    attributes = text_listing("Effective attributes", ("attribute", "value", "source", "static", "dynamic", "default"),
+                              [(r.attribute, text(r.value, EXPLAIN), r.source,
+                                *(text(v, EXPLAIN) for v in (r.static_value, r.dynamic_value, r.default)))
+                               for r in result.attributes])
+    if fmt == "csv":
+        return [listing_csv(attributes)]
+    if fmt == "json":
+        return [json.dumps({"policies": policies.rows, "attributes": attributes.rows, "outcome": _outcome(rated)},
+                           indent=2, ensure_ascii=False) + "\n"]
+    return [listing_table(policies), listing_table(attributes), _outcome(rated)]
 
 
 def _outcome(rated: Rated | Refusal) -> str:
