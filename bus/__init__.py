@@ -26,7 +26,7 @@ __all__ = ["create_topics", "EventProducer", "Envelope", "read_to_end", "partiti
 log = logging.getLogger(__name__)
 
 
-def check_reachable(bootstrap_servers: str, timeout: float = 4.0) -> None:
+def check_reachable(bootstrap_servers: str, timeout: float = 3.0) -> None:
     """Raise :class:`BrokerError` naming the address unless one of the bootstrap servers
     accepts a TCP connection within ``timeout`` seconds in all (kafka-python itself would
     wait 30 s or more before saying anything)."""

@@ -89,6 +89,9 @@ class _Group(click.Group):
     def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
         try:
             returned = super().main(*args, standalone_mode=False, **kwargs)
+        except click.exceptions.NoArgsIsHelpError as exc:  # `imbill` or `imbill config` alone: the help
+            exc.show()
+            sys.exit(exc.exit_code)
         except click.ClickException as exc:
             hint = f" (see `{exc.ctx.command_path} --help`)" if isinstance(exc, click.UsageError) and exc.ctx else ""
             _error(exc.format_message() + hint)

@@ -108,17 +108,17 @@ def top_up(settings: Settings, account_id: str, amount: Decimal, currency: str |
            wait: float = 0.0) -> TopUp:
     """Append a Payment for the account; with ``wait``, wait that long for its BalanceChanged
     (or PaymentRejected) from the processor."""
-    env, account = _account(settings, account_id)
-    customer_currency = env.customers[account.customer].currency
-    if currency and currency != customer_currency:
-        raise ConfigError(f"account {account_id}: payment currency {currency} differs from the "
-                          f"customer's currency {customer_currency}")
     if not amount.is_finite() or amount <= 0:
         raise ConfigError(f"account {account_id}: a payment must be positive, got {amount}")
     if amount > PAYMENT_LIMIT:
         raise ConfigError(f"account {account_id}: a payment may be at most {PAYMENT_LIMIT:,}, got {amount}")
     if amount != amount.quantize(MICRO):
         raise ConfigError(f"account {account_id}: a payment has at most 6 decimals, got {amount}")
+    env, account = _account(settings, account_id)
+    customer_currency = env.customers[account.customer].currency
+    if currency and currency != customer_currency:
+        raise ConfigError(f"account {account_id}: payment currency {currency} differs from the "
+                          f"customer's currency {customer_currency}")
     payment = Payment(payment_id="pay-" + uuid.uuid4().hex, environment=settings.environment, account=account_id,
                       amount=amount, currency=customer_currency, received_at=datetime.now(timezone.utc),
                       reference=reference)

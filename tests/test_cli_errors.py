@@ -100,10 +100,12 @@ def test_no_broker_is_said_within_5_seconds_with_its_address(args):
     assert_one_line_error(result, f"no Kafka broker answers at {NO_BROKER}: start one (`imbill run`")
 
 
-def test_payment_of_too_many_decimals_says_so_before_the_broker():
-    """The amount is refused by the use case in one line (the broker would be asked only after)."""
-    result = invoke("payment", "--account", "1001", "--amount", "1.1234567")
-    assert result.exit_code == 2 and "Traceback" not in result.output
+@pytest.mark.parametrize(("amount", "words"), [
+    ("1.1234567", "a payment has at most 6 decimals, got 1.1234567"), ("-5", "a payment must be positive"),
+    ("NaN", "a payment must be positive"), ("2000000", "a payment may be at most 1,000,000")])
+def test_a_payment_amount_that_cannot_be_is_said_before_the_broker_is_asked(amount, words):
+    result = invoke("payment", "--account", "1001", "--amount", amount)
+    assert_one_line_error(result, words)
     assert "Scale provided" not in result.output
 
 
