@@ -249,14 +249,17 @@ def _database(settings: Settings, table: str) -> Iterator[Engine]:
         engine.dispose()
 
 
-def xdrs(settings: Settings, where: XdrFilter = XdrFilter(), *, limit: int | None = None,
+ALL_XDRS = XdrFilter()
+
+
+def xdrs(settings: Settings, where: XdrFilter = ALL_XDRS, *, limit: int | None = None,
          newest_first: bool = True) -> list[dict[str, Any]]:
     """xDR rows of the settings' environment from the projection database, newest first."""
     with _database(settings, "xdr") as engine:
         return query_xdrs(engine, where=_in_environment(settings, where), limit=limit, newest_first=newest_first)
 
 
-def xdr_totals(settings: Settings, by: str, where: XdrFilter = XdrFilter(), *, limit: int | None = None,
+def xdr_totals(settings: Settings, by: str, where: XdrFilter = ALL_XDRS, *, limit: int | None = None,
                newest_first: bool = True) -> list[dict[str, Any]]:
     """xDRs of the settings' environment aggregated ``by`` hour, day, customer, destination or vendor."""
     with _database(settings, "xdr") as engine:
@@ -286,6 +289,9 @@ def balances(settings: Settings, account: str | None = None) -> list[dict[str, A
     return found
 
 
-def accounts(settings: Settings) -> EnvironmentConfig | None:
-    """The config in force of the settings' environment (None: it has none)."""
-    return config_at(settings).environment(settings.environment)
+def accounts(settings: Settings) -> EnvironmentConfig:
+    """The config in force of the settings' environment (its accounts, customers, products)."""
+    env = config_at(settings).environment(settings.environment)
+    if env is None:
+        raise ConfigError(f"environment {settings.environment} has no config (imbill config apply FILE)")
+    return env

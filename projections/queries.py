@@ -100,7 +100,7 @@ AGGREGATE_KINDS: Mapping[str, str] = {"hour": "timestamp", "day": "timestamp", "
 """The kinds of the columns ``aggregate_xdrs`` returns."""
 
 
-def aggregate_xdrs(engine: Engine, by: str, where: XdrFilter = XdrFilter(), *, newest_first: bool = True,
+def aggregate_xdrs(engine: Engine, by: str, where: XdrFilter | None = None, *, newest_first: bool = True,
                    limit: int | None = None) -> list[dict[str, Any]]:
     """xDRs grouped ``by`` an hour, a day (UTC), a customer, a destination or a vendor, and
     by currency: ``{by, currency, xdrs, billing_units, amount}`` per group, summed in SQL.
@@ -108,7 +108,7 @@ def aggregate_xdrs(engine: Engine, by: str, where: XdrFilter = XdrFilter(), *, n
     the order of their key."""
     if by not in AGGREGATIONS:
         raise ValueError(f"cannot aggregate by {by!r}; choose one of {', '.join(AGGREGATIONS)}")
-    table = Xdr.__table__
+    table, where = Xdr.__table__, where or XdrFilter()
     dialect = engine.dialect.name
     key = _time_bucket(table.c.attempted_at, by, dialect) if by in ("hour", "day") else table.c[by]
     key = key.label(by)

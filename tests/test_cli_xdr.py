@@ -18,7 +18,7 @@ import struct
 import subprocess
 import sys
 import termios
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from decimal import Decimal
 
 import pyarrow as pa
