@@ -206,6 +206,7 @@ def money(value: Decimal | None, currency: str | None) -> str:
     if value is None:
         return ""
     places = minor_units(currency) if currency else 0
+    value = value if value else Decimal(0)  # never "-0.00"
     exact = value.normalize()
     if exact.as_tuple().exponent >= -places:  # type: ignore[operator]
         return f"{value.quantize(Decimal(1).scaleb(-places)):f}"
