@@ -25,7 +25,7 @@ from imbill.projections.models import connect, migrate
 from imbill.projections.projector import CONFIG_MAPPERS, XDR_MAPPERS, fold_config_objects, insert_rows
 from imbill.schemas.codec import decode, encode, encode_event, event_of
 
-__all__ = ["ENVIRONMENT", "START", "HOURS", "CONFIG", "project_traffic"]
+__all__ = ["ENVIRONMENT", "START", "HOURS", "CONFIG", "CUSTOMER_OF", "project_traffic"]
 
 ENVIRONMENT = "demo"
 START = datetime(2026, 3, 2, 8, 0, tzinfo=timezone.utc)
@@ -81,6 +81,7 @@ customers:
     currency: USD
     accounts:
       - {id: "2001", product: Messaging USD, balance_model: prepaid, opening_balance: "1.50"}
+      - {id: "2002", product: Messaging USD, balance_model: prepaid, opening_balance: "0.00"}
   - name: Euro Telecom
     currency: EUR
     accounts:
@@ -88,8 +89,11 @@ customers:
       - {id: "3002", product: Messaging EUR, balance_model: postpaid, credit_limit: "500.00"}
 """
 
-SENDERS = ("1001", "1001", "1002", "2001", "3001", "3001", "3002", "9999")
-"""Who sends (9999 is no account: unknown_account)."""
+SENDERS = ("1001", "1001", "1002", "2001", "2002", "3001", "3001", "3002", "9999")
+"""Who sends (9999 is no account: unknown_account; 2002 has nothing to spend, so no xDR)."""
+CUSTOMER_OF = {"1001": "Example Corp", "1002": "Example Corp", "2001": "Globex", "2002": "Globex",
+               "3001": "Euro Telecom", "3002": "Euro Telecom"}
+"""The accounts of :data:`CONFIG`'s customers."""
 DESTINATIONS = ("1002", "1001", "3001", "3002", "12125550199", "13105550123", "011442079460000",
                 "011442079460001", "01133142500000", "01133612345678")
 """On-net accounts, North America (no EUR rate: no_rate for Euro Telecom), UK and France."""

@@ -15,15 +15,16 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from click.testing import CliRunner
 from PIL import Image, ImageChops
 
 from imbill.cli import cli
-from imbill.projections.models import connect
+from imbill.projections.models import RejectedAttempt, Xdr, connect
 from imbill.projections.report_data import (CustomerRevenue, DestinationTraffic, HourTraffic, NetSplit,
                                             RejectionCount, ReportData, VendorMargin, report_data)
 from imbill.report import CHART_IDS, render_report
-from tests.report_fixture import ENVIRONMENT, HOURS, START, project_traffic
+from tests.report_fixture import CUSTOMER_OF, ENVIRONMENT, HOURS, START, project_traffic
 
 SINCE, UNTIL = START, START + timedelta(hours=HOURS)
 
@@ -46,8 +47,8 @@ def read(url: str, **options) -> ReportData:
 def expected(outcomes, customer: str | None = None) -> dict:
     """The report's numbers summed here, in Python, from the projected events."""
     charges = [e.event for e in outcomes if e.name == "Charge" and customer in (None, e.event.customer)]
-    accounts = {c.account for c in charges}
-    rejections = [e.event for e in outcomes if e.name == "Rejection" and (customer is None or e.event.account in accounts)]
+    rejections = [e.event for e in outcomes
+                  if e.name == "Rejection" and customer in (None, CUSTOMER_OF.get(e.event.account))]
     hour = lambda at: at.replace(minute=0, second=0, microsecond=0)  # noqa: E731
     charged, rejected = Counter(hour(c.attempted_at) for c in charges), Counter(hour(r.attempted_at) for r in rejections)
     money = lambda rows: sum((r.amount for r in rows), Decimal(0))  # noqa: E731
@@ -95,8 +96,16 @@ def test_margin_only_where_the_vendor_cost_shares_the_currency(sqlite_url):
 
 
 def test_a_customers_rejections_are_those_of_its_accounts(sqlite_url):
+    """Also of an account with no xDR at all (2002 of Globex, found in the config in force)."""
     globex = read(sqlite_url, customer="Globex")
-    assert {r.reason_code for r in globex.rejections} <= {"insufficient_funds", "service_suspended"}
+    assert {r.reason_code for r in globex.rejections} == {"insufficient_funds", "service_suspended"}
+    engine = connect(sqlite_url)
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).where(Xdr.account == "2002")).scalar() == 0
+        only_rejected = conn.execute(sa.select(sa.func.count()).where(RejectedAttempt.account == "2002")).scalar()
+    engine.dispose()
+    assert only_rejected > 0
+    assert sum(r.attempts for r in globex.rejections) > only_rejected
     assert "unknown_account" in {r.reason_code for r in read(sqlite_url).rejections}
     assert [r.customer for r in globex.revenue] == ["Globex"]
 
