@@ -4,6 +4,7 @@ page drawn by headless Chromium: every chart has coloured pixels where it stands
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -23,6 +24,7 @@ from imbill.cli import cli
 from imbill.projections.models import RejectedAttempt, Xdr, connect
 from imbill.projections.report_data import (CustomerRevenue, DestinationTraffic, HourTraffic, NetSplit,
                                             RejectionCount, ReportData, VendorMargin, report_data)
+from imbill.projections.projector import XDR_MAPPERS, insert_rows
 from imbill.report import CHART_IDS, render_report
 from tests.report_fixture import CUSTOMER_OF, ENVIRONMENT, HOURS, START, project_traffic
 
@@ -84,6 +86,23 @@ def test_the_numbers_are_the_projected_events_summed_per_currency(database_url, 
     top = sorted(want["destinations"].items(), key=lambda item: (-item[1], item[0][0]))[:10]
     assert data.destinations == tuple(DestinationTraffic(d, on_net, n) for (d, on_net), n in top)
     assert all(type(r.amount) is Decimal for r in data.revenue)
+
+
+def test_money_sums_are_exact_where_floats_are_not(database_url):
+    """100000000000.000001 is no float: summed through floats the last micro unit is lost."""
+    charge = next(e for e in project_traffic(database_url, count=20) if e.name == "Charge")
+    amounts = ("99999999999.999999", "0.000001", "0.000001")
+    big = [dataclasses.replace(charge, offset=10_000 + i, event=dataclasses.replace(
+               charge.event, charge_id=f"chg-big-{i}", customer="Big Spender", amount=Decimal(amount),
+               vendor_cost=Decimal(amount), vendor_currency=charge.event.currency))
+           for i, amount in enumerate(amounts)]
+    engine = connect(database_url)
+    with engine.begin() as conn:
+        insert_rows(conn, big, XDR_MAPPERS)
+    engine.dispose()
+    data = read(database_url, customer="Big Spender")
+    assert [(r.messages, r.amount) for r in data.revenue] == [(3, Decimal("100000000000.000001"))]
+    assert [m.revenue - m.cost for m in data.margins] == [Decimal(0)]
 
 
 def test_margin_only_where_the_vendor_cost_shares_the_currency(sqlite_url):
