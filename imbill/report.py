@@ -12,7 +12,7 @@ from __future__ import annotations
 import html
 from datetime import datetime, timezone
 from decimal import Decimal
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
@@ -25,8 +25,8 @@ __all__ = ["CHART_IDS", "CHART_WIDTH", "render_report"]
 CHART_WIDTH = 960
 CHART_HEIGHT = 380
 CHART_IDS = ("traffic", "revenue", "net-split", "destinations", "rejections", "margin")
-"""The charts of a report with traffic, in page order (``rejections`` only when there are some,
-``margin`` only when a vendor's cost shares its xDRs' currency)."""
+"""The charts of a report, in page order; a chart with nothing to show is one sentence instead
+(``margin``: when no vendor cost shares its xDR's currency)."""
 COLOURS = {"charged": "#2a78d6", "rejected": "#e0553b", "on-net": "#2a9d6a", "off-net": "#7b5cd6",
            "revenue": "#2a78d6", "cost": "#e0a43b", "margin": "#2a9d6a"}
 MARGIN_NOTE = ("Margin = amount - vendor cost, computed only over the xDRs whose vendor cost is in the same "
@@ -70,17 +70,29 @@ def _empty(data: ReportData) -> str:
 
 def _sections(data: ReportData) -> Iterable[str]:
     yield _summary(data)
-    yield "<h2>Traffic per hour</h2>" + _chart("traffic", _traffic_figure(data))
-    yield "<h2>Revenue per customer</h2>" + _chart("revenue", _revenue_figure(data)) + _table(
-        ("customer", "currency", "messages", "revenue"),
-        [(r.customer, r.currency, r.messages, _money(r.amount)) for r in data.revenue])
-    yield "<h2>On-net / off-net</h2>" + _chart("net-split", _net_split_figure(data)) + _table(
-        ("", "currency", "messages", "revenue"),
-        [(_net(s.on_net), s.currency, s.messages, _money(s.amount)) for s in data.net_split])
-    yield "<h2>Top destinations</h2>" + _chart("destinations", _destinations_figure(data))
-    yield "<h2>Rejections by reason</h2>" + (_chart("rejections", _rejections_figure(data)) if data.rejections
-                                             else "<p class=\"note\">No rejected attempt in this period.</p>")
+    yield _part("Traffic per hour", "traffic", data.traffic, lambda: _traffic_figure(data),
+                "No message charged and no attempt rejected in this period.")
+    yield _part("Revenue per customer", "revenue", data.revenue, lambda: _revenue_figure(data),
+                "No xDR in this period: no revenue.", _table(
+                    ("customer", "currency", "messages", "revenue"),
+                    [(r.customer, r.currency, r.messages, _money(r.amount)) for r in data.revenue]))
+    yield _part("On-net / off-net", "net-split", data.messages, lambda: _net_split_figure(data),
+                "No message charged in this period.", _table(
+                    ("", "currency", "messages", "revenue"),
+                    [(_net(s.on_net), s.currency, s.messages, _money(s.amount)) for s in data.net_split]))
+    yield _part("Top destinations", "destinations", data.destinations, lambda: _destinations_figure(data),
+                "No message charged in this period.")
+    yield _part("Rejections by reason", "rejections", data.rejections, lambda: _rejections_figure(data),
+                "No rejected attempt in this period.")
     yield _margin_section(data)
+
+
+def _part(title: str, chart_id: str, shown: object, figure: Callable[[], go.Figure], nothing: str,
+          table: str = "") -> str:
+    """A section: its chart and table when there is something to show, else one sentence."""
+    if not shown:
+        return f"<h2>{_e(title)}</h2><p class=\"note\">{_e(nothing)}</p>"
+    return f"<h2>{_e(title)}</h2>{_chart(chart_id, figure())}{table}"
 
 
 def _summary(data: ReportData) -> str:

@@ -145,6 +145,15 @@ def test_an_empty_period_renders_saying_there_is_no_traffic(sqlite_url):
     assert "No traffic" in page and "plotly-graph-div" not in page
 
 
+def test_a_part_with_nothing_to_show_says_so_instead_of_an_empty_chart():
+    only_rejected = ReportData("demo", SINCE, UNTIL, None, (HourTraffic(SINCE, 0, 3),), (), (), (),
+                               (RejectionCount("unknown_account", 3),), (), ())
+    page = render_report(only_rejected)
+    assert re.findall(r'<div id="([a-z-]+)" class="plotly-graph-div"', page) == ["traffic", "rejections"]
+    assert "No xDR in this period: no revenue." in page and "no margin to show" in page
+    assert page.count("No message charged in this period.") == 2
+
+
 def test_the_page_is_self_contained(sqlite_url):
     page = render_report(read(sqlite_url))
     assert not re.search(r"<script[^>]*\bsrc=", page, re.I)
