@@ -10,8 +10,10 @@ from pathlib import Path
 
 import click
 from rich.console import Console
+from rich.markup import escape
 
 from imbill import presentation, usecases, wiring
+from imbill.report import render_report
 from imbill.domain.errors import ImbillError
 from imbill.settings import DEFAULT_EXAMPLE, Settings, load_settings
 
@@ -29,12 +31,32 @@ def _when(value: str | None) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
 
 
+def _iso_time(value: str, option: str) -> datetime:
+    """An ISO time (UTC unless it names its offset), or one line saying it is not one."""
+    try:
+        return _when(value)
+    except ValueError:
+        raise ImbillError(f"{option}: not an ISO time: {value!r}") from None
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """A reader (a browser refreshing) sees the old file or the new one, never half of one."""
+    if path.is_dir():
+        raise ImbillError(f"cannot write {path}: it is a directory")
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        partial.write_text(text, encoding="utf-8")
+        partial.replace(path)
+    except OSError as exc:
+        raise ImbillError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
 class _Group(click.Group):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except ImbillError as exc:
-            console.print(f"[red]error:[/red] {exc}")
+            console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
             sys.exit(2)
 
 
@@ -176,6 +198,24 @@ def xdr(ctx: click.Context, account, since, until, limit, fmt) -> None:
         console.print(presentation.xdr_table(rows, settings.environment))
     else:
         click.echo(presentation.format_xdrs(rows, fmt), nl=False)
+
+
+@cli.command("report")
+@click.option("--from", "since", required=True, help="Start of the period, ISO time (UTC unless it says).")
+@click.option("--to", "until", required=True, help="End of the period (excluded), ISO time.")
+@click.option("--customer", default=None, help="Only this customer.")
+@click.option("--output", type=click.Path(path_type=Path), default=Path("imbill-report.html"),
+              show_default=True, help="The HTML file to write.")
+@click.pass_context
+def report_command(ctx: click.Context, since: str, until: str, customer: str | None, output: Path) -> None:
+    """Write an HTML report with charts: traffic, revenue, on/off-net, destinations, rejections, margins."""
+    start, end = _iso_time(since, "--from"), _iso_time(until, "--to")
+    if start >= end:
+        raise ImbillError("--from must be before --to")
+    data = usecases.report(_settings(ctx), since=start, until=end, customer=customer)
+    _write_atomically(output, render_report(data))
+    what = "no traffic" if data.empty else f"{data.messages} messages charged, {data.rejected} attempts rejected"
+    console.print(f"wrote {output}: {what}", soft_wrap=True)
 
 
 @cli.group()

@@ -28,10 +28,11 @@ from imbill.producers.config_publisher import (ApplyResult, HistoryEntry, apply_
                                                current_state)
 from imbill.projections.models import connect
 from imbill.projections.queries import query_xdrs
+from imbill.projections.report_data import ReportData, report_data
 from imbill.settings import Settings
 
 __all__ = ["PolicyExplanation", "create_all_topics", "apply_config_file", "config_at", "config_events",
-           "top_up", "send", "generate_traffic", "explain_policy", "xdrs"]
+           "top_up", "send", "generate_traffic", "explain_policy", "xdrs", "report"]
 
 MICRO = Decimal("0.000001")
 """Payments are kept to the micro unit (the events' decimal(24, 6))."""
@@ -140,5 +141,16 @@ def xdrs(settings: Settings, *, account: str | None, since: datetime | None, unt
             raise ImbillError(f"no xdr table in {settings.database_url}: run `imbill project` first")
         return query_xdrs(engine, account=account, environment=settings.environment, since=since,
                           until=until, limit=limit)
+    finally:
+        engine.dispose()
+
+
+def report(settings: Settings, *, since: datetime, until: datetime, customer: str | None) -> ReportData:
+    """What the analysts' report shows of the settings' environment over ``[since, until)``."""
+    engine = connect(settings.database_url)
+    try:
+        if not sa.inspect(engine).has_table("xdr"):
+            raise ImbillError(f"no xdr table in {settings.database_url}: run `imbill project` first")
+        return report_data(engine, environment=settings.environment, since=since, until=until, customer=customer)
     finally:
         engine.dispose()
