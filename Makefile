@@ -19,6 +19,7 @@ run: setup
 
 test: setup
 	bash scripts/postgres-up
+	bash scripts/chromium-up
 	$(BIN)/python -m pytest -q
 
 fuzz: setup

@@ -20,6 +20,7 @@ import click
 from rich.console import Console
 
 from imbill import presentation, usecases, wiring
+from imbill.report import render_report
 from imbill.domain.errors import ImbillError
 from imbill.projections.queries import AGGREGATIONS, XDR_COLUMNS, XdrFilter
 from imbill.settings import DEFAULT_EXAMPLE, Settings, load_settings
@@ -80,6 +81,26 @@ class Amount(click.ParamType):
 
 
 TIME = IsoTime()
+
+
+def _iso_time(value: str, option: str) -> datetime:
+    """An ISO time (UTC unless it names its offset), or one line saying it is not one."""
+    try:
+        return TIME.convert(value, None, None)
+    except click.BadParameter:
+        raise ImbillError(f"{option}: not an ISO time: {value!r}") from None
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """A reader (a browser refreshing) sees the old file or the new one, never half of one."""
+    if path.is_dir():
+        raise ImbillError(f"cannot write {path}: it is a directory")
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        partial.write_text(text, encoding="utf-8")
+        partial.replace(path)
+    except OSError as exc:
+        raise ImbillError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 class _Group(click.Group):
@@ -372,6 +393,24 @@ def accounts(ctx: click.Context, fmt: str) -> None:
     """The accounts of the config in force: customer, currency, product, balance model."""
     settings = _settings(ctx)
     _show(presentation.account_listing(usecases.accounts(settings), settings.environment), fmt)
+
+
+@cli.command("report")
+@click.option("--from", "since", required=True, help="Start of the period, ISO time (UTC unless it says).")
+@click.option("--to", "until", required=True, help="End of the period (excluded), ISO time.")
+@click.option("--customer", default=None, help="Only this customer.")
+@click.option("--output", type=click.Path(path_type=Path), default=Path("imbill-report.html"),
+              show_default=True, help="The HTML file to write.")
+@click.pass_context
+def report_command(ctx: click.Context, since: str, until: str, customer: str | None, output: Path) -> None:
+    """Write an HTML report with charts: traffic, revenue, on/off-net, destinations, rejections, margins."""
+    start, end = _iso_time(since, "--from"), _iso_time(until, "--to")
+    if start >= end:
+        raise ImbillError("--from must be before --to")
+    data = usecases.report(_settings(ctx), since=start, until=end, customer=customer)
+    _write_atomically(output, render_report(data))
+    what = "no traffic" if data.empty else f"{data.messages} messages charged, {data.rejected} attempts rejected"
+    say(f"wrote {output}: {what}")
 
 
 @cli.group()

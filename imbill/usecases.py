@@ -32,11 +32,12 @@ from imbill.producers.config_publisher import (ApplyResult, HistoryEntry, apply_
 from imbill.projections.models import connect
 from imbill.projections.queries import (XdrFilter, aggregate_xdrs, query_balances, query_rejections,
                                         query_xdrs)
+from imbill.projections.report_data import ReportData, report_data
 from imbill.settings import Settings
 
 __all__ = ["EdgeUnreachable", "DatabaseUnavailable", "PolicyExplanation", "Outcome", "Sent", "TopUp",
            "create_all_topics", "apply_config_file", "config_at", "config_events", "top_up", "send",
-           "generate_traffic", "explain_policy", "xdrs", "xdr_totals", "rejections", "balances", "accounts"]
+           "generate_traffic", "explain_policy", "xdrs", "xdr_totals", "rejections", "balances", "accounts", "report"]
 
 OUTCOME_WAIT = 5.0
 """Seconds `send` and `payment` wait for what the processor made of their event."""
@@ -236,7 +237,7 @@ def _database(settings: Settings, table: str) -> Iterator[Engine]:
     if engine.dialect.name == "sqlite" and engine.url.database not in (None, "", ":memory:") \
             and not Path(engine.url.database).exists():
         engine.dispose()
-        raise ImbillError(f"no database at {engine.url.database}: run `imbill run` (or `imbill project`) first, "
+        raise ImbillError(f"no database at {engine.url.database}: run `imbill project` first (or `imbill run`), "
                           f"or give --database-url / IMBILL_DATABASE_URL")
     try:
         if not sa.inspect(engine).has_table(table):
@@ -295,3 +296,9 @@ def accounts(settings: Settings) -> EnvironmentConfig:
     if env is None:
         raise ConfigError(f"environment {settings.environment} has no config (imbill config apply FILE)")
     return env
+
+
+def report(settings: Settings, *, since: datetime, until: datetime, customer: str | None) -> ReportData:
+    """What the analysts' report shows of the settings' environment over ``[since, until)``."""
+    with _database(settings, "xdr") as engine:
+        return report_data(engine, environment=settings.environment, since=since, until=until, customer=customer)

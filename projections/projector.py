@@ -42,7 +42,7 @@ from imbill.schemas.codec import decode, event_of
 from imbill.projections.reset_check import check_log, fingerprint, reset_message
 from imbill.schemas.topics import Topics
 
-__all__ = ["XdrProjector", "ConfigProjector", "XDR_MAPPERS", "CONFIG_MAPPERS"]
+__all__ = ["XdrProjector", "ConfigProjector", "XDR_MAPPERS", "CONFIG_MAPPERS", "insert_rows", "fold_config_objects"]
 
 log = logging.getLogger(__name__)
 
@@ -214,12 +214,7 @@ class _TopicProjector:
         return len(wanted)
 
     def _apply(self, conn: sa.Connection, envelopes: Sequence[Envelope]) -> None:
-        rows: dict[sa.Table, list[Row]] = {}
-        for envelope in envelopes:
-            table, mapper = self.mappers[envelope.name]
-            rows.setdefault(table, []).append(mapper(envelope))
-        for table, values in rows.items():
-            conn.execute(_insert(conn, table).on_conflict_do_nothing(), values)
+        insert_rows(conn, envelopes, self.mappers)
 
     def _store_offsets(self, conn: sa.Connection, positions: Mapping[TopicPartition, int],
                        fingerprints: Mapping[TopicPartition, str]) -> None:
@@ -301,16 +296,32 @@ class ConfigProjector(_TopicProjector):
 
     def _apply(self, conn: sa.Connection, envelopes: Sequence[Envelope]) -> None:
         super()._apply(conn, envelopes)
-        upserts, removals = _fold_objects(envelopes)
-        table = ConfigObject.__table__
-        for environment, kind, key in removals:
-            conn.execute(table.delete().where(table.c.environment == environment, table.c.kind == kind,
-                                              table.c.key == key))
-        if upserts:
-            insert = _insert(conn, table)
-            conn.execute(insert.on_conflict_do_update(
-                index_elements=["environment", "kind", "key"],
-                set_={c: insert.excluded[c] for c in ("body", "updated_at", "event_id")}), upserts)
+        fold_config_objects(conn, envelopes)
+
+
+def insert_rows(conn: sa.Connection, envelopes: Sequence[Envelope], mappers: Dispatch) -> None:
+    """Each envelope's row into its table (a projector's writes; an event id already there
+    is left as it is)."""
+    rows: dict[sa.Table, list[Row]] = {}
+    for envelope in envelopes:
+        table, mapper = mappers[envelope.name]
+        rows.setdefault(table, []).append(mapper(envelope))
+    for table, values in rows.items():
+        conn.execute(_insert(conn, table).on_conflict_do_nothing(), values)
+
+
+def fold_config_objects(conn: sa.Connection, envelopes: Sequence[Envelope]) -> None:
+    """Bring config_object (the config in force) up to the config events of ``envelopes``."""
+    upserts, removals = _fold_objects(envelopes)
+    table = ConfigObject.__table__
+    for environment, kind, key in removals:
+        conn.execute(table.delete().where(table.c.environment == environment, table.c.kind == kind,
+                                          table.c.key == key))
+    if upserts:
+        insert = _insert(conn, table)
+        conn.execute(insert.on_conflict_do_update(
+            index_elements=["environment", "kind", "key"],
+            set_={c: insert.excluded[c] for c in ("body", "updated_at", "event_id")}), upserts)
 
 
 def _fold_objects(envelopes: Sequence[Envelope]) -> tuple[list[Row], list[tuple[str, str, str]]]:
