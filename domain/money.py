@@ -19,7 +19,7 @@ from typing import Mapping
 
 from iso4217 import Currency
 
-__all__ = ["MINOR_UNITS", "DEFAULT_MINOR_UNITS", "ZERO", "PAYMENT_LIMIT", "PRICE_LIMIT", "BALANCE_LIMIT", "minor_units", "quantum", "round_amount", "billing_units"]
+__all__ = ["MINOR_UNITS", "DEFAULT_MINOR_UNITS", "ZERO", "PAYMENT_LIMIT", "PRICE_LIMIT", "BALANCE_LIMIT", "minor_units", "quantum", "round_amount", "billing_units", "money_text"]
 
 ZERO = Decimal(0)
 DEFAULT_MINOR_UNITS = 2
@@ -58,6 +58,19 @@ def quantum(currency: str) -> Decimal:
 def round_amount(amount: Decimal, currency: str) -> Decimal:
     """``amount`` rounded ROUND_HALF_UP to the minor units of ``currency``."""
     return amount.quantize(quantum(currency), rounding=ROUND_HALF_UP)
+
+
+def money_text(amount: Decimal, currency: str | None) -> str:
+    """``amount`` as text with the minor units of ``currency`` (0.05 USD, 5 JPY, 0.050 BHD;
+    none without a currency); digits past them only when they are not zero (a balance topped
+    up by 0.123456 USD is ``0.123456``, never rounded on screen). Every output of imbill
+    writes money with this."""
+    amount = amount if amount else ZERO  # never "-0.00"
+    places = minor_units(currency) if currency else 0
+    exact = amount.normalize()
+    if exact.as_tuple().exponent >= -places:  # type: ignore[operator]
+        return f"{amount.quantize(Decimal(1).scaleb(-places)):f}"
+    return f"{exact:f}"
 
 
 def billing_units(body_chars: int, unit_size: int | None) -> int:

@@ -25,7 +25,7 @@ from rich.table import Table
 
 from imbill.domain.catalogue import CATALOGUE_COLUMNS, catalogue_rows
 from imbill.domain.config import ConfigState, EnvironmentConfig, UsageCharge
-from imbill.domain.money import minor_units
+from imbill.domain.money import money_text
 from imbill.domain.policy import Explanation
 from imbill.domain.rating import Rated, Refusal
 from imbill.producers.config_publisher import PLAN_ORDER, HistoryEntry
@@ -200,17 +200,9 @@ class Listing:
 
 
 def money(value: Decimal | None, currency: str | None) -> str:
-    """``value`` with the minor units of ``currency`` (ISO 4217: ``0.05`` USD, ``5`` JPY,
-    ``0.050`` BHD); digits past them are shown only when they are not zero (a balance
-    topped up by 0.123456 USD is ``0.123456``, never rounded on screen)."""
-    if value is None:
-        return ""
-    places = minor_units(currency) if currency else 0
-    value = value if value else Decimal(0)  # never "-0.00"
-    exact = value.normalize()
-    if exact.as_tuple().exponent >= -places:  # type: ignore[operator]
-        return f"{value.quantize(Decimal(1).scaleb(-places)):f}"
-    return f"{exact:f}"
+    """``value`` with the minor units of ``currency`` (:func:`imbill.domain.money.money_text`);
+    None is the empty text."""
+    return "" if value is None else money_text(value, currency)
 
 
 def _cell(listing: Listing, row: Mapping[str, Any], column: str, export: bool) -> str:
