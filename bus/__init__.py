@@ -9,9 +9,10 @@ right on both Tansu and Apache Kafka. A partition whose reported end is 0 is emp
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError, TopicAlreadyExistsError
@@ -20,9 +21,26 @@ from imbill.domain.errors import BrokerError, PublishError, SchemaError
 from imbill.schemas.codec import decode, encode, encode_event
 from imbill.schemas.topics import TopicSpec
 
-__all__ = ["create_topics", "EventProducer", "Envelope", "read_to_end", "partitions_of"]
+__all__ = ["create_topics", "EventProducer", "Envelope", "read_to_end", "partitions_of", "check_reachable", "Tail"]
 
 log = logging.getLogger(__name__)
+
+
+def check_reachable(bootstrap_servers: str, timeout: float = 3.0) -> None:
+    """Raise :class:`BrokerError` naming the address unless one of the bootstrap servers
+    accepts a TCP connection within ``timeout`` seconds in all (kafka-python itself would
+    wait 30 s or more before saying anything)."""
+    servers = [s.strip() for s in bootstrap_servers.split(",") if s.strip()]
+    for server in servers:
+        host, _, port = server.rpartition(":")
+        try:
+            with socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)),
+                                          timeout=timeout / max(len(servers), 1)):
+                return
+        except (OSError, ValueError):
+            continue
+    raise BrokerError(f"no Kafka broker answers at {bootstrap_servers}: start one (`imbill run` or `imbill broker`) "
+                      f"or point --bootstrap-servers / IMBILL_BOOTSTRAP_SERVERS at yours")
 
 
 def create_topics(bootstrap_servers: str, specs: Iterable[TopicSpec], replication_factor: int = 1) -> list[str]:
@@ -150,3 +168,48 @@ def read_to_end(bootstrap_servers: str, topic: str, start: Mapping[int, int] | N
                     pending.discard(tp)
     finally:
         consumer.close()
+
+
+class Tail:
+    """What is appended to ``topics`` from now on: every partition, read from its end at the
+    time the tail is opened (open it before causing what you wait for)."""
+
+    def __init__(self, bootstrap_servers: str, topics: Iterable[str]) -> None:
+        topics = list(topics)
+        try:
+            self._consumer = KafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False,
+                                           group_id=None, fetch_max_wait_ms=50)
+        except KafkaError as exc:
+            raise BrokerError(f"cannot connect to {bootstrap_servers}: {exc}") from exc
+        try:
+            tps = [tp for topic in topics for tp in partitions_of(self._consumer, topic)]
+            self._consumer.assign(tps)
+            for tp, end in self._consumer.end_offsets(tps).items():
+                self._consumer.seek(tp, end)
+        except BaseException as exc:
+            self._consumer.close()
+            if isinstance(exc, KafkaError):
+                raise BrokerError(f"cannot read {', '.join(topics)} on {bootstrap_servers}: {exc}") from exc
+            raise
+
+    def find(self, match: Callable[[Envelope], bool], timeout: float) -> Envelope | None:
+        """The first decoded record appended since the tail opened that ``match`` accepts,
+        or None when none comes within ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            batches = self._consumer.poll(timeout_ms=max(1, int(min(left, 0.2) * 1000)))
+            for messages in batches.values():
+                for message in messages:
+                    envelope = _envelope(message)
+                    if envelope.record is not None and match(envelope):
+                        return envelope
+        return None
+
+    def close(self) -> None:
+        self._consumer.close()
+
+    def __enter__(self) -> "Tail":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

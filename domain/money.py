@@ -17,7 +17,9 @@ from __future__ import annotations
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Mapping
 
-__all__ = ["MINOR_UNITS", "DEFAULT_MINOR_UNITS", "ZERO", "PAYMENT_LIMIT", "PRICE_LIMIT", "BALANCE_LIMIT", "minor_units", "quantum", "round_amount", "billing_units"]
+from iso4217 import Currency
+
+__all__ = ["MINOR_UNITS", "DEFAULT_MINOR_UNITS", "ZERO", "PAYMENT_LIMIT", "PRICE_LIMIT", "BALANCE_LIMIT", "minor_units", "quantum", "round_amount", "billing_units", "money_text"]
 
 ZERO = Decimal(0)
 DEFAULT_MINOR_UNITS = 2
@@ -30,19 +32,9 @@ BALANCE_LIMIT = Decimal("1000000000")
 """The largest balance an account may hold, far inside the Avro decimal(24, 6) of the events
 (|value| < 10^18): a payment that would go past it is refused (balance_limit)."""
 
-_ZERO_DECIMALS = ("BIF", "CLP", "DJF", "GNF", "ISK", "JPY", "KMF", "KRW", "PYG", "RWF", "UGX",
-                  "UYI", "VND", "VUV", "XAF", "XOF", "XPF")
-_THREE_DECIMALS = ("BHD", "IQD", "JOD", "KWD", "LYD", "OMR", "TND")
-_TWO_DECIMALS = ("AED", "AUD", "BRL", "CAD", "CHF", "CNY", "CZK", "DKK", "EUR", "GBP", "HKD",
-                 "HUF", "ILS", "INR", "MXN", "NOK", "NZD", "PLN", "RON", "RUB", "SEK", "SGD",
-                 "THB", "TRY", "UAH", "USD", "ZAR")
-
-MINOR_UNITS: Mapping[str, int] = {
-    **{code: 0 for code in _ZERO_DECIMALS},
-    **{code: 2 for code in _TWO_DECIMALS},
-    **{code: 3 for code in _THREE_DECIMALS},
-}
-"""ISO 4217 minor units of the currencies that need saying; any other code has 2."""
+MINOR_UNITS: Mapping[str, int] = {c.code: c.exponent for c in Currency if c.exponent is not None}
+"""ISO 4217 minor units of every currency that has them (the ISO table, from the `iso4217`
+package); any other code (XAU, XDR, an unknown code) has 2."""
 
 _QUANTA = {places: Decimal(1).scaleb(-places) for places in range(5)}
 
@@ -66,6 +58,19 @@ def quantum(currency: str) -> Decimal:
 def round_amount(amount: Decimal, currency: str) -> Decimal:
     """``amount`` rounded ROUND_HALF_UP to the minor units of ``currency``."""
     return amount.quantize(quantum(currency), rounding=ROUND_HALF_UP)
+
+
+def money_text(amount: Decimal, currency: str | None) -> str:
+    """``amount`` as text with the minor units of ``currency`` (0.05 USD, 5 JPY, 0.050 BHD;
+    none without a currency); digits past them only when they are not zero (a balance topped
+    up by 0.123456 USD is ``0.123456``, never rounded on screen). Every output of imbill
+    writes money with this."""
+    amount = amount if amount else ZERO  # never "-0.00"
+    places = minor_units(currency) if currency else 0
+    exact = amount.normalize()
+    if exact.as_tuple().exponent >= -places:  # type: ignore[operator]
+        return f"{amount.quantize(Decimal(1).scaleb(-places)):f}"
+    return f"{exact:f}"
 
 
 def billing_units(body_chars: int, unit_size: int | None) -> int:

@@ -1,41 +1,93 @@
 """The `imbill` command: thin click commands over the processes (imbill.wiring), the use
-cases (imbill.usecases) and what is shown of them (imbill.presentation)."""
+cases (imbill.usecases) and what is shown of them (imbill.presentation).
+
+Every user error (a bad option value, a file, an account, no broker, no edge, no database)
+ends in one line on stderr naming what was wrong and what to do, and a non-zero exit
+status; a traceback is shown only with ``--debug``.
+"""
 
 from __future__ import annotations
 
+import errno
 import sys
-from datetime import datetime, timezone
+import traceback
+from datetime import date, datetime, time, timezone
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.console import Console
-from rich.markup import escape
 
 from imbill import presentation, usecases, wiring
 from imbill.report import render_report
 from imbill.domain.errors import ImbillError
+from imbill.projections.queries import AGGREGATIONS, XDR_COLUMNS, XdrFilter
 from imbill.settings import DEFAULT_EXAMPLE, Settings, load_settings
 
-console = Console(highlight=False)
+EXIT_USER_ERROR = 2
+EXIT_INTERNAL_ERROR = 70
+
+
+def _console() -> Console:
+    """stdout as it is now: the terminal's width on a terminal; when piped or redirected,
+    wide enough that no table cell is ever cut (``imbill ... | grep`` finds it)."""
+    piped = not sys.stdout.isatty()
+    return Console(highlight=False, markup=False, width=100_000 if piped else None, soft_wrap=piped)
+
+
+def say(message: Any) -> None:
+    """Print a line or a table to stdout."""
+    _console().print(message)
 
 
 def _settings(ctx: click.Context) -> Settings:
     return ctx.obj
 
 
-def _when(value: str | None) -> datetime | None:
-    if value is None:
-        return None
-    parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+def _error(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+
+
+class IsoTime(click.ParamType):
+    """An ISO 8601 date or time; without a zone it is UTC."""
+
+    name = "TIME"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> datetime:
+        if isinstance(value, datetime):
+            return value
+        try:
+            parsed = datetime.fromisoformat(str(value).strip().replace("Z", "+00:00"))
+        except ValueError:
+            try:
+                parsed = datetime.combine(date.fromisoformat(str(value).strip()), time())
+            except ValueError:
+                self.fail(f"{value!r} is not a time: give ISO 8601, e.g. 2026-12-04 or 2026-12-04T09:30:00Z "
+                          f"(UTC unless a zone is given)", param, ctx)
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+
+
+class Amount(click.ParamType):
+    """A decimal amount of money, e.g. 10.00."""
+
+    name = "AMOUNT"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Decimal:
+        try:
+            return Decimal(str(value).strip())
+        except InvalidOperation:
+            self.fail(f"{value!r} is not a decimal amount: give e.g. 10.00", param, ctx)
+
+
+TIME = IsoTime()
 
 
 def _iso_time(value: str, option: str) -> datetime:
     """An ISO time (UTC unless it names its offset), or one line saying it is not one."""
     try:
-        return _when(value)
-    except ValueError:
+        return TIME.convert(value, None, None)
+    except click.BadParameter:
         raise ImbillError(f"{option}: not an ISO time: {value!r}") from None
 
 
@@ -52,21 +104,73 @@ def _write_atomically(path: Path, text: str) -> None:
 
 
 class _Group(click.Group):
-    def invoke(self, ctx: click.Context):
+    """Errors as one line: usage errors (bad option values, a missing file) here, the
+    engine's own errors and unexpected ones in :meth:`invoke` (tracebacks with --debug)."""
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        try:
+            returned = super().main(*args, standalone_mode=False, **kwargs)
+        except click.exceptions.NoArgsIsHelpError as exc:  # `imbill` or `imbill config` alone: the help
+            exc.show()
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            hint = f" (see `{exc.ctx.command_path} --help`)" if isinstance(exc, click.UsageError) and exc.ctx else ""
+            _error(exc.format_message() + hint)
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            _error("aborted")
+            sys.exit(1)
+        if standalone_mode:
+            sys.exit(returned if isinstance(returned, int) else 0)
+        return returned
+
+    def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except (click.ClickException, click.Abort, click.exceptions.Exit):
+            raise
+        except OSError as exc:
+            if exc.errno == errno.EPIPE:
+                raise  # the reader went away (`| head`): click ends quietly
+            self._fail(ctx, exc, f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), EXIT_USER_ERROR)
         except ImbillError as exc:
-            console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
-            sys.exit(2)
+            self._fail(ctx, exc, str(exc), EXIT_USER_ERROR)
+        except Exception as exc:  # noqa: BLE001 - a bug: one line unless --debug
+            self._fail(ctx, exc, f"unexpected {type(exc).__name__}: {exc} (run again with --debug for the "
+                                 f"traceback, and report it)", EXIT_INTERNAL_ERROR)
+
+    @staticmethod
+    def _fail(ctx: click.Context, exc: BaseException, message: str, status: int) -> None:
+        if ctx.params.get("debug"):
+            traceback.print_exception(exc)
+        _error(message)
+        sys.exit(status)
+
+
+FORMAT_HELP = "table (fits the terminal; never cut when piped), csv or json."
+
+
+def _format_option(*choices: str) -> Any:
+    return click.option("--format", "fmt", type=click.Choice(choices or presentation.FORMATS), default="table",
+                        show_default=True, help=FORMAT_HELP)
+
+
+def _show(listing: presentation.Listing, fmt: str) -> None:
+    if fmt == "table":
+        say(presentation.listing_table(listing))
+    else:
+        click.echo(presentation.render(listing, fmt), nl=False)
 
 
 @click.group(cls=_Group)
-@click.option("--bootstrap-servers", help="Kafka bootstrap servers.")
-@click.option("--database-url", help="SQLAlchemy URL of the projections.")
-@click.option("--environment", help="Virtual environment (tenant).")
-@click.option("--topic-prefix", help="Prefix of every topic name.")
+@click.option("--bootstrap-servers", help="Kafka bootstrap servers (default 127.0.0.1:9092, IMBILL_BOOTSTRAP_SERVERS).")
+@click.option("--database-url", help="SQLAlchemy URL of the projections (default sqlite:///imbill.db, "
+                                     "IMBILL_DATABASE_URL).")
+@click.option("--environment", help="Virtual environment (tenant; default `default`, IMBILL_ENVIRONMENT).")
+@click.option("--topic-prefix", help="Prefix of every topic name (default none, IMBILL_TOPIC_PREFIX).")
+@click.option("--debug", is_flag=True, help="Show the traceback of an error.")
 @click.pass_context
-def cli(ctx: click.Context, bootstrap_servers, database_url, environment, topic_prefix) -> None:
+def cli(ctx: click.Context, bootstrap_servers, database_url, environment, topic_prefix, debug) -> None:
     """imbill: event-sourced billing for SIP instant messaging on Kafka."""
     ctx.obj = load_settings(bootstrap_servers=bootstrap_servers, database_url=database_url,
                             environment=environment, topic_prefix=topic_prefix)
@@ -79,7 +183,7 @@ def cli(ctx: click.Context, bootstrap_servers, database_url, environment, topic_
 def broker(ctx: click.Context, port: int | None, memory: bool) -> None:
     """Run the local Kafka-protocol broker (Tansu) until Ctrl-C; its history is kept in the
     data directory's journal and restored at the next start (unless --memory)."""
-    wiring.broker(_settings(ctx), port, console.print, memory=memory)
+    wiring.broker(_settings(ctx), port, say, memory=memory)
 
 
 @cli.group()
@@ -92,21 +196,22 @@ def topics() -> None:
 def topics_create(ctx: click.Context) -> None:
     """Create every topic of the catalogue that does not exist yet (idempotent)."""
     created = usecases.create_all_topics(_settings(ctx))
-    console.print(f"created {len(created)} topic(s): {', '.join(created) or 'none, all existed'}")
+    say(f"created {len(created)} topic(s): {', '.join(created) or 'none, all existed'}")
 
 
 @topics.command("list")
+@_format_option()
 @click.pass_context
-def topics_list(ctx: click.Context) -> None:
+def topics_list(ctx: click.Context, fmt: str) -> None:
     """Print the topic catalogue: name, partitions, key, cleanup policy, events."""
-    console.print(presentation.topics_table(_settings(ctx).topic_prefix))
+    _show(presentation.topics_listing(_settings(ctx).topic_prefix), fmt)
 
 
 @cli.command()
-@click.pass_context
-def schemas(ctx: click.Context) -> None:
+@_format_option()
+def schemas(fmt: str) -> None:
     """List the Avro schemas (one .avsc per event type) and their fingerprints."""
-    console.print(presentation.schemas_table())
+    _show(presentation.schemas_listing(), fmt)
 
 
 @cli.group()
@@ -120,27 +225,34 @@ def config() -> None:
 def config_apply(ctx: click.Context, file: Path) -> None:
     """Append the events that bring the environment to FILE's config (nothing if equal)."""
     result = usecases.apply_config_file(_settings(ctx), file)
-    console.print(f"environment {result.environment}: {len(result.events)} event(s) appended")
+    say(f"environment {result.environment}: {len(result.events)} event(s) appended")
     for name, key in result.events:
-        console.print(f"  {name} {key}")
+        say(f"  {name} {key}")
 
 
 @config.command("show")
-@click.option("--at", "at", help="Show the config in force at this ISO time.")
+@click.option("--at", "when", type=TIME, help="Show the config in force at this ISO 8601 time (UTC unless zoned).")
+@_format_option()
 @click.pass_context
-def config_show(ctx: click.Context, at: str | None) -> None:
-    """Print the current config state of the environment (or as it was --at a time)."""
-    settings, when = _settings(ctx), _when(at)
-    for table in presentation.config_tables(usecases.config_at(settings, when), settings.environment, when):
-        console.print(table)
+def config_show(ctx: click.Context, when: datetime | None, fmt: str) -> None:
+    """Print the current config state of the environment (or as it was --at a time); csv and
+    json give one row per object field (kind, object, field, value)."""
+    settings = _settings(ctx)
+    state = usecases.config_at(settings, when)
+    if fmt != "table":
+        _show(presentation.config_listing(state, settings.environment), fmt)
+        return
+    for table in presentation.config_tables(state, settings.environment, when):
+        say(table)
 
 
 @config.command("history")
+@_format_option()
 @click.pass_context
-def config_history(ctx: click.Context) -> None:
+def config_history(ctx: click.Context, fmt: str) -> None:
     """List the config events of the environment, oldest first."""
     settings = _settings(ctx)
-    console.print(presentation.config_history_table(usecases.config_events(settings), settings.environment))
+    _show(presentation.config_history_listing(usecases.config_events(settings), settings.environment), fmt)
 
 
 @cli.command()
@@ -149,7 +261,7 @@ def config_history(ctx: click.Context) -> None:
 @click.pass_context
 def edge(ctx: click.Context, host: str | None, port: int | None) -> None:
     """Run the SIP edge: MESSAGE -> message-attempt event -> 202 Accepted."""
-    wiring.edge(_settings(ctx).with_overrides(edge_host=host, edge_port=port), console.print)
+    wiring.edge(_settings(ctx).with_overrides(edge_host=host, edge_port=port), say)
 
 
 @cli.command()
@@ -159,7 +271,7 @@ def edge(ctx: click.Context, host: str | None, port: int | None) -> None:
 @click.option("--batch-size", type=int, default=4000, show_default=True, help="Most records decided per batch.")
 @click.option("--session-timeout", type=float, default=6.0, show_default=True,
               help="Seconds before the group gives up on a worker that died.")
-@click.option("--log-level", default="info", show_default=True)
+@click.option("--log-level", default="info", show_default=True, help="debug, info, warning or error.")
 @click.pass_context
 def process(ctx: click.Context, worker_id: str | None, data_dir: Path | None, batch_size: int,
             session_timeout: float, log_level: str) -> None:
@@ -178,26 +290,109 @@ def process(ctx: click.Context, worker_id: str | None, data_dir: Path | None, ba
 def project(ctx: click.Context, once: bool, max_poll_records: int, rebuild: bool) -> None:
     """Fold charges, rejections, balance, status and config events into SQL tables."""
     if rebuild:
-        wiring.rebuild_projections(_settings(ctx), console.print)
+        wiring.rebuild_projections(_settings(ctx), say)
         return
-    wiring.projectors(_settings(ctx), once, console.print, max_poll_records=max_poll_records)
+    wiring.projectors(_settings(ctx), once, say, max_poll_records=max_poll_records)
+
+
+def _columns(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    columns = tuple(c.strip() for c in value.split(",") if c.strip())
+    unknown = [c for c in columns if c not in XDR_COLUMNS]
+    if unknown or not columns:
+        raise click.BadParameter(f"no xDR column {', '.join(unknown) or '(none given)'}; the columns are "
+                                 f"{', '.join(XDR_COLUMNS)}", ctx, param)
+    return columns
 
 
 @cli.command()
 @click.option("--account", help="Only this account.")
-@click.option("--since", help="From this ISO time.")
-@click.option("--until", help="Before this ISO time.")
-@click.option("--limit", type=int, default=None)
-@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table")
+@click.option("--customer", help="Only the accounts of this customer.")
+@click.option("--destination", help="Only this destination (E.164 number, or the user part).")
+@click.option("--direction", type=click.Choice(["outgoing", "incoming"]), help="Only this direction.")
+@click.option("--since", type=TIME, help="Attempted at or after this ISO 8601 time (UTC unless zoned).")
+@click.option("--until", type=TIME, help="Attempted before this ISO 8601 time (UTC unless zoned).")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="At most this many rows (the newest).")
+@click.option("--oldest-first", is_flag=True, help="Oldest first (default: newest first).")
+@click.option("--by", type=click.Choice(AGGREGATIONS),
+              help="Totals per hour or day (UTC), customer, destination or vendor, and currency: "
+                   "xDR count, billing units, amount.")
+@click.option("--wide", is_flag=True, help="Every column in the table (default: time, account, destination, "
+                                           "billing units, amount, currency).")
+@click.option("--columns", callback=_columns, help="These columns, comma separated (any column of the xdr table).")
+@click.option("--format", "fmt", type=click.Choice([*presentation.FORMATS, "parquet"]), default="table",
+              show_default=True, help="table (fits the terminal; never cut when piped), csv or json (every "
+                                      "column unless --columns), parquet (typed; needs --output).")
+@click.option("--output", type=click.Path(dir_okay=False, writable=True, path_type=Path),
+              help="Write csv, json or parquet to this file instead of stdout.")
 @click.pass_context
-def xdr(ctx: click.Context, account, since, until, limit, fmt) -> None:
-    """Print xDRs from the projection (table, CSV or JSON)."""
+def xdr(ctx: click.Context, account, customer, destination, direction, since, until, limit, oldest_first, by,
+        wide, columns, fmt, output) -> None:
+    """Print xDRs (or their totals --by) from the projection: table, CSV, JSON or Parquet."""
+    if fmt == "parquet" and output is None:
+        raise click.UsageError("parquet is binary: give --output FILE", ctx)
+    if output is not None and fmt == "table":
+        raise click.UsageError("--output writes csv, json or parquet: give --format too", ctx)
+    if output is not None and not output.parent.is_dir():
+        raise click.BadParameter(f"no directory {output.parent} to write {output.name} in", ctx, param_hint="--output")
+    if by and (wide or columns):
+        raise click.UsageError("--by shows totals: --wide and --columns choose xDR columns", ctx)
     settings = _settings(ctx)
-    rows = usecases.xdrs(settings, account=account, since=_when(since), until=_when(until), limit=limit)
-    if fmt == "table":
-        console.print(presentation.xdr_table(rows, settings.environment))
+    where = XdrFilter(account=account, customer=customer, destination=destination, direction=direction,
+                      since=since, until=until)
+    if by:
+        listing = presentation.xdr_aggregate_listing(
+            usecases.xdr_totals(settings, by, where, limit=limit, newest_first=not oldest_first),
+            settings.environment, by)
     else:
-        click.echo(presentation.format_xdrs(rows, fmt), nl=False)
+        rows = usecases.xdrs(settings, where, limit=limit, newest_first=not oldest_first)
+        chosen = columns or (XDR_COLUMNS if wide or fmt != "table" else presentation.SUMMARY_COLUMNS)
+        listing = presentation.xdr_listing(rows, settings.environment, chosen)
+    if output is None:
+        _show(listing, fmt)
+    elif fmt == "parquet":
+        presentation.write_parquet(listing, output)
+    else:
+        output.write_text(str(presentation.render(listing, fmt)), encoding="utf-8")
+    if output is not None:
+        click.echo(f"{len(listing.rows)} rows written to {output}", err=True)
+
+
+@cli.command()
+@click.option("--account", help="Only this account.")
+@_format_option()
+@click.pass_context
+def balance(ctx: click.Context, account: str | None, fmt: str) -> None:
+    """Balance, balance model, credit limit, messaging status and last movement per account
+    (from the projections)."""
+    settings = _settings(ctx)
+    _show(presentation.balance_listing(usecases.balances(settings, account), settings.environment), fmt)
+
+
+@cli.command()
+@click.option("--account", help="Only this account.")
+@click.option("--reason", help="Only this reason code, e.g. unknown_account, insufficient_funds.")
+@click.option("--since", type=TIME, help="Attempted at or after this ISO 8601 time (UTC unless zoned).")
+@click.option("--until", type=TIME, help="Attempted before this ISO 8601 time (UTC unless zoned).")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="At most this many rows (the newest).")
+@click.option("--wide", is_flag=True, help="Every column (ids, rejection time, domain).")
+@_format_option()
+@click.pass_context
+def rejections(ctx: click.Context, account, reason, since, until, limit, wide, fmt) -> None:
+    """Rejected attempts, newest first, with their reason code and message (from the projection)."""
+    settings = _settings(ctx)
+    rows = usecases.rejections(settings, account=account, reason=reason, since=since, until=until, limit=limit)
+    _show(presentation.rejection_listing(rows, settings.environment, wide or fmt != "table"), fmt)
+
+
+@cli.command()
+@_format_option()
+@click.pass_context
+def accounts(ctx: click.Context, fmt: str) -> None:
+    """The accounts of the config in force: customer, currency, product, balance model."""
+    settings = _settings(ctx)
+    _show(presentation.account_listing(usecases.accounts(settings), settings.environment), fmt)
 
 
 @cli.command("report")
@@ -215,7 +410,7 @@ def report_command(ctx: click.Context, since: str, until: str, customer: str | N
     data = usecases.report(_settings(ctx), since=start, until=end, customer=customer)
     _write_atomically(output, render_report(data))
     what = "no traffic" if data.empty else f"{data.messages} messages charged, {data.rejected} attempts rejected"
-    console.print(f"wrote {output}: {what}", soft_wrap=True)
+    say(f"wrote {output}: {what}")
 
 
 @cli.group()
@@ -224,40 +419,56 @@ def policy() -> None:
 
 
 @policy.command("attributes")
-@click.option("--service", type=click.Choice(["messaging", "voice", "all"]), default="all")
-def policy_attributes(service: str) -> None:
+@click.option("--service", type=click.Choice(["messaging", "voice", "all"]), default="all", show_default=True,
+              help="Only the attributes of this service type.")
+@_format_option()
+def policy_attributes(service: str, fmt: str) -> None:
     """List every service policy attribute: section, type, allowed values, default, applies to."""
-    console.print(presentation.attributes_table(service))
+    _show(presentation.attributes_listing(service), fmt)
 
 
 @policy.command("explain")
 @click.option("--account", required=True, help="Sending account id.")
 @click.option("--to", "to", required=True, help="Destination, e.g. sip:1002@im.example.com")
-@click.option("--user-agent", default=None)
+@click.option("--user-agent", default=None, help="User-Agent of the sender (voice policies match on it).")
+@click.option("--format", "fmt", type=click.Choice(presentation.FORMATS), default="table", show_default=True,
+              help="table; csv (the effective attributes) or json (policies, attributes and outcome).")
 @click.pass_context
-def policy_explain(ctx: click.Context, account: str, to: str, user_agent: str | None) -> None:
+def policy_explain(ctx: click.Context, account: str, to: str, user_agent: str | None, fmt: str) -> None:
     """Show which service policies match, which wins, and each effective attribute's source."""
     settings = _settings(ctx)
     explained = usecases.explain_policy(settings, account, to, user_agent)
-    for renderable in presentation.explanation(explained.explanation, explained.rated, account=account, to=to,
-                                               environment=settings.environment):
-        console.print(renderable)
+    for shown in presentation.explanation(explained.explanation, explained.rated, account=account, to=to,
+                                          environment=settings.environment, fmt=fmt):
+        if fmt == "table":
+            say(shown)
+        else:
+            click.echo(shown, nl=False)
+
+
+WAIT_HELP = "Seconds to wait for what the processor made of it (0: do not wait)."
 
 
 @cli.command()
-@click.option("--account", required=True)
-@click.option("--amount", required=True, help="Decimal amount, e.g. 10.00")
+@click.option("--account", required=True, help="Account to top up.")
+@click.option("--amount", required=True, type=Amount(), help="Decimal amount, e.g. 10.00 (at most 6 decimals).")
 @click.option("--currency", default=None, help="Defaults to the account's customer currency.")
 @click.option("--reference", default="", help="Free text kept on the event.")
+@click.option("--wait", type=click.FloatRange(min=0), default=usecases.OUTCOME_WAIT, show_default=True,
+              help=WAIT_HELP)
 @click.pass_context
-def payment(ctx: click.Context, account: str, amount: str, currency: str | None, reference: str) -> None:
-    """Top up an account's balance (appends a Payment event)."""
-    try:
-        value = Decimal(amount)
-    except InvalidOperation:
-        raise click.BadParameter(f"not a decimal amount: {amount}", param_hint="--amount") from None
-    payment_id = usecases.top_up(_settings(ctx), account, value, currency, reference)
-    console.print(f"payment {payment_id} appended for {account}: {value}")
+def payment(ctx: click.Context, account: str, amount: Decimal, currency: str | None, reference: str,
+            wait: float) -> None:
+    """Top up an account's balance (appends a Payment event) and print the new balance."""
+    done = usecases.top_up(_settings(ctx), account, amount, currency, reference, wait)
+    say(f"payment {done.payment_id} appended for {account}: "
+        f"{presentation.money(done.amount, done.currency)} {done.currency}")
+    if done.outcome is not None:
+        say(presentation.outcome_text(done.outcome.event, done.outcome.record))
+        sys.exit(1 if done.outcome.event == "PaymentRejected" else 0)
+    if wait > 0:
+        say(f"no new balance within {wait:g} s: is the processor running (`imbill run` or `imbill process`)? "
+            f"`imbill balance --account {account}` shows it once applied")
 
 
 @cli.command()
@@ -266,26 +477,39 @@ def payment(ctx: click.Context, account: str, amount: str, currency: str | None,
 @click.option("--domain", default=None, help="SIP domain (default: the edge address).")
 @click.option("--host", default=None, help="Edge address (default 127.0.0.1).")
 @click.option("--port", type=int, default=None, help="Edge port (default 5060).")
+@click.option("--wait", type=click.FloatRange(min=0), default=usecases.OUTCOME_WAIT, show_default=True,
+              help=WAIT_HELP)
 @click.argument("text")
 @click.pass_context
-def send(ctx: click.Context, from_user, to_user, domain, host, port, text) -> None:
-    """Send one SIP MESSAGE to the edge and print its answer."""
+def send(ctx: click.Context, from_user, to_user, domain, host, port, wait, text) -> None:
+    """Send one SIP MESSAGE to the edge; print its answer and its charge or rejection.
+
+    Exit status: 0 charged (or accepted and not watched), 1 rejected or refused by the edge."""
     settings = _settings(ctx).with_overrides(edge_host=host, edge_port=port)
-    answer = usecases.send(settings, from_user=from_user, to_user=to_user, text=text, domain=domain)
-    console.print(f"{answer.status} {answer.reason}")
-    sys.exit(0 if 200 <= answer.status < 300 else 1)
+    sent = usecases.send(settings, from_user=from_user, to_user=to_user, text=text, domain=domain, wait=wait)
+    say(f"{sent.answer.status} {sent.answer.reason}")
+    accepted = 200 <= sent.answer.status < 300
+    if sent.outcome is not None:
+        say(presentation.outcome_text(sent.outcome.event, sent.outcome.record))
+        sys.exit(0 if sent.outcome.event == "Charge" else 1)
+    if accepted and sent.unknown:
+        say(f"outcome unknown: {sent.unknown}")
+    elif accepted and wait > 0:
+        say(f"no charge or rejection within {wait:g} s: is the processor running? attempt {sent.attempt_id}; "
+            f"see `imbill xdr` and `imbill rejections` later")
+    sys.exit(0 if accepted else 1)
 
 
 @cli.command()
 @click.option("--count", type=int, default=1000, help="Attempts to generate.")
 @click.option("--accounts", default="1001,1002", help="Comma separated sending accounts.")
 @click.option("--to", "to_users", default="1002,1001,441234567890", help="Comma separated destinations.")
-@click.option("--seed", type=int, default=7)
+@click.option("--seed", type=int, default=7, show_default=True, help="Random seed: the same seed, the same traffic.")
 @click.pass_context
 def traffic(ctx: click.Context, count: int, accounts: str, to_users: str, seed: int) -> None:
     """Append generated message attempts (Avro) straight onto the attempts topic."""
     sent = usecases.generate_traffic(_settings(ctx), count, accounts.split(","), to_users.split(","), seed)
-    console.print(f"appended {sent} message attempts")
+    say(f"appended {sent} message attempts")
 
 
 @cli.command()
@@ -294,7 +518,7 @@ def traffic(ctx: click.Context, count: int, accounts: str, to_users: str, seed: 
 @click.pass_context
 def run(ctx: click.Context, example: Path | None) -> None:
     """Start broker, topics, edge, processor and projectors together; Ctrl-C stops all."""
-    sys.exit(wiring.run(_settings(ctx), example or DEFAULT_EXAMPLE, console.print))
+    sys.exit(wiring.run(_settings(ctx), example or DEFAULT_EXAMPLE, say))
 
 
 def main() -> None:

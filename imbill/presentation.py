@@ -1,9 +1,11 @@
-"""What the CLI shows: rich tables and text built from values, and the one function that
-turns a value (Decimal, datetime, bool, None, a sequence, a mapping) into text.
+"""What the CLI shows: every listing is a :class:`Listing` (columns, rows of values, each
+column's kind) rendered as a rich table, CSV, JSON or Parquet, and :func:`text` and
+:func:`money` turn one value into text.
 
-Each kind of output keeps its own look through a :class:`TextStyle`: config tables say
-yes/no and drop trailing zeros, exports (CSV, JSON, the plain xDR table) say true/false with
-exact decimals and UTC timestamps, the rich xDR table shows timestamps to the second.
+Money is written everywhere with its currency's ISO 4217 minor units (``0.05`` USD, ``5``
+JPY, ``0.050`` BHD; more digits only when they are not zero); config tables say yes/no and
+show unit prices as configured; exports (CSV, JSON) say true/false with ISO 8601 UTC
+timestamps; tables show UTC timestamps to the second.
 """
 
 from __future__ import annotations
@@ -11,25 +13,34 @@ from __future__ import annotations
 import csv
 import io
 import json
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from decimal import Decimal
+from pathlib import Path
 from typing import Any, Iterable, Literal, Mapping, Sequence
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 from rich.table import Table
 
 from imbill.domain.catalogue import CATALOGUE_COLUMNS, catalogue_rows
-from imbill.domain.config import ConfigState, UsageCharge
+from imbill.domain.config import ConfigState, EnvironmentConfig, UsageCharge
+from imbill.domain.money import money_text
 from imbill.domain.policy import Explanation
 from imbill.domain.rating import Rated, Refusal
 from imbill.producers.config_publisher import PLAN_ORDER, HistoryEntry
-from imbill.projections.queries import XDR_COLUMNS
+from imbill.projections.models import RejectedAttempt, Xdr
+from imbill.projections.queries import (AGGREGATE_KINDS, BALANCE_KINDS, REJECTION_COLUMNS, XDR_COLUMNS,
+                                        column_kinds)
 from imbill.schemas.codec import schemas
 from imbill.schemas.topics import CATALOGUE
 
-__all__ = ["TextStyle", "CONFIG", "EXPLAIN", "EXPORT", "XDR_CELL", "SUMMARY_COLUMNS", "text",
-           "topics_table", "schemas_table", "config_tables", "config_history_table", "attributes_table",
-           "xdr_table", "format_xdrs", "explanation"]
+__all__ = ["TextStyle", "CONFIG", "EXPLAIN", "EXPORT", "text", "money", "FORMATS", "Listing", "render",
+           "listing_table", "listing_csv", "listing_json", "arrow_table", "write_parquet",
+           "topics_listing", "schemas_listing", "attributes_listing", "config_tables", "config_rows",
+           "config_listing", "config_history_listing", "SUMMARY_COLUMNS", "XDR_KINDS", "xdr_listing",
+           "xdr_aggregate_listing", "format_xdrs", "balance_listing", "rejection_listing", "account_listing",
+           "explanation"]
 
 
 @dataclass(frozen=True)
@@ -50,7 +61,6 @@ class TextStyle:
 CONFIG = TextStyle(trim_zeros=True)
 EXPLAIN = TextStyle(join=False)
 EXPORT = TextStyle(true="true", false="false", utc=True)
-XDR_CELL = TextStyle(true="True", false="False", timespec="seconds")
 
 
 def text(value: Any, style: TextStyle = CONFIG) -> str:
@@ -79,28 +89,22 @@ def _decimal(value: Decimal, trim_zeros: bool) -> str:
 
 # --- catalogues ---------------------------------------------------------------------------
 
-def topics_table(topic_prefix: str) -> Table:
-    table = Table("topic", "partitions", "key", "cleanup", "retention", "events", title="Topic catalogue")
-    for spec in CATALOGUE:
-        retention = "forever" if spec.retention_ms < 0 else f"{spec.retention_ms} ms"
-        table.add_row(topic_prefix + spec.name, str(spec.partitions), spec.key,
-                      spec.cleanup_policy, retention, ", ".join(spec.events) or "(faust changelog)")
-    return table
+def topics_listing(topic_prefix: str) -> Listing:
+    rows = [(topic_prefix + spec.name, str(spec.partitions), spec.key, spec.cleanup_policy,
+             "forever" if spec.retention_ms < 0 else f"{spec.retention_ms} ms",
+             ", ".join(spec.events) or "(faust changelog)") for spec in CATALOGUE]
+    return text_listing("Topic catalogue", ("topic", "partitions", "key", "cleanup", "retention", "events"), rows)
 
 
-def schemas_table() -> Table:
-    table = Table("schema", "namespace", "fingerprint (CRC-64-AVRO, LE)", "fields", title="Avro schemas")
-    for name, schema in schemas().items():
-        namespace, _, _ = schema.parsed["name"].rpartition(".")
-        table.add_row(name, namespace, schema.header[2:].hex(), str(len(schema.parsed["fields"])))
-    return table
+def schemas_listing() -> Listing:
+    rows = [(name, schema.parsed["name"].rpartition(".")[0], schema.header[2:].hex(),
+             str(len(schema.parsed["fields"]))) for name, schema in schemas().items()]
+    return text_listing("Avro schemas", ("schema", "namespace", "fingerprint (CRC-64-AVRO, LE)", "fields"), rows)
 
 
-def attributes_table(service: str) -> Table:
-    table = Table(*CATALOGUE_COLUMNS, title="Service policy attributes")
-    for row in catalogue_rows(None if service == "all" else service):
-        table.add_row(*row)
-    return table
+def attributes_listing(service: str) -> Listing:
+    return text_listing("Service policy attributes", CATALOGUE_COLUMNS,
+                        catalogue_rows(None if service == "all" else service))
 
 
 # --- config -------------------------------------------------------------------------------
@@ -123,7 +127,7 @@ def config_rows(state: ConfigState, environment: str | None = None) -> list[Kind
     found = []
     for kind in PLAN_ORDER:
         columns = ("environment", *(f.name for f in fields(kind.cls)))
-        rows = tuple((env.name, *(_config_cell(obj, c) for c in columns[1:]))
+        rows = tuple((env.name, *(_config_cell(obj, c, _currency(env, obj)) for c in columns[1:]))
                      for env in envs for obj in env.collection(kind).values())
         if rows:
             found.append(KindRows(kind.name, columns, rows))
@@ -144,101 +148,274 @@ def config_tables(state: ConfigState, environment: str, at: datetime | None) -> 
     return tables
 
 
-def _config_cell(obj: Any, column: str) -> str:
+def _currency(env: EnvironmentConfig, obj: Any) -> str | None:
+    """The currency of an account's (its customer's) or a rate's (its tariff's) money."""
+    owner = env.customers.get(getattr(obj, "customer", "")) or env.tariffs.get(getattr(obj, "tariff", ""))
+    return getattr(owner, "currency", None)
+
+
+def _config_cell(obj: Any, column: str, currency: str | None = None) -> str:
+    """A config field as text: balances in their currency's minor units, unit prices as
+    configured but never with fewer decimals than the currency has (0.05, 0.0125, 0.50)."""
     value = getattr(obj, column)
-    return "***" if column == "service_password" and value else text(value, CONFIG)
+    if column == "service_password" and value:
+        return "***"
+    if isinstance(value, Decimal) and currency:
+        return money(value, currency)
+    return text(value, CONFIG)
 
 
-def config_history_table(entries: Iterable[HistoryEntry], environment: str) -> Table:
-    table = Table("offset", "occurred at", "event", "object", title=f"Config history ({environment})")
-    for entry in entries:
-        table.add_row(str(entry.offset), text(entry.occurred_at), entry.event, entry.key)
+def config_listing(state: ConfigState, environment: str) -> Listing:
+    """The config in force as one row per object field (kind, object, field, value): the
+    CSV and JSON form of ``imbill config show``."""
+    rows = [{"kind": kind.kind, "object": row[1] if len(row) > 1 else "", "field": column, "value": value}
+            for kind in config_rows(state, environment) for row in kind.rows
+            for column, value in zip(kind.columns[1:], row[1:])]
+    return Listing(f"Config ({environment})", ("kind", "object", "field", "value"), rows)
+
+
+def config_history_listing(entries: Iterable[HistoryEntry], environment: str) -> Listing:
+    rows = [{"offset": e.offset, "occurred_at": e.occurred_at, "event": e.event, "object": e.key} for e in entries]
+    return Listing(f"Config history ({environment}, times in UTC)", ("offset", "occurred_at", "event", "object"),
+                   rows, {"offset": "integer", "occurred_at": "timestamp"})
+
+
+# --- listings: one value, four formats ----------------------------------------------------
+
+FORMATS: tuple[str, ...] = ("table", "csv", "json")
+"""The formats of every listing command; ``imbill xdr`` also writes ``parquet``."""
+
+
+@dataclass(frozen=True)
+class Listing:
+    """Rows to show, whatever the format: the column order, each column's kind (``money``,
+    ``price``, ``timestamp``, ``integer``, ``boolean``, ``text``, or ``code``: text never
+    wrapped) and, for money, the column that holds its currency."""
+
+    title: str
+    columns: tuple[str, ...]
+    rows: Sequence[Mapping[str, Any]]
+    kinds: Mapping[str, str] = field(default_factory=dict)
+    currency_of: Mapping[str, str] = field(default_factory=dict)
+
+
+def money(value: Decimal | None, currency: str | None) -> str:
+    """``value`` with the minor units of ``currency`` (:func:`imbill.domain.money.money_text`);
+    None is the empty text."""
+    return "" if value is None else money_text(value, currency)
+
+
+def _cell(listing: Listing, row: Mapping[str, Any], column: str, export: bool) -> str:
+    value = row.get(column)
+    kind = listing.kinds.get(column, "text")
+    if value is None:
+        return ""
+    if kind in ("money", "price"):
+        return money(value, row.get(listing.currency_of.get(column, "currency")))
+    if kind == "timestamp" and not export:
+        return value.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    return text(value, EXPORT if export else CONFIG)
+
+
+def _json_cell(listing: Listing, row: Mapping[str, Any], column: str) -> Any:
+    value = row.get(column)
+    if value is None or isinstance(value, (bool, int, str)) and listing.kinds.get(column) != "money":
+        return value
+    return _cell(listing, row, column, export=True)
+
+
+_RIGHT = frozenset({"money", "price", "integer"})
+_HEADERS = {"billing_units": "units"}
+"""Shorter table headers (CSV, JSON and --columns keep the column names)."""
+
+
+def listing_table(listing: Listing) -> Table:
+    """A rich table of ``listing`` (numbers right-aligned, times in UTC to the second)."""
+    table = Table(title=listing.title)
+    for column in listing.columns:
+        kind = listing.kinds.get(column)
+        table.add_column(_HEADERS.get(column, column), justify="right" if kind in _RIGHT else "left",
+                         no_wrap=kind in ("timestamp", "money", "price", "integer", "code"))
+    for row in listing.rows:
+        table.add_row(*(_cell(listing, row, c, export=False) for c in listing.columns))
     return table
+
+
+def listing_csv(listing: Listing) -> str:
+    """CSV with a header row; money with its currency's minor units, times ISO 8601 UTC."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(listing.columns)
+    writer.writerows([_cell(listing, row, c, export=True) for c in listing.columns] for row in listing.rows)
+    return out.getvalue()
+
+
+def listing_json(listing: Listing) -> str:
+    """A JSON array of objects: numbers and booleans as JSON, money as exact decimal text."""
+    rows = [{c: _json_cell(listing, row, c) for c in listing.columns} for row in listing.rows]
+    return json.dumps(rows, indent=2, ensure_ascii=False) + "\n"
+
+
+_ARROW_TYPES = {"money": pa.decimal128(38, 6), "price": pa.decimal128(38, 6), "integer": pa.int64(),
+                "boolean": pa.bool_(), "timestamp": pa.timestamp("us", tz="UTC"), "text": pa.string(),
+                "code": pa.string()}
+
+
+def arrow_table(listing: Listing) -> pa.Table:
+    """``listing`` as an Arrow table: money as decimal128(38, 6), timestamps in UTC, numbers
+    and booleans typed (never strings)."""
+    schema = pa.schema([(c, _ARROW_TYPES[listing.kinds.get(c, "text")]) for c in listing.columns])
+    columns = {c: [row.get(c) for row in listing.rows] for c in listing.columns}
+    return pa.Table.from_pydict(columns, schema=schema)
+
+
+def write_parquet(listing: Listing, path: Path) -> None:
+    """``listing`` as a Parquet file (readable by pyarrow, DuckDB, pandas)."""
+    pq.write_table(arrow_table(listing), path)
+
+
+def render(listing: Listing, fmt: str) -> Table | str:
+    """``listing`` as a rich table, CSV or JSON text."""
+    if fmt == "table":
+        return listing_table(listing)
+    if fmt == "csv":
+        return listing_csv(listing)
+    if fmt == "json":
+        return listing_json(listing)
+    raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
 
 
 # --- xDRs ---------------------------------------------------------------------------------
 
-SUMMARY_COLUMNS: tuple[str, ...] = ("attempted_at", "environment", "account", "direction", "to_user",
-                                    "destination", "on_net", "billing_units", "unit_price", "amount",
-                                    "currency", "service_policy", "charge_id")
-"""The columns of the xDR tables (all of them do not fit a terminal)."""
+SUMMARY_COLUMNS: tuple[str, ...] = ("attempted_at", "account", "destination", "billing_units", "amount",
+                                    "currency")
+"""The columns of the default xDR table: what fits an 80-column terminal."""
 
-_NUMERIC = frozenset({"billing_units", "unit_price", "amount"})
+XDR_KINDS: Mapping[str, str] = {**column_kinds(Xdr.__table__), "unit_price": "price"}
+_XDR_CURRENCY = {"vendor_cost": "vendor_currency"}
 
 
-def xdr_table(rows: Sequence[Mapping[str, Any]], environment: str) -> Table:
-    table = Table(*SUMMARY_COLUMNS, title=f"xDRs ({environment}, {len(rows)} rows)")
-    for row in rows:
-        table.add_row(*(text(row[column], XDR_CELL) for column in SUMMARY_COLUMNS))
-    return table
+def xdr_listing(rows: Sequence[Mapping[str, Any]], environment: str,
+                columns: Sequence[str] = SUMMARY_COLUMNS) -> Listing:
+    return Listing(f"xDRs ({environment}, {len(rows)} rows, times in UTC)", tuple(columns), rows, XDR_KINDS,
+                   _XDR_CURRENCY)
+
+
+def xdr_aggregate_listing(rows: Sequence[Mapping[str, Any]], environment: str, by: str) -> Listing:
+    return Listing(f"xDRs by {by} ({environment}, times in UTC)",
+                   (by, "currency", "xdrs", "billing_units", "amount"), rows, AGGREGATE_KINDS)
+
+
+def format_xdrs(rows: Sequence[Mapping[str, Any]], fmt: Literal["table", "csv", "json"] = "table") -> str:
+    """Every column of xDR rows as CSV with a header or a JSON array (money with the
+    currency's minor units, timestamps ISO 8601 UTC), or a plain text table of the summary
+    columns."""
+    if fmt == "table":
+        return _plain_table(xdr_listing(rows, ""))
+    return str(render(xdr_listing(rows, "", _columns(rows)), fmt))
 
 
 def _columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     return list(rows[0]) if rows else list(XDR_COLUMNS)
 
 
-def _csv(rows: Sequence[Mapping[str, Any]]) -> str:
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    columns = _columns(rows)
-    writer.writerow(columns)
-    writer.writerows([text(row[c], EXPORT) for c in columns] for row in rows)
-    return out.getvalue()
-
-
-def _json_value(value: Any) -> Any:
-    return text(value, EXPORT) if isinstance(value, (Decimal, datetime)) else value
-
-
-def _json(rows: Sequence[Mapping[str, Any]]) -> str:
-    return json.dumps([{k: _json_value(v) for k, v in row.items()} for row in rows], indent=2,
-                      ensure_ascii=False)
-
-
-def _plain_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    columns = [c for c in SUMMARY_COLUMNS if not rows or c in rows[0]]
-    cells = [[text(row[c], EXPORT) for c in columns] for row in rows]
+def _plain_table(listing: Listing) -> str:
+    columns = listing.columns
+    cells = [[_cell(listing, row, c, export=False) for c in columns] for row in listing.rows]
     widths = [max([len(c)] + [len(line[i]) for line in cells]) for i, c in enumerate(columns)]
 
     def line(values: Iterable[str]) -> str:
-        return "  ".join(v.rjust(w) if c in _NUMERIC else v.ljust(w)
+        return "  ".join(v.rjust(w) if listing.kinds.get(c) in _RIGHT else v.ljust(w)
                          for c, v, w in zip(columns, values, widths)).rstrip()
 
     return "\n".join([line(columns), line("-" * w for w in widths), *map(line, cells)]) + "\n"
 
 
-_FORMATS = {"csv": _csv, "json": _json, "table": _plain_table}
+# --- operators: balances, rejections, accounts --------------------------------------------
+
+def balance_listing(rows: Sequence[Mapping[str, Any]], environment: str) -> Listing:
+    return Listing(f"Balances ({environment}, times in UTC)", tuple(BALANCE_KINDS), rows, BALANCE_KINDS)
 
 
-def format_xdrs(rows: Sequence[Mapping[str, Any]], fmt: Literal["table", "csv", "json"] = "table") -> str:
-    """xDR rows as a plain text table, CSV with a header, or a JSON array (decimals as exact
-    strings, timestamps in ISO 8601 UTC)."""
-    if fmt not in _FORMATS:
-        raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(_FORMATS)}")
-    return _FORMATS[fmt](rows)
+REJECTION_SUMMARY = ("attempted_at", "account", "to_user", "reason_code", "message")
+
+
+def rejection_listing(rows: Sequence[Mapping[str, Any]], environment: str, wide: bool = False) -> Listing:
+    columns = REJECTION_COLUMNS if wide else REJECTION_SUMMARY
+    return Listing(f"Rejected attempts ({environment}, {len(rows)} rows, times in UTC)", columns, rows,
+                   {**column_kinds(RejectedAttempt.__table__), "reason_code": "code"})
+
+
+ACCOUNT_COLUMNS = ("account", "customer", "currency", "product", "balance_model", "opening_balance",
+                   "credit_limit", "service_policy", "aliases")
+
+
+def account_listing(env: EnvironmentConfig | None, environment: str) -> Listing:
+    """The accounts of the config in force (service passwords never shown)."""
+    accounts = sorted(env.accounts.values(), key=lambda a: a.account_id) if env else []
+    rows = [{"account": a.account_id, "customer": a.customer, "product": a.product,
+             "currency": env.customers[a.customer].currency if env and a.customer in env.customers else "",
+             "balance_model": a.balance_model, "opening_balance": a.opening_balance,
+             "credit_limit": a.credit_limit, "service_policy": a.service_policy, "aliases": ", ".join(a.aliases)}
+            for a in accounts]
+    return Listing(f"Accounts ({environment})", ACCOUNT_COLUMNS, rows,
+                   {"opening_balance": "money", "credit_limit": "money"})
+
+
+def text_listing(title: str, columns: Sequence[str], rows: Iterable[Sequence[str]]) -> Listing:
+    """A listing of rows that are already text (catalogues)."""
+    return Listing(title, tuple(columns), [dict(zip(columns, row)) for row in rows])
 
 
 # --- policy explain -----------------------------------------------------------------------
 
-def explanation(result: Explanation, rated: Rated | Refusal, *, account: str, to: str, environment: str) -> list[Table | str]:
+def explanation(result: Explanation, rated: Rated | Refusal, *, account: str, to: str, environment: str,
+                fmt: str = "table") -> list[Table | str]:
     """``imbill policy explain``: the policies and their roles, the effective attributes and
-    their sources, and how a message sent now would be rated (``rated``)."""
-    policies = Table("service policy", "role", "match priority", "pattern",
-                     title=f"Service policies for {account} -> {to} ({environment})")
-    for row in result.policies:
-        policies.add_row(row.name, row.role, str(row.match_priority), row.pattern or "")
-    attributes = Table("attribute", "value", "source", "static", "dynamic", "default", title="Effective attributes")
-    for row in result.attributes:
-        attributes.add_row(row.attribute, text(row.value, EXPLAIN), row.source,
-                           *(text(v, EXPLAIN) for v in (row.static_value, row.dynamic_value, row.default)))
-    return [policies, attributes, _outcome(rated)]
+    their sources, and how a message sent now would be rated (``rated``). As ``csv``: the
+    effective attributes; as ``json``: one object with all three."""
+    policies = text_listing(f"Service policies for {account} -> {to} ({environment})",
+                            ("service policy", "role", "match priority", "pattern"),
+                            [(r.name, r.role, str(r.match_priority), r.pattern or "") for r in result.policies])
+    attributes = text_listing("Effective attributes", ("attribute", "value", "source", "static", "dynamic", "default"),
+                              [(r.attribute, text(r.value, EXPLAIN), r.source,
+                                *(text(v, EXPLAIN) for v in (r.static_value, r.dynamic_value, r.default)))
+                               for r in result.attributes])
+    if fmt == "csv":
+        return [listing_csv(attributes)]
+    if fmt == "json":
+        return [json.dumps({"policies": policies.rows, "attributes": attributes.rows, "outcome": _outcome(rated)},
+                           indent=2, ensure_ascii=False) + "\n"]
+    return [listing_table(policies), listing_table(attributes), _outcome(rated)]
 
 
 def _outcome(rated: Rated | Refusal) -> str:
     if isinstance(rated, Refusal):
         return f"A message sent now would be rejected: {rated.reason_code} ({rated.message})"
     where = "on-net" if rated.on_net else "off-net"
-    vendor = f", via {rated.vendor} / {rated.connection} (cost {rated.vendor_cost} {rated.vendor_currency})" \
-        if rated.vendor else ""
+    cost = f"{money(rated.vendor_cost, rated.vendor_currency)} {rated.vendor_currency}"
+    vendor = f", via {rated.vendor} / {rated.connection} (cost {cost})" if rated.vendor else ""
     return (f"A message sent now is {where} to {rated.destination}: rate code {rated.rate_code} in tariff "
-            f"{rated.tariff}, {rated.unit_price} {rated.currency} per billing unit{vendor}")
+            f"{rated.tariff}, {money(rated.unit_price, rated.currency)} {rated.currency} per billing unit{vendor}")
+
+
+# --- what an event caused -----------------------------------------------------------------
+
+def outcome_text(event: str, record: Mapping[str, Any]) -> str:
+    """One line for what the processor made of a message or a payment."""
+    currency = record.get("currency", "")
+    if event == "Charge":
+        amount = f"{money(record['amount'], currency)} {currency}"
+        if record.get("direction") == "incoming":
+            return f"incoming to {record['account']}: recorded, charged {amount}"
+        units = record["billing_units"]
+        where = "on-net" if record.get("on_net") else "off-net"
+        return (f"charged {amount} to {record['account']}: {units} billing unit{'s' if units != 1 else ''}, "
+                f"{where} to {record['destination']} (rate code {record['rate_code']}, tariff {record['tariff']}, "
+                f"{money(record['unit_price'], currency)} {currency} per unit)")
+    if event == "BalanceChanged":
+        return (f"balance of {record['account']}: {money(record['balance'], currency)} {currency} "
+                f"(+{money(record['delta'], currency)} {currency})")
+    if event == "PaymentRejected":
+        return f"payment rejected: {record['reason_code']}: {record['message']}"
+    return f"rejected: {record.get('reason_code')}: {record.get('message')}"

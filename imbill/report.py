@@ -18,6 +18,7 @@ import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 from plotly.subplots import make_subplots
 
+from imbill.domain.money import money_text
 from imbill.projections.report_data import ReportData
 
 __all__ = ["CHART_IDS", "CHART_WIDTH", "render_report"]
@@ -75,11 +76,11 @@ def _sections(data: ReportData) -> Iterable[str]:
     yield _part("Revenue per customer", "revenue", data.revenue, lambda: _revenue_figure(data),
                 "No xDR in this period: no revenue.", _table(
                     ("customer", "currency", "messages", "revenue"),
-                    [(r.customer, r.currency, r.messages, _money(r.amount)) for r in data.revenue]))
+                    [(r.customer, r.currency, r.messages, _money(r.amount, r.currency)) for r in data.revenue]))
     yield _part("On-net / off-net", "net-split", data.messages, lambda: _net_split_figure(data),
                 "No message charged in this period.", _table(
                     ("", "currency", "messages", "revenue"),
-                    [(_net(s.on_net), s.currency, s.messages, _money(s.amount)) for s in data.net_split]))
+                    [(_net(s.on_net), s.currency, s.messages, _money(s.amount, s.currency)) for s in data.net_split]))
     yield _part("Top destinations", "destinations", data.destinations, lambda: _destinations_figure(data),
                 "No message charged in this period.")
     yield _part("Rejections by reason", "rejections", data.rejections, lambda: _rejections_figure(data),
@@ -97,7 +98,7 @@ def _part(title: str, chart_id: str, shown: object, figure: Callable[[], go.Figu
 
 def _summary(data: ReportData) -> str:
     rows = [("messages charged", data.messages), ("attempts rejected", data.rejected)]
-    rows += [(f"revenue {currency}", _money(amount)) for currency, amount in _revenue_per_currency(data)]
+    rows += [(f"revenue {currency}", _money(amount, currency)) for currency, amount in _revenue_per_currency(data)]
     return _table(("", ""), rows, css="summary", head=False)
 
 
@@ -112,9 +113,9 @@ def _margin_section(data: ReportData) -> str:
     parts = ["<h2>Margin per vendor</h2>", f"<p class=\"note\">{_e(MARGIN_NOTE)}</p>"]
     if data.margins:
         parts.append(_chart("margin", _margin_figure(data)))
-        parts.append(_table(("vendor", "currency", "messages", "revenue", "vendor cost", "margin"),
-                            [(m.vendor, m.currency, m.messages, _money(m.revenue), _money(m.cost), _money(m.margin))
-                             for m in data.margins]))
+        rows = [(m.vendor, m.currency, m.messages, _money(m.revenue, m.currency), _money(m.cost, m.currency),
+                 _money(m.margin, m.currency)) for m in data.margins]
+        parts.append(_table(("vendor", "currency", "messages", "revenue", "vendor cost", "margin"), rows))
     else:
         parts.append("<p class=\"note\">No xDR whose vendor cost is in its own currency: no margin to show.</p>")
     if data.without_margin:
@@ -220,10 +221,10 @@ def _is_money(value: object) -> bool:
     return isinstance(value, str) and value.replace(".", "", 1).lstrip("-").isdigit()
 
 
-def _money(amount: Decimal) -> str:
-    """Exact: cents when that is all there is, else every decimal the sum has."""
-    cents = amount.quantize(Decimal("0.01"))
-    return format(cents if cents == amount else amount.normalize(), "f")
+def _money(amount: Decimal, currency: str) -> str:
+    """Exact, as every output of imbill writes money: the currency's minor units, and every
+    further decimal the sum has."""
+    return money_text(amount, currency)
 
 
 def _net(on_net: bool) -> str:

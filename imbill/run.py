@@ -84,7 +84,7 @@ class Supervisor:
 
     def spawn(self, name: str, *args: str) -> subprocess.Popen:
         log = open(self.settings.data_dir / f"{name}.log", "ab")
-        process = subprocess.Popen([sys.executable, "-m", "imbill", *args],
+        process = subprocess.Popen([sys.executable, "-m", "imbill", "--debug", *args],  # tracebacks in logs
                                    env=child_environment(self.settings), stdin=subprocess.DEVNULL,
                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                                    preexec_fn=die_with_parent)

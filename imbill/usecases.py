@@ -6,53 +6,83 @@ from __future__ import annotations
 
 import random
 import uuid
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import sqlalchemy as sa
+from sqlalchemy.engine import Engine
 
-from imbill.bus import EventProducer, create_topics
+from imbill.bus import EventProducer, Tail, check_reachable, create_topics
 from imbill.domain.config import Account, ConfigState, EnvironmentConfig
-from imbill.domain.errors import ConfigError, ImbillError
+from imbill.domain.errors import BrokerError, ConfigError, ImbillError
 from imbill.domain.events import Payment
 from imbill.domain.keys import account_key
 from imbill.domain.money import PAYMENT_LIMIT
 from imbill.domain.policy import Explanation, explain
 from imbill.domain.rating import Rated, Refusal, rate_attempt
-from imbill.producers.attempt import attempt_key, synthetic_attempt
+from imbill.producers.attempt import attempt_id_for, attempt_key, synthetic_attempt
 from imbill.producers.sip_client import SipAnswer, send_message
+from imbill.producers.config_file import load_config_file
 from imbill.producers.config_publisher import (ApplyResult, HistoryEntry, apply_config, config_history,
                                                current_state)
 from imbill.projections.models import connect
-from imbill.projections.queries import query_xdrs
+from imbill.projections.queries import (XdrFilter, aggregate_xdrs, query_balances, query_rejections,
+                                        query_xdrs)
 from imbill.projections.report_data import ReportData, report_data
 from imbill.settings import Settings
 
-__all__ = ["PolicyExplanation", "create_all_topics", "apply_config_file", "config_at", "config_events",
-           "top_up", "send", "generate_traffic", "explain_policy", "xdrs", "report"]
+__all__ = ["EdgeUnreachable", "DatabaseUnavailable", "PolicyExplanation", "Outcome", "Sent", "TopUp",
+           "create_all_topics", "apply_config_file", "config_at", "config_events", "top_up", "send",
+           "generate_traffic", "explain_policy", "xdrs", "xdr_totals", "rejections", "balances", "accounts", "report"]
+
+OUTCOME_WAIT = 5.0
+"""Seconds `send` and `payment` wait for what the processor made of their event."""
+
+
+class EdgeUnreachable(ImbillError):
+    """No SIP edge answered a MESSAGE."""
+
+
+class DatabaseUnavailable(ImbillError):
+    """The projection database cannot be opened or read."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What the processor made of an event: the name and record of its answer (Charge or
+    Rejection for a message; BalanceChanged or PaymentRejected for a payment)."""
+
+    event: str
+    record: dict[str, Any]
 
 MICRO = Decimal("0.000001")
 """Payments are kept to the micro unit (the events' decimal(24, 6))."""
 
 
 def create_all_topics(settings: Settings) -> list[str]:
+    check_reachable(settings.bootstrap_servers)
     return create_topics(settings.bootstrap_servers, settings.topics.specs(), settings.replication_factor)
 
 
 def apply_config_file(settings: Settings, path: Path) -> ApplyResult:
+    load_config_file(path)  # a bad file is said first, broker or not
+    check_reachable(settings.bootstrap_servers)
     return apply_config(path, bootstrap_servers=settings.bootstrap_servers, topics=settings.topics)
 
 
 def config_at(settings: Settings, at: datetime | None = None) -> ConfigState:
     """The config of every environment in force now (or at ``at``)."""
+    check_reachable(settings.bootstrap_servers)
     return current_state(settings.bootstrap_servers, settings.topics, until=at)
 
 
 def config_events(settings: Settings) -> list[HistoryEntry]:
     """The config events of the settings' environment, oldest first."""
+    check_reachable(settings.bootstrap_servers)
     return config_history(settings.bootstrap_servers, settings.topics, settings.environment)
 
 
@@ -64,40 +94,103 @@ def _account(settings: Settings, account_id: str) -> tuple[EnvironmentConfig, Ac
     return env, account
 
 
-def top_up(settings: Settings, account_id: str, amount: Decimal, currency: str | None, reference: str) -> str:
-    """Append a Payment for the account; returns its payment id."""
-    env, account = _account(settings, account_id)
-    customer_currency = env.customers[account.customer].currency
-    if currency and currency != customer_currency:
-        raise ConfigError(f"account {account_id}: payment currency {currency} differs from the "
-                          f"customer's currency {customer_currency}")
+@dataclass(frozen=True)
+class TopUp:
+    """A payment appended, and what the processor made of it (None: nothing within the wait)."""
+
+    payment_id: str
+    account: str
+    amount: Decimal
+    currency: str
+    outcome: Outcome | None
+
+
+def top_up(settings: Settings, account_id: str, amount: Decimal, currency: str | None, reference: str,
+           wait: float = 0.0) -> TopUp:
+    """Append a Payment for the account; with ``wait``, wait that long for its BalanceChanged
+    (or PaymentRejected) from the processor."""
     if not amount.is_finite() or amount <= 0:
         raise ConfigError(f"account {account_id}: a payment must be positive, got {amount}")
     if amount > PAYMENT_LIMIT:
         raise ConfigError(f"account {account_id}: a payment may be at most {PAYMENT_LIMIT:,}, got {amount}")
     if amount != amount.quantize(MICRO):
         raise ConfigError(f"account {account_id}: a payment has at most 6 decimals, got {amount}")
-    payment_id = "pay-" + uuid.uuid4().hex
-    payment = Payment(payment_id=payment_id, environment=settings.environment, account=account_id, amount=amount,
-                      currency=customer_currency, received_at=datetime.now(timezone.utc), reference=reference)
+    env, account = _account(settings, account_id)
+    customer_currency = env.customers[account.customer].currency
+    if currency and currency != customer_currency:
+        raise ConfigError(f"account {account_id}: payment currency {currency} differs from the "
+                          f"customer's currency {customer_currency}")
+    payment = Payment(payment_id="pay-" + uuid.uuid4().hex, environment=settings.environment, account=account_id,
+                      amount=amount, currency=customer_currency, received_at=datetime.now(timezone.utc),
+                      reference=reference)
+    tail = _open_tail(settings, [settings.topics.balances, settings.topics.rejections], wait)
     producer = EventProducer(settings.bootstrap_servers)
     try:
         producer.publish_event(settings.topics.payments, account_key(payment.environment, payment.account), payment)
+        found = tail.find(lambda e: payment.payment_id in (e.record.get("cause_id"), e.record.get("payment_id")),
+                          wait) if tail else None
     finally:
         producer.close()
-    return payment_id
+        if tail:
+            tail.close()
+    return TopUp(payment.payment_id, account_id, amount, customer_currency,
+                 Outcome(found.name, found.record) if found else None)
 
 
-def send(settings: Settings, *, from_user: str, to_user: str, text: str, domain: str | None) -> SipAnswer:
-    """One SIP MESSAGE to the settings' edge; returns its answer."""
-    return send_message(settings.edge_host, settings.edge_port, from_user=from_user, to_user=to_user,
-                        text=text, domain=domain)
+def _open_tail(settings: Settings, topics: list[str], wait: float) -> Tail | None:
+    """A tail of ``topics`` opened now, or None when not waiting."""
+    return Tail(settings.bootstrap_servers, topics) if wait > 0 else None
+
+
+@dataclass(frozen=True)
+class Sent:
+    """A MESSAGE sent: the edge's answer, the attempt id the edge derives from it, and its
+    outcome (None: none within the wait, or ``unknown`` says why it could not be watched)."""
+
+    answer: SipAnswer
+    attempt_id: str
+    outcome: Outcome | None
+    unknown: str | None = None
+
+
+def send(settings: Settings, *, from_user: str, to_user: str, text: str, domain: str | None,
+         wait: float = 0.0) -> Sent:
+    """One SIP MESSAGE to the settings' edge; with ``wait``, wait that long for its Charge or
+    Rejection (by attempt id: the edge's SHA-256 of Call-ID, CSeq and method)."""
+    call_id = f"{uuid.uuid4().hex}@imbill-send"
+    attempt_id = attempt_id_for(call_id, 1, "MESSAGE")
+    try:
+        if wait > 0:
+            check_reachable(settings.bootstrap_servers, timeout=2.0)
+        tail = _open_tail(settings, [settings.topics.charges, settings.topics.rejections], wait)
+    except BrokerError as exc:  # the message is still sent; only its outcome cannot be watched
+        return Sent(_send(settings, call_id, from_user, to_user, text, domain), attempt_id, None, str(exc))
+    try:
+        answer = _send(settings, call_id, from_user, to_user, text, domain)
+        found = tail.find(lambda e: e.record.get("attempt_id") == attempt_id, wait) \
+            if tail and 200 <= answer.status < 300 else None
+    finally:
+        if tail:
+            tail.close()
+    return Sent(answer, attempt_id, Outcome(found.name, found.record) if found else None)
+
+
+def _send(settings: Settings, call_id: str, from_user: str, to_user: str, text: str,
+          domain: str | None) -> SipAnswer:
+    where = f"udp://{settings.edge_host}:{settings.edge_port}"
+    try:
+        return send_message(settings.edge_host, settings.edge_port, from_user=from_user, to_user=to_user,
+                            text=text, domain=domain, call_id=call_id)
+    except (OSError, TimeoutError) as exc:
+        raise EdgeUnreachable(f"no SIP edge answers at {where} ({exc.strerror or exc}): start one (`imbill run` "
+                              f"or `imbill edge`) or give --host/--port") from exc
 
 
 def generate_traffic(settings: Settings, count: int, accounts: list[str], destinations: list[str],
                      seed: int) -> int:
     """Synthetic MessageAttempt events, as the edge would publish them (the traffic generator)."""
     rng = random.Random(seed)
+    check_reachable(settings.bootstrap_servers)
     producer = EventProducer(settings.bootstrap_servers, linger_ms=20)
     try:
         for i in range(count):
@@ -132,25 +225,80 @@ def explain_policy(settings: Settings, account: str, to: str, user_agent: str | 
     return PolicyExplanation(result, rate_attempt(attempt, state, rated_at=now))
 
 
-def xdrs(settings: Settings, *, account: str | None, since: datetime | None, until: datetime | None,
-         limit: int | None) -> list[dict[str, Any]]:
-    """xDR rows of the settings' environment from the projection database."""
-    engine = connect(settings.database_url)
+@contextmanager
+def _database(settings: Settings, table: str) -> Iterator[Engine]:
+    """The projection database, with ``table`` in it; every way it can fail is one line."""
     try:
-        if not sa.inspect(engine).has_table("xdr"):
-            raise ImbillError(f"no xdr table in {settings.database_url}: run `imbill project` first")
-        return query_xdrs(engine, account=account, environment=settings.environment, since=since,
-                          until=until, limit=limit)
+        engine = connect(settings.database_url)
+    except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ImportError) as exc:
+        raise DatabaseUnavailable(f"cannot use the database URL {settings.database_url!r} ({exc}): give "
+                                  f"--database-url or IMBILL_DATABASE_URL, e.g. sqlite:///imbill.db") from exc
+    shown = engine.url.render_as_string(hide_password=True)
+    if engine.dialect.name == "sqlite" and engine.url.database not in (None, "", ":memory:") \
+            and not Path(engine.url.database).exists():
+        engine.dispose()
+        raise ImbillError(f"no database at {engine.url.database}: run `imbill project` first (or `imbill run`), "
+                          f"or give --database-url / IMBILL_DATABASE_URL")
+    try:
+        if not sa.inspect(engine).has_table(table):
+            raise ImbillError(f"no {table} table in {shown}: run `imbill project` first")
+        yield engine
+    except sa.exc.SQLAlchemyError as exc:
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        raise DatabaseUnavailable(f"cannot read the projections in {shown}: {reason}") from exc
     finally:
         engine.dispose()
+
+
+ALL_XDRS = XdrFilter()
+
+
+def xdrs(settings: Settings, where: XdrFilter = ALL_XDRS, *, limit: int | None = None,
+         newest_first: bool = True) -> list[dict[str, Any]]:
+    """xDR rows of the settings' environment from the projection database, newest first."""
+    with _database(settings, "xdr") as engine:
+        return query_xdrs(engine, where=_in_environment(settings, where), limit=limit, newest_first=newest_first)
+
+
+def xdr_totals(settings: Settings, by: str, where: XdrFilter = ALL_XDRS, *, limit: int | None = None,
+               newest_first: bool = True) -> list[dict[str, Any]]:
+    """xDRs of the settings' environment aggregated ``by`` hour, day, customer, destination or vendor."""
+    with _database(settings, "xdr") as engine:
+        return aggregate_xdrs(engine, by, _in_environment(settings, where), limit=limit, newest_first=newest_first)
+
+
+def _in_environment(settings: Settings, where: XdrFilter) -> XdrFilter:
+    return replace(where, environment=settings.environment)
+
+
+def rejections(settings: Settings, *, account: str | None, reason: str | None, since: datetime | None,
+               until: datetime | None, limit: int | None) -> list[dict[str, Any]]:
+    """Rejected attempts of the settings' environment, newest first."""
+    with _database(settings, "rejected_attempt") as engine:
+        return query_rejections(engine, environment=settings.environment, account=account, reason=reason,
+                                since=since, until=until, limit=limit)
+
+
+def balances(settings: Settings, account: str | None = None) -> list[dict[str, Any]]:
+    """Balance, model, credit limit, status and last movement of the accounts (or one) of the
+    settings' environment, from the projections."""
+    with _database(settings, "balance_event") as engine:
+        found = query_balances(engine, settings.environment, account)
+    if account is not None and not found:
+        raise ImbillError(f"environment {settings.environment}: unknown account {account!r} in the projections "
+                          f"(`imbill accounts` lists the accounts; `imbill project` brings the projections up to date)")
+    return found
+
+
+def accounts(settings: Settings) -> EnvironmentConfig:
+    """The config in force of the settings' environment (its accounts, customers, products)."""
+    env = config_at(settings).environment(settings.environment)
+    if env is None:
+        raise ConfigError(f"environment {settings.environment} has no config (imbill config apply FILE)")
+    return env
 
 
 def report(settings: Settings, *, since: datetime, until: datetime, customer: str | None) -> ReportData:
     """What the analysts' report shows of the settings' environment over ``[since, until)``."""
-    engine = connect(settings.database_url)
-    try:
-        if not sa.inspect(engine).has_table("xdr"):
-            raise ImbillError(f"no xdr table in {settings.database_url}: run `imbill project` first")
+    with _database(settings, "xdr") as engine:
         return report_data(engine, environment=settings.environment, since=since, until=until, customer=customer)
-    finally:
-        engine.dispose()

@@ -50,9 +50,11 @@ def _status(data: bytes) -> tuple[int, str]:
 
 def send_message(host: str, port: int, *, from_user: str, to_user: str, text: str,
                  domain: str | None = None, timeout: float = 8.0, call_id: str | None = None) -> SipAnswer:
-    """Send one MESSAGE and return the final response (raises TimeoutError without one)."""
+    """Send one MESSAGE and return the final response (raises TimeoutError without one, and
+    ConnectionRefusedError when nothing listens on the port)."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.bind(("127.0.0.1" if host.startswith("127.") else "0.0.0.0", 0))
+        sock.connect((host, port))  # connected: a port nobody listens on is refused at once (ICMP)
         local_ip, local_port = sock.getsockname()
         request = build_message(from_user=from_user, to_user=to_user, domain=domain or host, text=text,
                                 local_ip=local_ip if local_ip != "0.0.0.0" else host,
@@ -60,13 +62,13 @@ def send_message(host: str, port: int, *, from_user: str, to_user: str, text: st
         deadline = time.monotonic() + timeout
         interval, sent = 0.5, 0
         while time.monotonic() < deadline:
-            sock.sendto(request, (host, port))
+            sock.send(request)
             sent += 1
             wait_until = min(deadline, time.monotonic() + interval)
             while time.monotonic() < wait_until:
                 sock.settimeout(max(0.01, wait_until - time.monotonic()))
                 try:
-                    data, _ = sock.recvfrom(65535)
+                    data = sock.recv(65535)
                 except socket.timeout:
                     break
                 status, reason = _status(data)

@@ -6,6 +6,7 @@ import socket
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from click.testing import CliRunner
 
 from imbill.broker import start_broker
@@ -13,8 +14,8 @@ from imbill.cli import cli
 from imbill.domain.errors import BrokerError
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "instant-messaging.yaml"
-SUBCOMMANDS = ["broker", "config", "edge", "payment", "policy", "process", "project", "run", "schemas",
-               "send", "topics", "traffic", "xdr"]
+SUBCOMMANDS = ["accounts", "balance", "broker", "config", "edge", "payment", "policy", "process", "project",
+               "rejections", "run", "schemas", "send", "topics", "traffic", "xdr"]
 
 
 def invoke(*args: str, **env: str):
@@ -108,4 +109,9 @@ def test_a_payment_that_cannot_be_real_is_refused_in_one_line(bootstrap, topics,
 
 def test_xdr_without_a_projection_says_what_to_do(tmp_path):
     result = invoke("--database-url", f"sqlite:///{tmp_path / 'none.db'}", "xdr")
+    assert result.exit_code == 2 and "no database at" in result.output and "imbill project" in result.output
+    assert not (tmp_path / "none.db").exists()  # looking did not create it
+    empty = tmp_path / "empty.db"
+    sa.create_engine(f"sqlite:///{empty}").connect().close()
+    result = invoke("--database-url", f"sqlite:///{empty}", "xdr")
     assert result.exit_code == 2 and "run `imbill project` first" in result.output

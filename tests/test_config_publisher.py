@@ -170,7 +170,7 @@ def test_describe_prints_every_kind_in_force() -> None:
     row = dict(zip(accounts.columns, accounts.rows[0]))
     assert row == {"environment": "default", "account_id": "1001", "customer": "Example Corp", "product": "Messaging",
                    "service_password": "***", "aliases": "12125550101, alice", "service_policy": "",
-                   "balance_model": "prepaid", "opening_balance": "10", "credit_limit": "0"}
+                   "balance_model": "prepaid", "opening_balance": "10.00", "credit_limit": "0.00"}  # USD: 2 minor units
     rate = dict(zip(tables["rate"].columns, tables["rate"].rows[1]))
     assert (rate["rate_code"], rate["unit_price"], rate["effective_from"]) == ("MSGN", "0.05", "2026-01-01T00:00:00+00:00")
     assert dict(zip(tables["product"].columns, tables["product"].rows[0]))["usage_charges"] == (

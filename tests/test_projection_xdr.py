@@ -229,13 +229,13 @@ def test_query_and_format_xdrs(database_url, bootstrap, topics, producer):
 
     parsed = list(csv.DictReader(io.StringIO(format_xdrs(alice, "csv"))))
     assert [(r["charge_id"], r["amount"], r["attempted_at"], r["on_net"]) for r in parsed] == [
-        ("ch-1", "0.100000", "2024-05-01T12:00:01+00:00", "false"),
+        ("ch-1", "0.10", "2024-05-01T12:00:01+00:00", "false"),  # EUR: 2 minor units, more only when not 0
         ("ch-4", "1.234567", "2024-05-01T12:00:04+00:00", "false")]
     as_json = json.loads(format_xdrs(alice, "json"))
     assert as_json[1]["amount"] == "1.234567" and as_json[1]["attempted_at"] == "2024-05-01T12:00:04+00:00"
     assert as_json[1]["billing_units"] == 1 and as_json[1]["corrects"] is None
     table = format_xdrs(alice, "table").splitlines()
-    assert table[0].split()[:3] == ["attempted_at", "environment", "account"]
+    assert table[0].split()[:3] == ["attempted_at", "account", "destination"]
     assert len(table) == 4 and "1.234567" in table[3]
     assert format_xdrs([], "csv").startswith("charge_id,attempt_id,")
     with pytest.raises(ValueError):
