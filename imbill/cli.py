@@ -257,6 +257,29 @@ def run(ctx: click.Context, example: Path | None) -> None:
     sys.exit(wiring.run(_settings(ctx), example or DEFAULT_EXAMPLE, console.print))
 
 
+@cli.command()
+@click.option("--environment", "environment", default=None, help="Virtual environment (default: the global one).")
+@click.option("--account", default=None, help="Only this account.")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table")
+@click.pass_context
+def reconcile(ctx: click.Context, environment: str | None, account: str | None, fmt: str) -> None:
+    """Check from the topics that every balance adds up (opening + payments - charges = the
+    processor's and the projection's balance) and every attempt has exactly one outcome;
+    print the differences, exit 1 if there are any."""
+    settings = _settings(ctx).with_overrides(environment=environment)
+    report = usecases.reconcile(settings, account)
+    rows = presentation.reconcile_rows(report.result.differences)
+    summary = presentation.reconcile_summary(report.result, settings.environment, report.projection)
+    if fmt == "table":
+        if rows:
+            console.print(presentation.reconcile_table(rows, settings.environment))
+        console.print(summary, markup=False)
+    else:
+        click.echo(presentation.format_reconcile(rows, fmt), nl=False)
+        click.echo(summary, err=True)
+    sys.exit(1 if rows else 0)
+
+
 def main() -> None:
     cli(prog_name="imbill")
 

@@ -17,6 +17,7 @@ from decimal import Decimal
 from typing import Any, Iterable, Literal, Mapping, Sequence
 
 from rich.table import Table
+from rich.text import Text as RichText
 
 from imbill.domain.catalogue import CATALOGUE_COLUMNS, catalogue_rows
 from imbill.domain.config import ConfigState, UsageCharge
@@ -242,3 +243,39 @@ def _outcome(rated: Rated | Refusal) -> str:
         if rated.vendor else ""
     return (f"A message sent now is {where} to {rated.destination}: rate code {rated.rate_code} in tariff "
             f"{rated.tariff}, {rated.unit_price} {rated.currency} per billing unit{vendor}")
+
+
+# --- reconcile ----------------------------------------------------------------------------
+
+__all__ += ["RECONCILE_COLUMNS", "reconcile_rows", "reconcile_table", "format_reconcile", "reconcile_summary"]
+
+RECONCILE_COLUMNS = ("account", "check", "expected", "found", "detail")
+
+
+def reconcile_rows(differences: Iterable[Any]) -> list[dict[str, str]]:
+    """One row per difference (an account and a check), in RECONCILE_COLUMNS."""
+    return [{column: getattr(difference, column) for column in RECONCILE_COLUMNS} for difference in differences]
+
+
+def reconcile_table(rows: Sequence[Mapping[str, str]], environment: str) -> Table:
+    table = Table(*RECONCILE_COLUMNS, title=f"Differences ({environment}, {len(rows)})")
+    for row in rows:
+        table.add_row(*(RichText(row[column]) for column in RECONCILE_COLUMNS))
+    return table
+
+
+def format_reconcile(rows: Sequence[Mapping[str, str]], fmt: Literal["csv", "json"]) -> str:
+    """The differences as CSV with a header (only the header when clean) or a JSON array."""
+    if fmt == "json":
+        return _json(rows) + "\n"
+    return _csv(rows) if rows else ",".join(RECONCILE_COLUMNS) + "\n"
+
+
+def reconcile_summary(result: Any, environment: str, projection: str) -> str:
+    """The one line that ends ``imbill reconcile``: clean, or how many differences."""
+    checked = f"{result.accounts} accounts, {result.attempts} attempts checked in {environment} from the topics; " \
+              f"projection: {projection}"
+    if result.clean:
+        return f"clean: {checked}"
+    accounts = len({difference.account for difference in result.differences})
+    return f"{len(result.differences)} differences in {accounts} accounts: {checked}"
