@@ -273,7 +273,7 @@ def reconcile(ctx: click.Context, environment: str | None, account: str | None, 
     if fmt == "table":
         if rows:
             console.print(presentation.reconcile_table(rows, settings.environment))
-        console.print(summary, markup=False)
+        console.print(summary, markup=False, soft_wrap=True)
     else:
         click.echo(presentation.format_reconcile(rows, fmt), nl=False)
         click.echo(summary, err=True)
