@@ -273,9 +273,13 @@ def format_reconcile(rows: Sequence[Mapping[str, str]], fmt: Literal["csv", "jso
 
 def reconcile_summary(result: Any, environment: str, projection: str) -> str:
     """The one line that ends ``imbill reconcile``: clean, or how many differences."""
-    checked = f"{result.accounts} accounts, {result.attempts} attempts checked in {environment} from the topics; " \
-              f"projection: {projection}"
+    checked = f"{_count(result.accounts, 'account')}, {_count(result.attempts, 'attempt')} checked in " \
+              f"{environment} from the topics; projection: {projection}"
     if result.clean:
         return f"clean: {checked}"
     accounts = len({difference.account for difference in result.differences})
-    return f"{len(result.differences)} differences in {accounts} accounts: {checked}"
+    return f"{_count(len(result.differences), 'difference')} in {_count(accounts, 'account')}: {checked}"
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number:,} {noun}{'' if number == 1 else 's'}"

@@ -160,7 +160,7 @@ class Committer:
         chunk = Seen(entry.source, key, entry.partition, list(entry.remembered))
         chunk_key = self.memory.add_entry(key, entry)
         await self.log.write_changelog(entry.partition, chunk_key, encode_record(chunk))
-        self.log.keep(entry.partition, chunk_key, chunk)
+        self.log.keep(entry.partition, chunk_key, Seen(entry.source, key, entry.partition, []))  # ids: in memory
 
     def _remember(self, source: str, entries: Mapping[bytes, Entry]) -> list[tuple[str, bytes]]:
         """The (source, key) windows the batch added ids to (its entries are acknowledged)."""
@@ -245,7 +245,7 @@ class Committer:
                 marker = self.log.records.get(flushed_key(partition))
                 if type(marker) is Flushed:
                     self._check_log(topic, partition, marker.attempts if source == "a" else marker.payments, end)
-            await self._recover_memory()
+            await self._recover_memory(partitions)
             pending = pending_outboxes(self.log.records, partitions)
             if pending:
                 logger.info("re-sending the outboxes of %d keys on partitions %s", len(pending), sorted(partitions))
@@ -255,13 +255,13 @@ class Committer:
                     entry.outbox = []  # a crash before the markers move only sends them again
             self.partitions, self.ready = partitions, True
 
-    async def _recover_memory(self) -> None:
+    async def _recover_memory(self, partitions: set[int]) -> None:
         """The dedup memory of the table as recovered: a chunk found only in its entry is
         written again (before the entry is overwritten), expired chunks are dropped."""
-        self.memory, missing = DedupMemory.of_records(self.log.records)
+        missing = self.memory.recover(self.log.records, partitions)
         for chunk_key, chunk in missing:
             await self.log.write_changelog(chunk.partition, chunk_key, encode_record(chunk))
-            self.log.keep(chunk.partition, chunk_key, chunk)
+            self.log.keep(chunk.partition, chunk_key, Seen(chunk.source, chunk.key, chunk.partition, []))
         if missing:
             await self.log.acknowledged()
         self._tombstones = []

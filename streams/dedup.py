@@ -10,7 +10,8 @@ if only the chunk is, the batch is decided again from the same offsets, and an i
 the very offset being decided is that record, not a copy. The next batch overwrites the
 entry only after this one is acknowledged, so no id is ever only in memory.
 
-A chunk is dropped (a tombstone on the changelog) once its newest id is more than the window
+In memory the ids are held once, by the key's :class:`Window` (the table keeps each chunk's
+key, without its ids). A chunk is dropped (a tombstone on the changelog) once its newest id is more than the window
 older than the newest id of its key: memory per key is the ids of the last 24 hours of that
 key's records, not the account's whole history, and one chunk record per batch that
 touched the key (at most one batch's records of the key each, so records stay far below
@@ -72,20 +73,26 @@ class DedupMemory:
         self.windows: dict[tuple[str, bytes], Window] = {}
         self.partitions: dict[tuple[str, bytes], int] = {}
 
-    @classmethod
-    def of_records(cls, records: Mapping[bytes, Any]) -> tuple[DedupMemory, list[tuple[bytes, Seen]]]:
-        """The memory a recovered table holds (its chunks and its entries' latest ids), and
-        the chunks that are only in an entry (their own record was lost in a crash)."""
-        memory, missing = cls(), []
+    def recover(self, records: Mapping[bytes, Any], partitions: Iterable[int]) -> list[tuple[bytes, Seen]]:
+        """After a table recovery for ``partitions``: forget the windows of other partitions,
+        take in the chunks and entries' ids recovered, and return the chunks that are only in
+        an entry (their own record was lost in a crash) to write again. The table then keeps
+        chunks without their ids (the windows hold them; the changelog keeps them whole)."""
+        owned = set(partitions)
+        for name in [name for name, partition in self.partitions.items() if partition not in owned]:
+            del self.windows[name], self.partitions[name]
         for key, record in records.items():
-            if type(record) is Seen:
-                memory.add(record.source, record.key, key, record.remembered, record.partition)
+            if type(record) is Seen and record.remembered:
+                self.add(record.source, record.key, key, record.remembered, record.partition)
+                record.remembered = []
+        missing = []
         for key, record in records.items():
             if type(record) is Entry and record.remembered:
-                chunk = memory.add_entry(key, record)
+                chunk = self.add_entry(key, record)
                 if chunk not in records:
                     missing.append((chunk, Seen(record.source, key, record.partition, list(record.remembered))))
-        return memory, missing
+                record.remembered = []
+        return missing
 
     def add(self, source: str, key: bytes, chunk: bytes, remembered: Iterable[Remembered], partition: int) -> None:
         window = self.windows.get((source, key))

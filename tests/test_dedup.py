@@ -18,7 +18,7 @@ from imbill.domain.keys import account_key
 from imbill.schemas.codec import decode, encode_event
 from imbill.streams.batch import bill_attempts
 from imbill.streams.changelog import Entry, Seen, encode_record, flushed_key, seen_key
-from imbill.streams.dedup import Window
+from imbill.streams.dedup import DedupMemory, Window
 from tests.builders import ALICE, ENV, T0, attempt, payment
 from tests.test_commit_protocol import (CONFIG, NOW, P, TOPICS, MemoryLog, charge_ids, recover, run, started)
 from tests.test_processor import FROM_START, key_of, records
@@ -189,3 +189,16 @@ def test_a_chunk_of_a_full_batch_stays_far_below_the_broker_message_size() -> No
     size = len(encode_record(Seen("a", key_of(ALICE), P, ids)))
     entry = len(encode_record(Entry(None, P, 1, -1, [], "a", 1, ids)))
     assert size < 450_000 and entry < 450_000
+
+
+def test_a_rebalance_keeps_the_windows_of_partitions_kept_and_drops_the_others() -> None:
+    """The table keeps chunks without their ids once the windows hold them: a partition kept
+    across a rebalance keeps its window, a revoked one's window goes with its records."""
+    one, two = b"acme/one", b"acme/two"
+    records = {seen_key("a", one, 0): Seen("a", one, 1, [("x", 0, 0, 0)]),
+               seen_key("a", two, 0): Seen("a", two, 2, [("y", 0, 0, 0)])}
+    memory = DedupMemory()
+    assert memory.recover(records, {1, 2}) == []
+    assert all(record.remembered == [] for record in records.values())  # held once, by the windows
+    memory.recover({seen_key("a", one, 0): records[seen_key("a", one, 0)]}, {1})
+    assert set(memory.window("a", one).ids) == {"x"} and memory.window("a", two) is None

@@ -72,4 +72,4 @@ def test_traffic_reconciles_clean_and_a_tampered_topic_is_reported(bootstrap, to
     found = json.loads(doubled.stdout)
     assert {(row["account"], row["check"]) for row in found} == {(BOB, "outcome"), (BOB, "balance"),
                                                                  (BOB, "projection")}
-    assert "differences in 1 accounts" in doubled.stderr
+    assert "differences in 1 account:" in doubled.stderr
