@@ -66,7 +66,7 @@ def decide_attempt(state: AccountState | None, attempt: MessageAttempt, config: 
                           rated.account)
         return Decision(state, (rejection_of(attempt, refusal, now),))
     result = bill(state or _opened(config, rated), rated, attempt_id=attempt.attempt_id, offset=offset,
-                  occurred_at=now, sighting=verdict(sighting, offset=offset, at=attempt.received_at))
+                  occurred_at=now, sighting=verdict(sighting, offset=offset, at=min(attempt.received_at, now)))
     return Decision(result.state, _outcome(attempt, rated, result.outcome, now) + tuple(result.events),
                     remember=result.outcome not in UNREMEMBERED)
 
@@ -102,7 +102,7 @@ def decide_payment(state: AccountState | None, payment: Payment, config: ConfigS
     if state.balance + payment.amount > BALANCE_LIMIT:
         return Decision(state, (payment_rejected(payment, "balance_limit", f"payment {payment.payment_id} would take "
                                                  f"account {account} past the balance limit {BALANCE_LIMIT}", now),))
-    seen = verdict(sighting, offset=offset, at=payment.received_at)
+    seen = verdict(sighting, offset=offset, at=min(payment.received_at, now))  # a future date moves no window
     remember = seen == "new" and offset > state.last_payment_offset
     state, events = top_up(state, payment, offset=offset, occurred_at=now, sighting=seen,
                            push_events=account_push_events(config, environment, account))

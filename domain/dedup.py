@@ -2,8 +2,9 @@
 
 An attempt id (SHA-256 of Call-ID + CSeq) and a payment id (its idempotency key) are
 remembered per account for :data:`WINDOW`, measured by the records' own times: an id is kept
-while its time (an attempt's ``received_at``, a payment's ``received_at``) is within 24 hours
-of the newest time remembered for the account. Against that memory a record is
+while its time (the ``received_at`` of the attempt or payment, but never later than the
+processor's clock, so a record dated in the future cannot push the window on) is within 24
+hours of the newest time remembered for the account. Against that memory a record is
 
 - ``new``: its id is not remembered at an earlier offset (the same offset is the same record
   decided again after a crash, not a copy);

@@ -156,7 +156,7 @@ def _attempt_outcome(entry: Entry, key: bytes | None, partition: int, offset: in
     outputs = [_output(event, key) for event in decision.events]
     entry.state = decision.state  # only once every event of the decision is encoded
     content = fingerprint(attempt.direction, attempt.to_user, attempt.to_domain, attempt.body_chars)
-    _remember(seen, decision.remember, attempt.attempt_id, offset, attempt.received_at, content, sighting)
+    _remember(seen, decision.remember, attempt.attempt_id, offset, min(attempt.received_at, now), content, sighting)
     return outputs
 
 
@@ -184,7 +184,7 @@ def _payment_outcome(entry: Entry, key: bytes | None, partition: int, offset: in
     outputs = [_output(event, key) for event in decision.events]
     entry.state = decision.state
     content = fingerprint(payment.amount, payment.currency, payment.account)
-    _remember(seen, decision.remember, payment.payment_id, offset, payment.received_at, content, sighting)
+    _remember(seen, decision.remember, payment.payment_id, offset, min(payment.received_at, now), content, sighting)
     return outputs
 
 

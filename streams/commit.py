@@ -135,7 +135,7 @@ class Committer:
         batch = decide(self.log.records, config, records, now=self.clock(), expected=self._expected(source),
                        memory=self.memory)
         await self._write_entries(batch.entries)
-        touched = self._remember(source, batch.entries)
+        touched = self._touched_windows(source, batch.entries)
         await self._send_outboxes(batch.entries.values())
         self._drop_expired(touched)
         await self._mark_flushed(source, batch.decided, batch.entries.values())
@@ -162,7 +162,7 @@ class Committer:
         await self.log.write_changelog(entry.partition, chunk_key, encode_record(chunk))
         self.log.keep(entry.partition, chunk_key, Seen(entry.source, key, entry.partition, []))  # ids: in memory
 
-    def _remember(self, source: str, entries: Mapping[bytes, Entry]) -> list[tuple[str, bytes]]:
+    def _touched_windows(self, source: str, entries: Mapping[bytes, Entry]) -> list[tuple[str, bytes]]:
         """The (source, key) windows the batch added ids to (its entries are acknowledged)."""
         return [(source, key) for key, entry in entries.items() if entry.remembered]
 

@@ -8,7 +8,8 @@ the local broker is in tests/test_dedup_broker.py.
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+from dataclasses import replace
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
@@ -202,3 +203,17 @@ def test_a_rebalance_keeps_the_windows_of_partitions_kept_and_drops_the_others()
     assert all(record.remembered == [] for record in records.values())  # held once, by the windows
     memory.recover({seen_key("a", one, 0): records[seen_key("a", one, 0)]}, {1})
     assert set(memory.window("a", one).ids) == {"x"} and memory.window("a", two) is None
+
+
+def test_a_payment_dated_far_in_the_future_does_not_push_the_window_on() -> None:
+    """A hostile received_at (year 9999) is remembered at the processor's clock: the
+    account's next real payments are still applied."""
+    log = MemoryLog()
+    worker = funded(log)
+    future = replace(payment("1.00", payment_id="pay-future"), received_at=datetime(9999, 1, 1, tzinfo=timezone.utc))
+    following = replace(payment("2.00", payment_id="pay-next"), received_at=NOW - timedelta(minutes=1))
+    run(worker.payments([(P, 1, key_of(ALICE), encode_event(future)), (P, 2, key_of(ALICE), encode_event(following))]))
+    credited = [decode(v)[1]["cause_id"] for _, v in log.topics[TOPICS.balances]]
+    assert credited == ["pay-fund", "pay-future", "pay-next"] and TOPICS.rejections not in log.topics
+    window = worker.memory.window("p", key_of(ALICE))
+    assert window.newest_ms == millis(NOW)
