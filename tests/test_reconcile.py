@@ -7,11 +7,14 @@ from dataclasses import replace
 from decimal import Decimal
 
 import pytest
+from click.testing import CliRunner
 
 from imbill import presentation
+from imbill.cli import cli
 from imbill.domain.events import BalanceChanged, Charge, Payment, PaymentRejected, Rejection
 from imbill.domain.reconcile import AttemptSeen, Difference, Topics, charge_total, reconcile
 from imbill.schemas.codec import event_of
+from tests.conftest import free_port as conftest_free_port
 from tests.samples import SAMPLES
 
 CHARGE: Charge = event_of("Charge", SAMPLES["Charge"])
@@ -20,6 +23,11 @@ PAYMENT: Payment = event_of("Payment", SAMPLES["Payment"])
 REFUSED: PaymentRejected = event_of("PaymentRejected", SAMPLES["PaymentRejected"])
 BALANCE: BalanceChanged = event_of("BalanceChanged", SAMPLES["BalanceChanged"])
 OPENING = {"1001": Decimal("10.00"), "1002": Decimal("0")}
+
+
+@pytest.fixture
+def free_port() -> int:
+    return conftest_free_port()
 
 
 def charge(attempt_id: str, amount: str, account: str = "1001", **fields) -> Charge:
@@ -139,3 +147,12 @@ def test_differences_render_one_line_each(fmt: str) -> None:
     if fmt == "csv":
         assert out.splitlines() == ["account,check,expected,found,detail", "1001,balance,14.70,14.69,processor"]
     assert presentation.format_reconcile([], "csv") == "account,check,expected,found,detail\n"
+
+
+@pytest.mark.integration  # slow, not broker-bound: kafka-python gives up bootstrapping after 30 s
+def test_reconcile_without_a_broker_is_one_line_and_exit_2(free_port) -> None:
+    result = CliRunner().invoke(cli, ["--bootstrap-servers", f"127.0.0.1:{free_port}", "reconcile"],
+                                terminal_width=200)
+    assert result.exit_code == 2
+    assert result.output.startswith(f"error: cannot read imbill.config from 127.0.0.1:{free_port}")
+    assert "Traceback" not in result.output
