@@ -145,8 +145,11 @@ def read_to_end(bootstrap_servers: str, topic: str, start: Mapping[int, int] | N
                 timeout: float = 30.0) -> Iterator[Envelope]:
     """Every record of ``topic`` from ``start`` (partition -> offset; default the beginning)
     up to its true end at the time of the call, partition by partition in offset order."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False,
-                             group_id=None, fetch_max_wait_ms=50)
+    try:
+        consumer = KafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False,
+                                 group_id=None, fetch_max_wait_ms=50)
+    except KafkaError as exc:
+        raise BrokerError(f"cannot read {topic} from {bootstrap_servers}: {exc}") from exc
     try:
         tps = partitions_of(consumer, topic)
         consumer.assign(tps)

@@ -17,10 +17,11 @@ MSGN rates) changes no balance and emits no BalanceChanged, but is still "charge
 A charge in another currency than the balance's is refused ``currency_mismatch`` (there is
 no conversion); a payment in another currency is not applied.
 
-Idempotence: the state remembers the offset of the last attempt and payment it applied and
-the ids of the last 8 attempts, so a redelivered record (offset at or below the last one:
-"already_applied") or a retransmission published twice ("duplicate") changes nothing and
-emits nothing. Event ids derive from the cause: ``bal-<charge or payment id>``,
+Idempotence: the state remembers the offset of the last attempt and payment it applied, so a
+redelivered record (offset at or below the last one: "already_applied") changes nothing and
+emits nothing. Whether a record is a copy of one decided earlier, at any distance, is the
+caller's ``sighting`` (:mod:`.dedup`): a copy is a "duplicate" and changes nothing either; a
+record too old for the dedup window is refused ``outside_dedup_window``. Event ids derive from the cause: ``bal-<charge or payment id>``,
 ``st-<cause id>-<status>``.
 """
 
@@ -34,11 +35,8 @@ from imbill.domain.events import (BalanceChanged, Payment, PaymentRejected, Serv
                                   rejection_id_of)
 from imbill.domain.rating import Rated
 
-__all__ = ["AccountState", "BillResult", "Event", "RECENT_ATTEMPTS", "open_account", "bill", "top_up",
-           "payment_rejected"]
+__all__ = ["AccountState", "BillResult", "Event", "open_account", "bill", "top_up", "payment_rejected"]
 
-RECENT_ATTEMPTS = 8
-RECENT_PAYMENTS = 8
 Event = BalanceChanged | ServiceStatusChanged | PaymentRejected
 
 
@@ -49,15 +47,13 @@ class AccountState:
     suspended: bool
     last_attempt_offset: int = -1
     last_payment_offset: int = -1
-    recent_attempts: tuple[str, ...] = ()
-    recent_payments: tuple[str, ...] = ()
-    """The last payment ids applied: a payment published twice is credited once."""
 
 
 @dataclass(frozen=True, slots=True)
 class BillResult:
     """The new state, the outcome (charged, insufficient_funds, service_suspended,
-    currency_mismatch, duplicate or already_applied) and the events to append."""
+    currency_mismatch, outside_dedup_window, duplicate or already_applied) and the events to
+    append."""
 
     state: AccountState
     outcome: str
@@ -73,14 +69,15 @@ def open_account(account: Account, currency: str) -> AccountState:
     return AccountState(balance=account.opening_balance, currency=currency, suspended=False)
 
 
-def bill(state: AccountState, rated: Rated, *, attempt_id: str, offset: int, occurred_at: datetime) -> BillResult:
-    """Charge ``rated`` (the attempt at ``offset``) to the account in ``state``."""
+def bill(state: AccountState, rated: Rated, *, attempt_id: str, offset: int, occurred_at: datetime,
+         sighting: str = "new") -> BillResult:
+    """Charge ``rated`` (the attempt at ``offset``) to the account in ``state``; ``sighting``
+    is the attempt id's :func:`.dedup.verdict` (new, copy or stale)."""
     if offset <= state.last_attempt_offset:
         return BillResult(state, "already_applied", [])
-    if attempt_id in state.recent_attempts:
-        return BillResult(replace(state, last_attempt_offset=offset), "duplicate", [])
-    seen = replace(state, last_attempt_offset=offset,
-                   recent_attempts=(*state.recent_attempts, attempt_id)[-RECENT_ATTEMPTS:])
+    seen = replace(state, last_attempt_offset=offset)
+    if sighting != "new":
+        return BillResult(seen, "duplicate" if sighting == "copy" else "outside_dedup_window", [])
     amount, prepaid = rated.amount, rated.balance_model == "prepaid"
     if state.suspended and prepaid:
         return BillResult(seen, "service_suspended", [])
@@ -110,18 +107,24 @@ def _cannot_pay(balance: Decimal, amount: Decimal, prepaid: bool, credit_limit: 
 
 
 def top_up(state: AccountState, payment: Payment, *, offset: int, occurred_at: datetime,
-           push_events: bool = False) -> tuple[AccountState, list[Event]]:
+           push_events: bool = False, sighting: str = "new") -> tuple[AccountState, list[Event]]:
     """Apply a Payment; resume a suspended service the payment lifts above 0.
 
-    ``push_events`` is the account's product policy attribute (``rating.account_push_events``).
+    ``push_events`` is the account's product policy attribute (``rating.account_push_events``);
+    ``sighting`` the payment id's :func:`.dedup.verdict`: a copy is credited once (nothing
+    again), a payment too old for the dedup window is refused.
     """
     if offset <= state.last_payment_offset:
         return state, []
     payment_id, amount = payment.payment_id, payment.amount
-    if payment_id in state.recent_payments:
-        return replace(state, last_payment_offset=offset), []
-    seen = replace(state, last_payment_offset=offset,
-                   recent_payments=(*state.recent_payments, payment_id)[-RECENT_PAYMENTS:])
+    seen = replace(state, last_payment_offset=offset)
+    if sighting == "copy":
+        return seen, []
+    if sighting == "stale":
+        return seen, [payment_rejected(payment, "outside_dedup_window",
+                                       f"payment {payment_id} is dated more than 24 hours before the newest payment "
+                                       f"of account {payment.account}: it cannot be checked against its copies",
+                                       occurred_at)]
     if payment.currency != state.currency:
         return seen, [payment_rejected(payment, "currency_mismatch",
                                        f"payment {payment_id} is in {payment.currency}; the balance of account "

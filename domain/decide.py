@@ -16,6 +16,7 @@ from datetime import datetime
 
 from imbill.domain.balance import AccountState, Event, bill, open_account, payment_rejected, top_up
 from imbill.domain.config import ConfigState
+from imbill.domain.dedup import UNSEEN, Sighting, verdict
 from imbill.domain.events import Charge, MessageAttempt, Payment, PaymentRejected, Rejection, rejection_id_of
 from imbill.domain.keys import account_key
 from imbill.domain.money import BALANCE_LIMIT, PAYMENT_LIMIT, ZERO
@@ -32,24 +33,29 @@ PAYMENT_REASON_CODES = {
     "unknown_account": "The account does not exist in the environment.",
     "currency_mismatch": "The payment is in another currency than the account's balance.",
     "balance_limit": "The payment would take the balance past money.BALANCE_LIMIT.",
+    "outside_dedup_window": "The payment is dated more than 24 hours before the account's newest payment "
+                            "(domain/dedup.py): a first copy of it may be forgotten.",
 }
 """Why a payment is not applied: the reason codes of PaymentRejected."""
 
 SKIPPED = ("duplicate", "already_applied")
+UNREMEMBERED = (*SKIPPED, "outside_dedup_window")
 
 
 @dataclass(frozen=True, slots=True)
 class Decision:
-    """The account's state after a record (None: the key is no account) and the events the
-    record causes."""
+    """The account's state after a record (None: the key is no account), the events the
+    record causes, and whether its id joins the account's dedup memory (:mod:`.dedup`)."""
 
     state: AccountState | None
     events: tuple[Charge | Rejection | Event, ...] = ()
+    remember: bool = False
 
 
 def decide_attempt(state: AccountState | None, attempt: MessageAttempt, config: ConfigState, *,
-                   key: bytes | None, offset: int, now: datetime) -> Decision:
-    """Rate and bill ``attempt`` (the record at ``offset`` under ``key``) for its sender."""
+                   key: bytes | None, offset: int, now: datetime, sighting: Sighting = UNSEEN) -> Decision:
+    """Rate and bill ``attempt`` (the record at ``offset`` under ``key``) for its sender;
+    ``sighting`` is what the account's dedup memory knows of its attempt id."""
     rated = rate_attempt(attempt, config, rated_at=now)
     if type(rated) is Refusal:
         return Decision(state, (rejection_of(attempt, rated, now),))
@@ -60,8 +66,9 @@ def decide_attempt(state: AccountState | None, attempt: MessageAttempt, config: 
                           rated.account)
         return Decision(state, (rejection_of(attempt, refusal, now),))
     result = bill(state or _opened(config, rated), rated, attempt_id=attempt.attempt_id, offset=offset,
-                  occurred_at=now)
-    return Decision(result.state, _outcome(attempt, rated, result.outcome, now) + tuple(result.events))
+                  occurred_at=now, sighting=verdict(sighting, offset=offset, at=min(attempt.received_at, now)))
+    return Decision(result.state, _outcome(attempt, rated, result.outcome, now) + tuple(result.events),
+                    remember=result.outcome not in UNREMEMBERED)
 
 
 def _outcome(attempt: MessageAttempt, rated: Rated, outcome: str, now: datetime) -> tuple[Charge | Rejection, ...]:
@@ -81,8 +88,9 @@ def _opened(config: ConfigState, rated: Rated) -> AccountState:
 
 
 def decide_payment(state: AccountState | None, payment: Payment, config: ConfigState, *, key: bytes | None,
-                   offset: int, now: datetime) -> Decision:
-    """Apply ``payment`` (the record at ``offset`` under ``key``) to its account's balance."""
+                   offset: int, now: datetime, sighting: Sighting = UNSEEN) -> Decision:
+    """Apply ``payment`` (the record at ``offset`` under ``key``) to its account's balance;
+    ``sighting`` is what the account's dedup memory knows of its payment id."""
     environment, account = payment.environment, payment.account
     refused = _implausible_payment(payment, key)
     if refused is not None:
@@ -94,9 +102,11 @@ def decide_payment(state: AccountState | None, payment: Payment, config: ConfigS
     if state.balance + payment.amount > BALANCE_LIMIT:
         return Decision(state, (payment_rejected(payment, "balance_limit", f"payment {payment.payment_id} would take "
                                                  f"account {account} past the balance limit {BALANCE_LIMIT}", now),))
-    state, events = top_up(state, payment, offset=offset, occurred_at=now,
+    seen = verdict(sighting, offset=offset, at=min(payment.received_at, now))  # a future date moves no window
+    remember = seen == "new" and offset > state.last_payment_offset
+    state, events = top_up(state, payment, offset=offset, occurred_at=now, sighting=seen,
                            push_events=account_push_events(config, environment, account))
-    return Decision(state, tuple(events))
+    return Decision(state, tuple(events), remember=remember)
 
 
 def _implausible_payment(payment: Payment, key: bytes | None) -> tuple[str, str] | None:

@@ -521,6 +521,26 @@ def run(ctx: click.Context, example: Path | None) -> None:
     sys.exit(wiring.run(_settings(ctx), example or DEFAULT_EXAMPLE, say))
 
 
+@cli.command()
+@click.option("--environment", "environment", default=None, help="Virtual environment (default: the global one).")
+@click.option("--account", default=None, help="Only this account.")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table",
+              help="table (default), csv or json: one row per difference.")
+@click.pass_context
+def reconcile(ctx: click.Context, environment: str | None, account: str | None, fmt: str) -> None:
+    """Check from the topics that every balance adds up (opening + payments - charges = the
+    processor's and the projection's balance) and every attempt has exactly one outcome;
+    print the differences, exit 1 if there are any."""
+    settings = _settings(ctx).with_overrides(environment=environment)
+    report = usecases.reconcile(settings, account)
+    listing = presentation.reconcile_listing(report.result.differences, settings.environment)
+    summary = presentation.reconcile_summary(report.result, settings.environment, report.projection)
+    if listing.rows or fmt != "table":
+        _show(listing, fmt)
+    click.echo(summary, err=fmt != "table")
+    sys.exit(1 if listing.rows else 0)
+
+
 def main() -> None:
     cli(prog_name="imbill")
 

@@ -22,6 +22,7 @@ from typing import Any, Iterable, Literal, Mapping, Sequence
 import pyarrow as pa
 import pyarrow.parquet as pq
 from rich.table import Table
+from rich.text import Text as RichText
 
 from imbill.domain.catalogue import CATALOGUE_COLUMNS, catalogue_rows
 from imbill.domain.config import ConfigState, EnvironmentConfig, UsageCharge
@@ -40,7 +41,7 @@ __all__ = ["TextStyle", "CONFIG", "EXPLAIN", "EXPORT", "text", "money", "FORMATS
            "topics_listing", "schemas_listing", "attributes_listing", "config_tables", "config_rows",
            "config_listing", "config_history_listing", "SUMMARY_COLUMNS", "XDR_KINDS", "xdr_listing",
            "xdr_aggregate_listing", "format_xdrs", "balance_listing", "rejection_listing", "account_listing",
-           "explanation"]
+           "explanation", "outcome_text", "RECONCILE_COLUMNS", "reconcile_listing", "reconcile_summary"]
 
 
 @dataclass(frozen=True)
@@ -419,3 +420,29 @@ def outcome_text(event: str, record: Mapping[str, Any]) -> str:
     if event == "PaymentRejected":
         return f"payment rejected: {record['reason_code']}: {record['message']}"
     return f"rejected: {record.get('reason_code')}: {record.get('message')}"
+
+
+# --- reconcile ----------------------------------------------------------------------------
+
+RECONCILE_COLUMNS = ("account", "check", "expected", "found", "detail")
+
+
+def reconcile_listing(differences: Iterable[Any], environment: str) -> Listing:
+    """One row per difference (an account and a check): ``imbill reconcile``'s listing."""
+    rows = [{column: getattr(difference, column) for column in RECONCILE_COLUMNS} for difference in differences]
+    return Listing(f"Differences ({environment}, {len(rows)})", RECONCILE_COLUMNS, rows,
+                   {"account": "code", "check": "code"})
+
+
+def reconcile_summary(result: Any, environment: str, projection: str) -> str:
+    """The one line that ends ``imbill reconcile``: clean, or how many differences."""
+    checked = f"{_count(result.accounts, 'account')}, {_count(result.attempts, 'attempt')} checked in " \
+              f"{environment} from the topics; projection: {projection}"
+    if result.clean:
+        return f"clean: {checked}"
+    accounts = len({difference.account for difference in result.differences})
+    return f"{_count(len(result.differences), 'difference')} in {_count(accounts, 'account')}: {checked}"
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number:,} {noun}{'' if number == 1 else 's'}"

@@ -16,7 +16,7 @@ from typing import Any, Iterator
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from imbill.bus import EventProducer, Tail, check_reachable, create_topics
+from imbill.bus import EventProducer, Tail, check_reachable, create_topics, read_to_end
 from imbill.domain.config import Account, ConfigState, EnvironmentConfig
 from imbill.domain.errors import BrokerError, ConfigError, ImbillError
 from imbill.domain.events import Payment
@@ -24,20 +24,23 @@ from imbill.domain.keys import account_key
 from imbill.domain.money import PAYMENT_LIMIT
 from imbill.domain.policy import Explanation, explain
 from imbill.domain.rating import Rated, Refusal, rate_attempt
+from imbill.domain.reconcile import AttemptSeen, Reconciliation, Topics as TopicEvents, reconcile as compare
 from imbill.producers.attempt import attempt_id_for, attempt_key, synthetic_attempt
 from imbill.producers.sip_client import SipAnswer, send_message
 from imbill.producers.config_file import load_config_file
 from imbill.producers.config_publisher import (ApplyResult, HistoryEntry, apply_config, config_history,
                                                current_state)
 from imbill.projections.models import connect
-from imbill.projections.queries import (XdrFilter, aggregate_xdrs, query_balances, query_rejections,
-                                        query_xdrs)
+from imbill.projections.queries import (XdrFilter, aggregate_xdrs, latest_balances, query_balances,
+                                        query_rejections, query_xdrs)
 from imbill.projections.report_data import ReportData, report_data
+from imbill.schemas.codec import event_of
 from imbill.settings import Settings
 
 __all__ = ["EdgeUnreachable", "DatabaseUnavailable", "PolicyExplanation", "Outcome", "Sent", "TopUp",
            "create_all_topics", "apply_config_file", "config_at", "config_events", "top_up", "send",
-           "generate_traffic", "explain_policy", "xdrs", "xdr_totals", "rejections", "balances", "accounts", "report"]
+           "generate_traffic", "explain_policy", "xdrs", "xdr_totals", "rejections", "balances", "accounts", "report",
+           "ReconcileReport", "reconcile"]
 
 OUTCOME_WAIT = 5.0
 """Seconds `send` and `payment` wait for what the processor made of their event."""
@@ -302,3 +305,89 @@ def report(settings: Settings, *, since: datetime, until: datetime, customer: st
     """What the analysts' report shows of the settings' environment over ``[since, until)``."""
     with _database(settings, "xdr") as engine:
         return report_data(engine, environment=settings.environment, since=since, until=until, customer=customer)
+
+# --- reconcile ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReconcileReport:
+    """``imbill reconcile``: the comparison, and what the projection check was made against."""
+
+    result: Reconciliation
+    environment: str
+    projection: str
+    """``balance_event in <database>``, or why the projection was not checked."""
+
+
+def reconcile(settings: Settings, account: str | None = None) -> ReconcileReport:
+    """Read the attempts, charges, rejections, payments and balance events topics to their
+    true end (``bus.read_to_end``: the fetch high-watermark, not ListOffsets) and compare them
+    with the config's opening balances and the projection's balances (when reachable)."""
+    environment, topics = settings.environment, settings.topics
+    env = config_at(settings).environment(environment)
+    opening = {key: found.opening_balance for key, found in env.accounts.items()} if env is not None else {}
+    read = _environment_events(settings)
+    rejections = read(topics.rejections)
+    events = TopicEvents(attempts=_attempts(settings), charges=read(topics.charges),
+                         rejections=[r for r in rejections if type(r).__name__ == "Rejection"],
+                         payments=read(topics.payments),
+                         payment_rejections=[r for r in rejections if type(r).__name__ == "PaymentRejected"],
+                         balances=read(topics.balances))
+    projected, projection = _projected_balances(settings)
+    return ReconcileReport(compare(opening, events, projected, account=account), environment, projection)
+
+
+def _environment_events(settings: Settings):
+    """A reader of one topic's events of the settings' environment (records that are no
+    event are left out: the processor refused them where they came in)."""
+
+    def read(topic: str) -> list[Any]:
+        found = []
+        for envelope in read_to_end(settings.bootstrap_servers, topic):
+            if envelope.name is None:
+                continue
+            try:
+                event = event_of(envelope.name, envelope.record)
+            except ImbillError:
+                continue
+            if getattr(event, "environment", None) == settings.environment or _undecodable(event):
+                found.append(event)
+        return found
+
+    return read
+
+
+def _undecodable(event: Any) -> bool:
+    """A malformed_attempt rejection of a record that was no attempt (no environment)."""
+    return type(event).__name__ == "Rejection" and event.attempt_id.startswith("undecodable-")
+
+
+def _attempts(settings: Settings) -> list[AttemptSeen]:
+    """Every attempt of the environment by id (a record under one of its keys that is no
+    MessageAttempt is ``undecodable-<partition>-<offset>``, as the processor names it)."""
+    prefix = f"{settings.environment}/".encode()
+    found = []
+    for envelope in read_to_end(settings.bootstrap_servers, settings.topics.attempts):
+        record = envelope.record if envelope.name == "MessageAttempt" else None
+        if record is not None and record.get("environment") == settings.environment:
+            sender = record.get("from_user", "") if record.get("direction") == "outgoing" else ""
+            found.append(AttemptSeen(record.get("attempt_id", ""), sender))
+        elif record is None and (envelope.key or b"").startswith(prefix):
+            found.append(AttemptSeen(f"undecodable-{envelope.partition}-{envelope.offset}", ""))
+    return found
+
+
+def _projected_balances(settings: Settings) -> tuple[dict[str, Decimal] | None, str]:
+    """The projection's latest balance per account, and where from (or why not checked)."""
+    url = settings.database_url
+    engine = connect(url)
+    try:
+        if engine.dialect.name == "sqlite" and engine.url.database and not Path(engine.url.database).exists():
+            return None, f"not checked: no database at {url}"
+        if not sa.inspect(engine).has_table("balance_event"):
+            return None, f"not checked: no balance_event table in {url} (run `imbill project`)"
+        return latest_balances(engine, settings.environment), f"balance_event in {engine.url.render_as_string()}"
+    except sa.exc.SQLAlchemyError as exc:
+        return None, f"not checked: {url} is not reachable ({type(exc).__name__})"
+    finally:
+        engine.dispose()

@@ -23,7 +23,8 @@ from imbill.projections.models import (BalanceEvent, ConfigObject, RejectedAttem
                                        Xdr)
 
 __all__ = ["XDR_COLUMNS", "AGGREGATIONS", "XdrFilter", "column_kinds", "query_xdrs", "aggregate_xdrs",
-           "AGGREGATE_KINDS", "REJECTION_COLUMNS", "query_rejections", "BALANCE_KINDS", "query_balances"]
+           "AGGREGATE_KINDS", "REJECTION_COLUMNS", "query_rejections", "BALANCE_KINDS", "query_balances",
+           "latest_balances"]
 
 XDR_COLUMNS: tuple[str, ...] = tuple(Xdr.__table__.columns.keys())
 """Every column of an xDR row, in table order (new columns of a migration included)."""
@@ -216,3 +217,16 @@ def _balance_row(account: Mapping[str, Any], currency: str, balance: Any, status
         "last_movement": balance["occurred_at"] if balance else None,
         "last_cause": f"{balance['cause']} {balance['cause_id']}" if balance else "opening balance",
     }
+
+
+def latest_balances(engine: Engine, environment: str) -> dict[str, Decimal]:
+    """Account -> the balance of its latest ``balance_event`` row (highest source offset:
+    an account's events share one partition)."""
+    table = BalanceEvent.__table__
+    latest = (sa.select(table.c.account, sa.func.max(table.c.source_offset).label("offset"))
+              .where(table.c.environment == environment).group_by(table.c.account).subquery())
+    query = (sa.select(table.c.account, table.c.balance)
+             .join(latest, sa.and_(table.c.account == latest.c.account, table.c.source_offset == latest.c.offset))
+             .where(table.c.environment == environment))
+    with engine.connect() as conn:
+        return {account: balance for account, balance in conn.execute(query)}

@@ -12,6 +12,9 @@ record that arrives after a gap is left and the partition is read again from the
 whose entries were written but whose marker was not (a crash), and is skipped: an attempt
 is decided once, even if a payment for the account arrives in between on replay.
 
+Each account key's dedup memory (:mod:`.dedup`) says whether a record's id was decided
+before, at any distance within the window; the ids a batch decides join its entries.
+
 An exception from the rules (other than a record that cannot be decoded) propagates out of
 :func:`bill_attempts`: deciding has no side effects, so nothing of the batch is committed.
 """
@@ -25,11 +28,13 @@ from typing import Any, Callable, Iterable, Mapping
 
 from imbill.domain.config import ConfigState
 from imbill.domain.decide import decide_attempt, decide_payment, undecodable_attempt, undecodable_payment
+from imbill.domain.dedup import Sighting, fingerprint, millis
 from imbill.domain.errors import SchemaError
 from imbill.domain.events import MessageAttempt, Payment
 from imbill.domain.keys import account_key
 from imbill.schemas.codec import decode_event_as, encode_event
 from imbill.streams.changelog import Entry, Output
+from imbill.streams.dedup import BatchMemory, DedupMemory, KeyMemory
 
 __all__ = ["Record", "Batch", "entry_key", "bill_attempts", "top_up_payments", "TOPIC_KINDS"]
 
@@ -55,6 +60,7 @@ class Batch:
     next_offsets: dict[int, int] = field(default_factory=dict)
     gaps: dict[int, int] = field(default_factory=dict)
     """Partition -> the offset to read it again from: a record after it came first."""
+    memory: BatchMemory | None = None
 
     def admit(self, partition: int, offset: int) -> bool:
         """Whether to decide the record at ``offset``: only the next one of its partition.
@@ -105,15 +111,18 @@ def _decided(committed: Mapping[bytes, Any], batch: Batch, key: bytes, offset: i
 
 
 def bill_attempts(committed: Mapping[bytes, Any], config: ConfigState, records: Iterable[Record], *,
-                  now: datetime, expected: Mapping[int, int]) -> Batch:
-    """Rate and bill MessageAttempt records against ``committed`` entries (not modified)."""
-    return _decide(Batch("a", expected), "attempts_decided", _attempt_outcome, committed, config, records, now)
+                  now: datetime, expected: Mapping[int, int], memory: DedupMemory | None = None) -> Batch:
+    """Rate and bill MessageAttempt records against ``committed`` entries and dedup
+    ``memory`` (neither modified)."""
+    batch = Batch("a", expected, memory=BatchMemory(memory, "a"))
+    return _decide(batch, "attempts_decided", _attempt_outcome, committed, config, records, now)
 
 
 def top_up_payments(committed: Mapping[bytes, Any], config: ConfigState, records: Iterable[Record], *,
-                    now: datetime, expected: Mapping[int, int]) -> Batch:
+                    now: datetime, expected: Mapping[int, int], memory: DedupMemory | None = None) -> Batch:
     """Apply Payment records to the balances of ``committed`` entries (not modified)."""
-    return _decide(Batch("p", expected), "payments_decided", _payment_outcome, committed, config, records, now)
+    batch = Batch("p", expected, memory=BatchMemory(memory, "p"))
+    return _decide(batch, "payments_decided", _payment_outcome, committed, config, records, now)
 
 
 def _decide(batch: Batch, decided: str, outcome: Callable[..., Iterable[Output]], committed: Mapping[bytes, Any],
@@ -127,12 +136,13 @@ def _decide(batch: Batch, decided: str, outcome: Callable[..., Iterable[Output]]
             continue
         entry = batch.touch(committed, key, partition, offset)
         setattr(entry, decided, offset)
-        entry.outbox.extend(outcome(entry, raw_key, partition, offset, value, config, now))
+        seen = batch.memory.of(key, entry) if batch.memory is not None else KeyMemory(None, entry)
+        entry.outbox.extend(outcome(entry, raw_key, partition, offset, value, config, now, seen))
     return batch
 
 
 def _attempt_outcome(entry: Entry, key: bytes | None, partition: int, offset: int, value: bytes | None,
-                     config: ConfigState, now: datetime) -> list[Output]:
+                     config: ConfigState, now: datetime, seen: KeyMemory) -> list[Output]:
     """A record that is no MessageAttempt (undecodable, or lacking a field) is a final
     ``malformed_attempt`` rejection. Any other exception from the rules is a bug, not a fact
     about the attempt: it propagates, the batch is not committed, and the worker stops and is
@@ -141,22 +151,40 @@ def _attempt_outcome(entry: Entry, key: bytes | None, partition: int, offset: in
         attempt = decode_event_as(MessageAttempt, value or b"")
     except SchemaError as exc:
         return [_output(undecodable_attempt(f"undecodable-{partition}-{offset}", str(exc), now), key)]
-    decision = decide_attempt(entry.state, attempt, config, key=key, offset=offset, now=now)
+    sighting = seen.sighting(attempt.attempt_id)
+    decision = decide_attempt(entry.state, attempt, config, key=key, offset=offset, now=now, sighting=sighting)
     outputs = [_output(event, key) for event in decision.events]
     entry.state = decision.state  # only once every event of the decision is encoded
+    content = fingerprint(attempt.direction, attempt.to_user, attempt.to_domain, attempt.body_chars)
+    _remember(seen, decision.remember, attempt.attempt_id, offset, min(attempt.received_at, now), content, sighting)
     return outputs
 
 
+def _remember(seen: KeyMemory, remember: bool, record_id: str, offset: int, at: datetime, content: int,
+              sighting: Sighting) -> None:
+    """Add a decided id to its key's memory; log a copy whose content is not its first's."""
+    if remember:
+        seen.remember(record_id, offset, millis(at), content)
+    elif sighting.first_offset is not None and sighting.first_offset < offset \
+            and sighting.first_fingerprint != content:
+        log.warning("record at offset %d claims id %r of the one at offset %d but its content differs: "
+                    "treated as the duplicate it claims to be: nothing charged or credited again", offset, record_id,
+                    sighting.first_offset)
+
+
 def _payment_outcome(entry: Entry, key: bytes | None, partition: int, offset: int, value: bytes | None,
-                     config: ConfigState, now: datetime) -> list[Output]:
+                     config: ConfigState, now: datetime, seen: KeyMemory) -> list[Output]:
     try:
         payment = decode_event_as(Payment, value or b"")
     except SchemaError as exc:
         log.warning("payment %d@%d not applied: %s", partition, offset, exc)
         return [_output(undecodable_payment(f"undecodable-{partition}-{offset}", str(exc), now), key)]
-    decision = decide_payment(entry.state, payment, config, key=key, offset=offset, now=now)
+    sighting = seen.sighting(payment.payment_id)
+    decision = decide_payment(entry.state, payment, config, key=key, offset=offset, now=now, sighting=sighting)
     outputs = [_output(event, key) for event in decision.events]
     entry.state = decision.state
+    content = fingerprint(payment.amount, payment.currency, payment.account)
+    _remember(seen, decision.remember, payment.payment_id, offset, min(payment.received_at, now), content, sighting)
     return outputs
 
 

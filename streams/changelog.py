@@ -9,8 +9,10 @@ events are on their topics (:mod:`.commit` writes them in that order).
 
 The next record a worker decides on a partition is the one after its marker; an outbox
 whose source offset is above the marker may be missing downstream and is sent again (same
-bytes, same ids): :func:`pending_outboxes`. Records are JSON with decimals as strings; the
-byte format is what workers already wrote, so it must not change.
+bytes, same ids): :func:`pending_outboxes`. A :class:`Seen` chunk holds the attempt or
+payment ids a batch remembered for a key (the dedup memory, :mod:`.dedup`); an entry also
+carries its batch's ids (``remembered``). Records are JSON with decimals as strings; the
+byte format is what workers already wrote, so it only grows: new fields are optional.
 """
 
 from __future__ import annotations
@@ -23,14 +25,18 @@ from typing import Iterable, Mapping
 
 from imbill.domain.balance import AccountState
 
-__all__ = ["Output", "OUTPUT_KINDS", "Entry", "Flushed", "flushed_key", "encode_record", "decode_record",
-           "pending_outboxes"]
+__all__ = ["Output", "OUTPUT_KINDS", "Remembered", "Entry", "Flushed", "Seen", "flushed_key", "seen_key",
+           "encode_record", "decode_record", "pending_outboxes"]
 
 Output = tuple[str, bytes, bytes]
 """An event to send: (topic kind: charges, rejections, balances or service_status; key; value)."""
 
 OUTPUT_KINDS = ("charges", "rejections", "balances", "service_status")
 """The topic kinds an outbox names (attributes of :class:`imbill.schemas.topics.Topics`)."""
+
+Remembered = tuple[str, int, int, int]
+"""An id in the dedup memory: (attempt or payment id, offset of its first copy, its time in
+ms since the epoch, its content fingerprint)."""
 
 
 @dataclass(slots=True)
@@ -45,6 +51,18 @@ class Entry:
     source: str = ""
     """Which input the outbox came from: "a" (attempts) or "p" (payments)."""
     source_offset: int = -1
+    remembered: list[Remembered] = field(default_factory=list)
+    """The ids this batch added to the key's dedup memory (also written as a Seen chunk)."""
+
+
+@dataclass(slots=True)
+class Seen:
+    """A chunk of a key's dedup memory: the ids one batch remembered for it."""
+
+    source: str
+    key: bytes
+    partition: int
+    remembered: list[Remembered]
 
 
 @dataclass(slots=True)
@@ -65,32 +83,46 @@ def flushed_key(partition: int) -> bytes:
     return b"\x00flushed/%d" % partition
 
 
-def encode_record(record: Entry | Flushed) -> bytes:
+def seen_key(source: str, key: bytes, first_offset: int) -> bytes:
+    """The changelog key of the Seen chunk of ``key``'s ids from the batch that decided
+    ``first_offset`` first (the same key when that batch is decided again)."""
+    return b"\x00seen/%s/%d/" % (source.encode(), first_offset) + key
+
+
+def encode_record(record: Entry | Flushed | Seen) -> bytes:
     if isinstance(record, Flushed):
         return json.dumps({"flushed": [record.partition, record.attempts, record.payments]}).encode()
+    if isinstance(record, Seen):
+        return json.dumps({"seen": [record.source, _b64(record.key), record.partition, record.remembered]},
+                          separators=(",", ":")).encode()
     state = record.state
-    return json.dumps({
+    raw = {
         "state": None if state is None else [str(state.balance), state.currency, state.suspended,
-                                             state.last_attempt_offset, state.last_payment_offset,
-                                             list(state.recent_attempts), list(state.recent_payments)],
+                                             state.last_attempt_offset, state.last_payment_offset, [], []],
         "partition": record.partition, "attempts": record.attempts_decided,
         "payments": record.payments_decided, "source": [record.source, record.source_offset],
         "outbox": [[kind, _b64(key), _b64(value)] for kind, key, value in record.outbox],
-    }, separators=(",", ":")).encode()
+    }
+    if record.remembered:
+        raw["ids"] = record.remembered
+    return json.dumps(raw, separators=(",", ":")).encode()
 
 
-def decode_record(data: bytes) -> Entry | Flushed:
+def decode_record(data: bytes) -> Entry | Flushed | Seen:
     raw = json.loads(data)
     if "flushed" in raw:
         return Flushed(*raw["flushed"])
+    if "seen" in raw:
+        source, key, partition, remembered = raw["seen"]
+        return Seen(source, base64.b64decode(key), partition, [tuple(line) for line in remembered])
     state = raw["state"]
-    if state is not None:
-        balance, currency, suspended, last_attempt, last_payment, recent, *payments = state
-        state = AccountState(Decimal(balance), currency, suspended, last_attempt, last_payment, tuple(recent),
-                             tuple(payments[0]) if payments else ())
+    if state is not None:  # the last 8 ids kept in the state before the dedup memory are not read
+        balance, currency, suspended, last_attempt, last_payment, *_ = state
+        state = AccountState(Decimal(balance), currency, suspended, last_attempt, last_payment)
     outbox = [(kind, base64.b64decode(key), base64.b64decode(value)) for kind, key, value in raw["outbox"]]
     source, source_offset = raw["source"]
-    return Entry(state, raw["partition"], raw["attempts"], raw["payments"], outbox, source, source_offset)
+    return Entry(state, raw["partition"], raw["attempts"], raw["payments"], outbox, source, source_offset,
+                 [tuple(line) for line in raw.get("ids", ())])
 
 
 def _b64(data: bytes) -> str:

@@ -5,10 +5,12 @@ steps, each acknowledged before the next starts:
 
 1. the changelog entry of every key the batch touched: the account's balance state, the
    offsets decided for the key and the outbox, the encoded events those decisions caused;
+   with it, the Seen chunk of the ids the batch added to the key's dedup memory (:mod:`.dedup`);
 2. the outboxes, to the charge, rejection, balance-event and service-status topics;
 3. per partition, a Flushed marker: every offset up to it is decided and its events are
    on their topics (its own ack is not awaited). The input offsets are committed later
-   by the stream, once the batch is handled.
+   by the stream, once the batch is handled. Chunks of the dedup memory that fell out of its
+   window are dropped with them (tombstones; a lost one is dropped again later).
 
 Kafka transactions are not available (PLATFORM-NOTES, quirk 4), so the entries are the
 commit point: once a key's entry is acknowledged its decisions are final. A worker that
@@ -36,8 +38,9 @@ from imbill.domain.config import ConfigState
 from imbill.domain.errors import LogReset
 from imbill.schemas.topics import Topics
 from imbill.streams.batch import Batch, Record, bill_attempts, top_up_payments
-from imbill.streams.changelog import (OUTPUT_KINDS, Entry, Flushed, encode_record, flushed_key,
+from imbill.streams.changelog import (OUTPUT_KINDS, Entry, Flushed, Seen, encode_record, flushed_key,
                                       pending_outboxes)
+from imbill.streams.dedup import DedupMemory
 
 __all__ = ["Log", "Committer", "STALL_SECONDS"]
 
@@ -59,10 +62,14 @@ class Log(Protocol):
     def records(self) -> MutableMapping[bytes, Any]:
         """The table in memory: changelog key -> Entry or Flushed, as recovered."""
 
-    def keep(self, partition: int, key: bytes, record: Entry | Flushed) -> None:
+    def keep(self, partition: int, key: bytes, record: Entry | Flushed | Seen) -> None:
         """Hold ``record`` in memory as the table's value of ``key`` on ``partition``."""
 
-    async def write_changelog(self, partition: int, key: bytes, value: bytes) -> None: ...
+    def forget(self, key: bytes) -> None:
+        """Drop ``key`` from the table in memory."""
+
+    async def write_changelog(self, partition: int, key: bytes, value: bytes | None) -> None:
+        """Append ``value`` (None: a tombstone, the key is deleted at recovery)."""
 
     async def send(self, topic: str, key: bytes, value: bytes) -> None:
         """Append to ``topic`` on the partition the default partitioner gives ``key``."""
@@ -100,6 +107,9 @@ class Committer:
         self._sources = {"a": topics.attempts, "p": topics.payments}
         self._rewound: dict[tuple[str, int], tuple[int, float]] = {}
         self._progress: dict[tuple[str, int], int] = {}
+        self.memory = DedupMemory()
+        """The dedup memory of the partitions owned, rebuilt from the table at each recovery."""
+        self._tombstones: list[tuple[int, bytes]] = []
         self.batches = 0
 
     async def attempts(self, records: Sequence[Record]) -> None:
@@ -122,9 +132,12 @@ class Committer:
 
     async def _commit(self, source: str, records: Sequence[Record], decide: Callable[..., Batch]) -> None:
         config = await self.config()
-        batch = decide(self.log.records, config, records, now=self.clock(), expected=self._expected(source))
+        batch = decide(self.log.records, config, records, now=self.clock(), expected=self._expected(source),
+                       memory=self.memory)
         await self._write_entries(batch.entries)
+        touched = self._touched_windows(source, batch.entries)
         await self._send_outboxes(batch.entries.values())
+        self._drop_expired(touched)
         await self._mark_flushed(source, batch.decided, batch.entries.values())
         await self._rewind(source, batch.gaps)
         self.batches += 1
@@ -135,10 +148,29 @@ class Committer:
                 if type(m) is Flushed}
 
     async def _write_entries(self, entries: Mapping[bytes, Entry]) -> None:
+        """Step 1: the entries, and the Seen chunk of each entry's remembered ids."""
         for key, entry in entries.items():
             await self.log.write_changelog(entry.partition, key, encode_record(entry))
             self.log.keep(entry.partition, key, entry)
+            if entry.remembered:
+                await self._write_seen(key, entry)
         await self.log.acknowledged()
+
+    async def _write_seen(self, key: bytes, entry: Entry) -> None:
+        chunk = Seen(entry.source, key, entry.partition, list(entry.remembered))
+        chunk_key = self.memory.add_entry(key, entry)
+        await self.log.write_changelog(entry.partition, chunk_key, encode_record(chunk))
+        self.log.keep(entry.partition, chunk_key, Seen(entry.source, key, entry.partition, []))  # ids: in memory
+
+    def _touched_windows(self, source: str, entries: Mapping[bytes, Entry]) -> list[tuple[str, bytes]]:
+        """The (source, key) windows the batch added ids to (its entries are acknowledged)."""
+        return [(source, key) for key, entry in entries.items() if entry.remembered]
+
+    def _drop_expired(self, touched: Iterable[tuple[str, bytes]]) -> None:
+        """Tombstones for the chunks out of the window, handed over with the markers."""
+        for partition, chunk_key in self.memory.expire(touched):
+            self.log.forget(chunk_key)
+            self._tombstones.append((partition, chunk_key))
 
     async def _send_outboxes(self, entries: Iterable[Entry]) -> None:
         names = self._topic_names
@@ -154,9 +186,13 @@ class Committer:
             marker = _advanced(self.log.records.get(flushed_key(partition)), partition, source, offset)
             self.log.keep(partition, flushed_key(partition), marker)
             await self.log.write_changelog(partition, flushed_key(partition), encode_record(marker))
+        tombstones, self._tombstones = self._tombstones, []
+        for partition, chunk_key in tombstones:
+            await self.log.write_changelog(partition, chunk_key, None)
         await self.log.enqueued()  # acks not awaited: a lost marker means replaying and re-sending more
         for entry in entries:
             entry.outbox = []  # on its topics now; the changelog keeps it until a marker covers it
+            entry.remembered = []  # in the memory and in its Seen chunk
 
     async def _rewind(self, source: str, gaps: Mapping[int, int]) -> None:
         topic, now = self._sources[source], time.monotonic()
@@ -209,6 +245,7 @@ class Committer:
                 marker = self.log.records.get(flushed_key(partition))
                 if type(marker) is Flushed:
                     self._check_log(topic, partition, marker.attempts if source == "a" else marker.payments, end)
+            await self._recover_memory(partitions)
             pending = pending_outboxes(self.log.records, partitions)
             if pending:
                 logger.info("re-sending the outboxes of %d keys on partitions %s", len(pending), sorted(partitions))
@@ -217,6 +254,23 @@ class Committer:
                 if type(entry) is Entry:
                     entry.outbox = []  # a crash before the markers move only sends them again
             self.partitions, self.ready = partitions, True
+
+    async def _recover_memory(self, partitions: set[int]) -> None:
+        """The dedup memory of the table as recovered: a chunk found only in its entry is
+        written again (before the entry is overwritten), expired chunks are dropped."""
+        missing = self.memory.recover(self.log.records, partitions)
+        for chunk_key, chunk in missing:
+            await self.log.write_changelog(chunk.partition, chunk_key, encode_record(chunk))
+            self.log.keep(chunk.partition, chunk_key, Seen(chunk.source, chunk.key, chunk.partition, []))
+        if missing:
+            await self.log.acknowledged()
+        self._tombstones = []
+        for partition, chunk_key in self.memory.expire_all():
+            self.log.forget(chunk_key)
+            self._tombstones.append((partition, chunk_key))
+        windows = sum(len(w.ids) for w in self.memory.windows.values())
+        logger.info("dedup memory: %d ids of %d keys (%d chunks written again)", windows,
+                    len(self.memory.windows), len(missing))
 
     async def _start_markers(self, partitions: set[int], assigned: list[tuple[str, int]]) -> None:
         """A partition without a marker starts one before its earliest offsets (in memory

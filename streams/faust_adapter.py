@@ -39,7 +39,7 @@ from faust.types import TP
 
 from imbill.bus.partitioner import partition_for
 from imbill.domain.errors import BrokerError
-from imbill.streams.changelog import Entry, Flushed, decode_record, encode_record
+from imbill.streams.changelog import Entry, Flushed, Seen, decode_record, encode_record
 
 __all__ = ["true_end_offsets", "TrueEndTransport", "install_true_end_offsets", "CHANGELOG_CODEC",
            "use_changelog_codec", "FaustLog", "force_metadata_update"]
@@ -156,11 +156,15 @@ class FaustLog:
     def records(self) -> MutableMapping[bytes, Any]:
         return self.table.data.data  # the memory store's dict: the table's values, no per-key event
 
-    def keep(self, partition: int, key: bytes, record: Entry | Flushed) -> None:
+    def keep(self, partition: int, key: bytes, record: Entry | Flushed | Seen) -> None:
         self.table.data.data[key] = record
         self.table.data._key_partition[key] = partition  # private: how faust drops revoked partitions' keys
 
-    async def write_changelog(self, partition: int, key: bytes, value: bytes) -> None:
+    def forget(self, key: bytes) -> None:
+        self.table.data.data.pop(key, None)
+        self.table.data._key_partition.pop(key, None)
+
+    async def write_changelog(self, partition: int, key: bytes, value: bytes | None) -> None:
         await self._open().add(self.table.changelog_topic_name, partition, key, value)
 
     async def send(self, topic: str, key: bytes, value: bytes) -> None:
@@ -214,7 +218,7 @@ class _Sink:
         self._open: dict[tuple[str, int], Any] = {}
         self._sent: list[asyncio.Future] = []
 
-    async def add(self, topic: str, partition: int | None, key: bytes, value: bytes) -> None:
+    async def add(self, topic: str, partition: int | None, key: bytes, value: bytes | None) -> None:
         if partition is None:
             partition = await self._partition_of(topic, key)
         batch = self._open.get((topic, partition))

@@ -22,7 +22,7 @@ from imbill.schemas.codec import decode, encode_event
 from imbill.schemas.topics import Topics
 from imbill.streams import worker as worker_module
 from imbill.streams.batch import bill_attempts
-from imbill.streams.changelog import Flushed, decode_record, flushed_key
+from imbill.streams.changelog import Flushed, decode_record, flushed_key, seen_key
 from imbill.streams.commit import Committer
 from tests.builders import ALICE, attempt, checklist, payment
 from tests.test_processor import FROM_START, LONG, key_of, partition_of, records
@@ -60,6 +60,10 @@ class MemoryLog:
 
     def keep(self, partition: int, key: bytes, record: Any) -> None:
         self.records[key], self.partitions[key] = record, partition
+
+    def forget(self, key: bytes) -> None:
+        self.records.pop(key, None)
+        self.partitions.pop(key, None)
 
     async def write_changelog(self, partition: int, key: bytes, value: bytes) -> None:
         self._do("changelog")
@@ -109,7 +113,10 @@ def recover(crashed: MemoryLog, crash_at=None) -> MemoryLog:
     """The next owner's log: the same broker, its table read back from the changelog."""
     log = MemoryLog(crashed.changelog, crashed.topics, crash_at)
     for partition, key, value in crashed.changelog:
-        log.keep(partition, key, decode_record(value))
+        if value is None:  # a tombstone
+            log.forget(key)
+        else:
+            log.keep(partition, key, decode_record(value))
     return log
 
 
@@ -155,8 +162,8 @@ def test_a_batch_writes_entries_then_outputs_then_markers():
     log = MemoryLog()
     run(started(log).attempts(seven_attempts()))
     outputs = sum(len(lines) for lines in sent(log).values())
-    assert log.ops == ["changelog", "ack", *["send"] * outputs, "ack", "changelog", "enqueued"]
-    assert [key for _, key, _ in log.changelog] == [key_of(ALICE), flushed_key(P)]
+    assert log.ops == ["changelog", "changelog", "ack", *["send"] * outputs, "ack", "changelog", "enqueued"]
+    assert [key for _, key, _ in log.changelog] == [key_of(ALICE), seen_key("a", key_of(ALICE), 0), flushed_key(P)]
     assert log.records[flushed_key(P)] == Flushed(P, 6, -1)
     assert log.records[key_of(ALICE)].outbox == []  # on its topics: no longer kept in memory
 
@@ -165,7 +172,8 @@ def test_a_crash_between_entries_and_outputs_is_sent_once_by_the_next_owner_byte
     first = MemoryLog(crash_at=("send", 0))
     with pytest.raises(Crash):
         run(started(first).attempts(seven_attempts()))
-    assert sent(first) == {} and [key for _, key, _ in first.changelog] == [key_of(ALICE)]
+    assert sent(first) == {} and [key for _, key, _ in first.changelog] == [key_of(ALICE),
+                                                                         seen_key("a", key_of(ALICE), 0)]
     outbox = decode_record(first.changelog[0][2]).outbox
     second = recover(first)
     taker = started(second)
@@ -178,7 +186,7 @@ def test_a_crash_between_entries_and_outputs_is_sent_once_by_the_next_owner_byte
 
 
 def test_a_crash_after_the_outputs_resends_the_same_bytes_and_the_next_batch_goes_on():
-    first = MemoryLog(crash_at=("changelog", 1))  # the entry is written, the marker is not
+    first = MemoryLog(crash_at=("changelog", 2))  # the entry and its ids are written, the marker is not
     with pytest.raises(Crash):
         run(started(first).attempts(seven_attempts()))
     before = sent(first)

@@ -27,7 +27,8 @@ from imbill.bus import EventProducer, create_topics, read_to_end
 from imbill.schemas.codec import decode, encode, encode_event, record_of
 from imbill.cli import cli
 from imbill.streams.batch import bill_attempts, entry_key, top_up_payments
-from imbill.streams.changelog import Entry, Flushed, decode_record, encode_record, flushed_key, pending_outboxes
+from imbill.streams.changelog import (Entry, Flushed, Seen, decode_record, encode_record, flushed_key,
+                                      pending_outboxes)
 from imbill.streams.faust_adapter import true_end_offsets
 from imbill.domain.balance import AccountState
 from imbill.schemas.topics import ACCOUNT_PARTITIONS, ACCOUNT_STATE_CHANGELOG, Topics
@@ -165,10 +166,12 @@ def test_records_are_decided_in_offset_order_only():
 
 
 @pytest.mark.parametrize("record", [
-    Entry(AccountState(Decimal("-1.50"), "USD", True, 41, 7, ("a", "b")), 3, 41, 7,
-          [("charges", b"acme/1", b"\xc3\x01bytes"), ("rejections", b"", b"\x00")], "p", 7),
+    Entry(AccountState(Decimal("-1.50"), "USD", True, 41, 7), 3, 41, 7,
+          [("charges", b"acme/1", b"\xc3\x01bytes"), ("rejections", b"", b"\x00")], "p", 7,
+          [("pay-\u00e9\ud800", 7, 1_700_000_000_000, 123)]),
     Entry(None, 0, 12, -1, [], "a", 12),
     Flushed(2, 99, -1),
+    Seen("a", b"acme/\x00\xff", 1, [("a1", 3, 0, 0), ("a2", 9, -5, 4_294_967_295)]),
 ])
 def test_changelog_records_round_trip(record):
     assert decode_record(encode_record(record)) == record

@@ -65,18 +65,19 @@ BILL = [
      rated("0.50", model="postpaid", credit="5"), "insufficient_funds", "-4.60", False, []),
     ("charge in another currency", state("1.00"), rated("0.05", currency="EUR"), "currency_mismatch", "1.00",
      False, []),
-    ("retransmission published twice", state("1.00", recent_attempts=("att-0", "att-1")), rated("0.05"),
-     "duplicate", "1.00", False, []),
+    ("retransmission published twice", state("1.00"), rated("0.05"), "duplicate", "1.00", False, [], "copy"),
+    ("dated before the dedup window", state("1.00"), rated("0.05"), "outside_dedup_window", "1.00", False, [],
+     "stale"),
     ("redelivered offset", state("1.00", last_attempt_offset=7), rated("0.05"), "already_applied", "1.00", False,
      []),
 ]
 
 
-@pytest.mark.parametrize(("before", "charge", "outcome", "balance", "suspended", "events"),
-                         [c[1:] for c in BILL], ids=[c[0] for c in BILL])
+@pytest.mark.parametrize(("before", "charge", "outcome", "balance", "suspended", "events", "sighting"),
+                         [(*c[1:], "new")[:7] for c in BILL], ids=[c[0] for c in BILL])
 def test_bill(before: AccountState, charge: Rated, outcome: str, balance: str, suspended: bool,
-              events: list) -> None:
-    result = bill(before, charge, attempt_id="att-1", offset=7, occurred_at=AT)
+              events: list, sighting: str) -> None:
+    result = bill(before, charge, attempt_id="att-1", offset=7, occurred_at=AT, sighting=sighting)
     assert (result.outcome, result.state.balance, result.state.suspended) == (outcome, Decimal(balance), suspended)
     assert result.events == events
     assert outcome in REASON_CODES or outcome in {"charged", "duplicate", "already_applied"}
@@ -84,18 +85,11 @@ def test_bill(before: AccountState, charge: Rated, outcome: str, balance: str, s
         assert decode_event(encode_event(event)) == event
 
 
-def test_bill_remembers_the_attempt() -> None:
+def test_bill_moves_the_offset_past_a_copy() -> None:
     first = bill(state("1.00"), rated("0.05"), attempt_id="att-1", offset=3, occurred_at=AT)
-    assert (first.state.last_attempt_offset, first.state.recent_attempts) == (3, ("att-1",))
-    again = bill(first.state, rated("0.05"), attempt_id="att-1", offset=4, occurred_at=AT)
+    assert first.state.last_attempt_offset == 3
+    again = bill(first.state, rated("0.05"), attempt_id="att-1", offset=4, occurred_at=AT, sighting="copy")
     assert (again.outcome, again.state.balance, again.state.last_attempt_offset) == ("duplicate", Decimal("0.95"), 4)
-
-
-def test_recent_attempts_keeps_the_last_eight() -> None:
-    current = state("100")
-    for offset in range(10):
-        current = bill(current, rated("1"), attempt_id=f"a{offset}", offset=offset, occurred_at=AT).state
-    assert current.recent_attempts == tuple(f"a{i}" for i in range(2, 10))
 
 
 # (case id, state before, payment amount, offset, balance after, suspended after, events)
@@ -132,7 +126,7 @@ def test_payment_in_another_currency_is_not_applied() -> None:
 
 def test_a_payment_published_twice_is_credited_once() -> None:
     once, emitted = top_up(state("1.00"), payment("5"), offset=1, occurred_at=AT)
-    twice, again = top_up(once, payment("5"), offset=2, occurred_at=AT)
+    twice, again = top_up(once, payment("5"), offset=2, occurred_at=AT, sighting="copy")
     assert (once.balance, len(emitted), twice.balance, again) == (Decimal("6.00"), 1, Decimal("6.00"), [])
     assert twice.last_payment_offset == 2
 

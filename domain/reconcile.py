@@ -1,0 +1,196 @@
+"""Reconciling the topics: does every account's money add up, and does every attempt have
+exactly one outcome? A pure comparison over events (read from the topics by the caller).
+
+For every account of the environment, and every account an event names:
+
+- **balance**: opening balance + payments applied - charges (the effective amount of each
+  charge chain) must equal the balance the processor holds, the ``balance`` of the account's
+  latest BalanceChanged (its opening balance when it has none);
+- **projection**: the same expected balance must be what the projection shows (its latest
+  ``balance_event`` row), when a projection is given;
+- **outcomes**: every attempt id on the attempts topic has exactly one outcome id, a charge
+  (kind ``charge``) or a rejection. Copies of an attempt count once, and so does an outcome
+  re-sent byte for byte (the commit protocol re-sends an outbox after a crash); two different
+  outcome ids, or none, are differences. So is a charge id carrying two amounts.
+
+Charges: a charge id's latest record counts; a ``correction`` names in ``corrects`` the charge
+it supersedes and replaces that charge's amount with its own. Payments: a payment id counts
+once, unless it was refused (a PaymentRejected for it and no BalanceChanged caused by it).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Iterable, Mapping
+
+from imbill.domain.events import BalanceChanged, Charge, Payment, PaymentRejected, Rejection
+
+__all__ = ["AttemptSeen", "Topics", "Difference", "Reconciliation", "reconcile", "charge_total"]
+
+ZERO = Decimal(0)
+CENT = Decimal("0.01")
+SHOWN_IDS = 3
+"""How many attempt ids a difference line names before "and N more"."""
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptSeen:
+    """An attempt on the attempts topic: its id (``undecodable-<partition>-<offset>`` for a
+    record that is no MessageAttempt) and the account that sent it ("" when unknown)."""
+
+    attempt_id: str
+    account: str
+
+
+@dataclass(frozen=True)
+class Topics:
+    """What the topics hold for one environment, each in topic order."""
+
+    attempts: Iterable[AttemptSeen] = ()
+    charges: Iterable[Charge] = ()
+    rejections: Iterable[Rejection] = ()
+    payments: Iterable[Payment] = ()
+    payment_rejections: Iterable[PaymentRejected] = ()
+    balances: Iterable[BalanceChanged] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Difference:
+    """One line of the report: an account, what was checked, what was expected and found."""
+
+    account: str
+    check: str
+    expected: str
+    found: str
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Reconciliation:
+    differences: list[Difference] = field(default_factory=list)
+    accounts: int = 0
+    attempts: int = 0
+
+    @property
+    def clean(self) -> bool:
+        return not self.differences
+
+
+def reconcile(opening: Mapping[str, Decimal], topics: Topics, projected: Mapping[str, Decimal] | None = None,
+              *, account: str | None = None) -> Reconciliation:
+    """Compare ``topics`` with the ``opening`` balances of the environment's accounts and,
+    when given, the ``projected`` balances; only ``account`` when one is named."""
+    charges = list(topics.charges)
+    balances = _latest_balances(topics.balances)
+    applied = _applied_payments(topics.payments, topics.payment_rejections, topics.balances)
+    accounts = set(opening) | {c.account for c in charges} | set(balances) | set(applied)
+    if account is not None:
+        accounts &= {account}
+    differences: list[Difference] = []
+    for name in sorted(accounts):
+        differences += _balance_differences(name, opening.get(name), charges, applied.get(name, {}),
+                                            balances.get(name), projected)
+    outcome_differences, attempts = _outcome_differences(topics.attempts, charges, topics.rejections, account)
+    return Reconciliation(differences + outcome_differences, len(accounts), attempts)
+
+
+def charge_total(charges: Iterable[Charge]) -> Decimal:
+    """The effective amount of ``charges`` (one account's): each charge id's latest record,
+    without the charges a correction supersedes."""
+    latest: dict[str, Charge] = {}
+    for charge in charges:
+        latest[charge.charge_id] = charge
+    superseded = {c.corrects for c in latest.values() if c.kind == "correction" and c.corrects}
+    return sum((c.amount for c_id, c in latest.items() if c_id not in superseded), ZERO)
+
+
+def _latest_balances(events: Iterable[BalanceChanged]) -> dict[str, Decimal]:
+    latest: dict[str, Decimal] = {}
+    for event in events:
+        latest[event.account] = event.balance
+    return latest
+
+
+def _applied_payments(payments: Iterable[Payment], refused: Iterable[PaymentRejected],
+                      balances: Iterable[BalanceChanged]) -> dict[str, dict[str, Decimal]]:
+    """Account -> payment id -> amount, for every payment not refused."""
+    credited = {b.cause_id for b in balances if b.cause == "payment"}
+    rejected = {r.payment_id for r in refused} - credited
+    applied: dict[str, dict[str, Decimal]] = defaultdict(dict)
+    for payment in payments:
+        if payment.payment_id not in rejected:
+            applied[payment.account].setdefault(payment.payment_id, payment.amount)
+    return applied
+
+
+def _balance_differences(account: str, opening: Decimal | None, charges: list[Charge],
+                         payments: Mapping[str, Decimal], processor: Decimal | None,
+                         projected: Mapping[str, Decimal] | None) -> list[Difference]:
+    own = [c for c in charges if c.account == account]
+    if opening is None:
+        return [Difference(account, "balance", "an account of the config", "no such account",
+                           f"{len(own)} charges, {len(payments)} payments")]
+    paid, charged = sum(payments.values(), ZERO), charge_total(own)
+    expected = opening + paid - charged
+    how = f"opening {_money(opening)} + payments {_money(paid)} - charges {_money(charged)}"
+    found = []
+    held = opening if processor is None else processor
+    if held != expected:
+        found.append(Difference(account, "balance", _money(expected), _money(held), f"processor; {how}"))
+    if projected is not None:
+        shown = projected.get(account, opening)
+        if shown != expected:
+            found.append(Difference(account, "projection", _money(expected), _money(shown), f"balance_event; {how}"))
+    return found
+
+
+def _money(amount: Decimal) -> str:
+    """An amount with 2 decimals, or as many as it needs (events carry 6)."""
+    cents = amount.quantize(CENT)
+    return f"{cents if cents == amount else amount.normalize():f}"
+
+
+def _outcome_differences(attempts: Iterable[AttemptSeen], charges: list[Charge], rejections: Iterable[Rejection],
+                         account: str | None) -> tuple[list[Difference], int]:
+    outcomes: dict[str, set[str]] = defaultdict(set)
+    owner: dict[str, str] = {}
+    amounts: dict[str, set[Decimal]] = defaultdict(set)
+    charged: dict[str, str] = {}
+    for charge in charges:
+        if charge.kind == "charge":
+            outcomes[charge.attempt_id].add(charge.charge_id)
+            owner.setdefault(charge.attempt_id, charge.account)
+            amounts[charge.charge_id].add(charge.amount)
+            charged[charge.charge_id] = charge.account
+    for rejection in rejections:
+        outcomes[rejection.attempt_id].add(rejection.rejection_id)
+        owner.setdefault(rejection.attempt_id, rejection.account)
+    seen: dict[str, str] = {}
+    for attempt in attempts:
+        seen.setdefault(attempt.attempt_id, owner.get(attempt.attempt_id) or attempt.account)
+    if account is not None:
+        seen = {attempt_id: who for attempt_id, who in seen.items() if who == account}
+    missing, doubled = defaultdict(list), defaultdict(list)
+    for attempt_id, who in seen.items():
+        count = len(outcomes.get(attempt_id, ()))
+        if count != 1:
+            (missing if count == 0 else doubled)[who].append(attempt_id)
+    lines = [Difference(who or "-", "outcome", "1 per attempt", f"none for {len(ids)}", _ids(ids))
+             for who, ids in sorted(missing.items())]
+    lines += [Difference(who or "-", "outcome", "1 per attempt", f"2 or more for {len(ids)}",
+                         _ids(ids, outcomes)) for who, ids in sorted(doubled.items())]
+    twice = defaultdict(list)
+    for charge_id, values in amounts.items():
+        if len(values) > 1:
+            twice[charged[charge_id]].append(charge_id)
+    lines += [Difference(who or "-", "charge id", "1 amount per charge id", f"2 or more for {len(ids)}", _ids(ids))
+              for who, ids in sorted(twice.items()) if account is None or who == account]
+    return lines, len(seen)
+
+
+def _ids(ids: list[str], outcomes: Mapping[str, set[str]] | None = None) -> str:
+    named = [f"{i} ({', '.join(sorted(outcomes[i]))})" if outcomes else i for i in sorted(ids)[:SHOWN_IDS]]
+    more = f" and {len(ids) - SHOWN_IDS} more" if len(ids) > SHOWN_IDS else ""
+    return ", ".join(named) + more

@@ -1,0 +1,158 @@
+"""imbill reconcile: the pure comparison with hand-made events (the command against a live
+worker on the local broker is in tests/test_reconcile_broker.py)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from decimal import Decimal
+
+import pytest
+from click.testing import CliRunner
+
+from imbill import presentation
+from imbill.cli import cli
+from imbill.domain.events import BalanceChanged, Charge, Payment, PaymentRejected, Rejection
+from imbill.domain.reconcile import AttemptSeen, Difference, Topics, charge_total, reconcile
+from imbill.schemas.codec import event_of
+from tests.conftest import free_port as conftest_free_port
+from tests.samples import SAMPLES
+
+CHARGE: Charge = event_of("Charge", SAMPLES["Charge"])
+REJECTION: Rejection = event_of("Rejection", SAMPLES["Rejection"])
+PAYMENT: Payment = event_of("Payment", SAMPLES["Payment"])
+REFUSED: PaymentRejected = event_of("PaymentRejected", SAMPLES["PaymentRejected"])
+BALANCE: BalanceChanged = event_of("BalanceChanged", SAMPLES["BalanceChanged"])
+OPENING = {"1001": Decimal("10.00"), "1002": Decimal("0")}
+
+
+@pytest.fixture
+def free_port() -> int:
+    return conftest_free_port()
+
+
+def charge(attempt_id: str, amount: str, account: str = "1001", **fields) -> Charge:
+    return replace(CHARGE, charge_id=f"chg-{attempt_id}", attempt_id=attempt_id, account=account,
+                   amount=Decimal(amount), **fields)
+
+
+def balance(cause_id: str, value: str, account: str = "1001", cause: str = "charge") -> BalanceChanged:
+    return replace(BALANCE, event_id=f"bal-{cause_id}", cause=cause, cause_id=cause_id, account=account,
+                   balance=Decimal(value))
+
+
+def rejection(attempt_id: str, account: str = "1001") -> Rejection:
+    return replace(REJECTION, rejection_id=f"rej-{attempt_id}", attempt_id=attempt_id, account=account)
+
+
+def attempts(*ids: str, account: str = "1001") -> list[AttemptSeen]:
+    return [AttemptSeen(attempt_id, account) for attempt_id in ids]
+
+
+def clean_topics(**changes) -> Topics:
+    """a1 and a2 charged 0.15 each, a3 rejected, a 5.00 top-up between them."""
+    topics = Topics(attempts=attempts("a1", "a2", "a3"), charges=[charge("a1", "0.15"), charge("a2", "0.15")],
+                    rejections=[rejection("a3")], payments=[PAYMENT],
+                    balances=[balance("chg-a1", "9.85"), balance("pay-1", "14.85", cause="payment"),
+                              balance("chg-a2", "14.70")])
+    return replace(topics, **changes)
+
+
+def lines(result) -> list[tuple[str, str, str, str]]:
+    return [(d.account, d.check, d.expected, d.found) for d in result.differences]
+
+
+def test_clean_topics_reconcile() -> None:
+    result = reconcile(OPENING, clean_topics(), {"1001": Decimal("14.700000")})
+    assert (result.clean, result.accounts, result.attempts) == (True, 2, 3)
+
+
+def test_an_attempt_without_outcome_is_reported() -> None:
+    result = reconcile(OPENING, clean_topics(attempts=attempts("a1", "a2", "a3", "a4")))
+    assert lines(result) == [("1001", "outcome", "1 per attempt", "none for 1")]
+    assert result.differences[0].detail == "a4"
+
+
+def test_an_attempt_with_two_outcomes_is_reported() -> None:
+    result = reconcile(OPENING, clean_topics(rejections=[rejection("a3"), rejection("a2")]))
+    assert lines(result) == [("1001", "outcome", "1 per attempt", "2 or more for 1")]
+    assert result.differences[0].detail == "a2 (chg-a2, rej-a2)"
+
+
+def test_a_balance_off_by_a_cent_is_reported_with_its_terms() -> None:
+    topics = clean_topics(balances=[balance("chg-a1", "9.85"), balance("pay-1", "14.85", cause="payment"),
+                                    balance("chg-a2", "14.69")])
+    [difference] = reconcile(OPENING, topics).differences
+    assert (difference.check, difference.expected, difference.found) == ("balance", "14.70", "14.69")
+    assert difference.detail == "processor; opening 10.00 + payments 5.00 - charges 0.30"
+
+
+def test_the_projection_is_compared_when_given() -> None:
+    result = reconcile(OPENING, clean_topics(), {"1001": Decimal("14.85")})
+    assert lines(result) == [("1001", "projection", "14.70", "14.85")]
+    assert reconcile(OPENING, clean_topics(), None).clean  # no projection: not compared
+
+
+def test_copies_of_an_attempt_and_outcomes_sent_again_count_once() -> None:
+    """A retransmission published twice is one attempt; an outbox re-sent after a crash puts
+    the same charge on the topic twice: one outcome."""
+    topics = clean_topics(attempts=attempts("a1", "a2", "a1", "a3", "a1"),
+                          charges=[charge("a1", "0.15"), charge("a2", "0.15"), charge("a1", "0.15")])
+    result = reconcile(OPENING, topics)
+    assert (result.clean, result.attempts) == (True, 3)
+
+
+def test_a_charge_id_with_two_amounts_is_reported() -> None:
+    topics = clean_topics(charges=[charge("a1", "0.15"), charge("a2", "0.15"), charge("a1", "0.25")])
+    result = reconcile(OPENING, topics)
+    assert ("1001", "charge id", "1 amount per charge id", "2 or more for 1") in lines(result)
+    assert ("1001", "balance", "14.60", "14.70") in lines(result)  # the latest record counts
+
+
+def test_a_correction_replaces_the_amount_of_the_charge_it_supersedes() -> None:
+    fix = replace(charge("a2", "0.10"), charge_id="cor-a2", kind="correction", corrects="chg-a2")
+    assert charge_total([charge("a1", "0.15"), charge("a2", "0.15"), fix]) == Decimal("0.25")
+    topics = clean_topics(charges=[charge("a1", "0.15"), charge("a2", "0.15"), fix],
+                          balances=[balance("chg-a1", "9.85"), balance("pay-1", "14.85", cause="payment"),
+                                    balance("chg-a2", "14.70"), balance("cor-a2", "14.75")])
+    assert reconcile(OPENING, topics).clean  # a correction is no second outcome
+
+
+def test_a_refused_payment_is_not_counted_and_a_payment_twice_counts_once() -> None:
+    refused = replace(PAYMENT, payment_id="pay-2", amount=Decimal("3"))
+    topics = clean_topics(payments=[PAYMENT, PAYMENT, refused], payment_rejections=[REFUSED])
+    assert reconcile(OPENING, topics).clean
+
+
+def test_an_extra_balance_change_and_an_unknown_account_are_reported() -> None:
+    topics = clean_topics(balances=[*clean_topics().balances, balance("chg-x", "1.00")],
+                          charges=[*clean_topics().charges, charge("m1", "0.05", account="ghost")])
+    result = reconcile(OPENING, topics)
+    assert lines(result) == [("1001", "balance", "14.70", "1.00"),
+                             ("ghost", "balance", "an account of the config", "no such account")]
+
+
+def test_one_account_only() -> None:
+    topics = clean_topics(attempts=[*attempts("a1", "a2", "a3"), AttemptSeen("b9", "1002")])
+    everyone = reconcile(OPENING, topics)
+    assert lines(everyone) == [("1002", "outcome", "1 per attempt", "none for 1")]
+    alone = reconcile(OPENING, topics, account="1001")
+    assert (alone.clean, alone.accounts, alone.attempts) == (True, 1, 3)
+
+
+@pytest.mark.parametrize("fmt", ["csv", "json"])
+def test_differences_render_one_line_each(fmt: str) -> None:
+    listing = presentation.reconcile_listing([Difference("1001", "balance", "14.70", "14.69", "processor")], "default")
+    out = presentation.render(listing, fmt)
+    assert "1001" in out and "14.69" in out
+    if fmt == "csv":
+        assert out.splitlines() == ["account,check,expected,found,detail", "1001,balance,14.70,14.69,processor"]
+    assert presentation.render(presentation.reconcile_listing([], "default"), "csv") == \
+        "account,check,expected,found,detail\n"
+
+
+def test_reconcile_without_a_broker_is_one_line_and_exit_2(free_port) -> None:
+    result = CliRunner().invoke(cli, ["--bootstrap-servers", f"127.0.0.1:{free_port}", "reconcile"],
+                                terminal_width=200)
+    assert result.exit_code == 2
+    assert result.output.startswith(f"error: no Kafka broker answers at 127.0.0.1:{free_port}")
+    assert "Traceback" not in result.output
