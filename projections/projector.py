@@ -3,9 +3,15 @@
 A projector owns its positions: it assigns every partition of its topics (no consumer
 group), seeks each to the ``next_offset`` stored in ``projection_offset`` under its name,
 and for every poll writes the rows and the new offsets in one SQL transaction. Killed at
-any point, it restarts from the last committed offsets, so nothing is lost; rows are
-inserted with ``ON CONFLICT DO NOTHING`` on their event id, so a charge re-emitted by a
-restarted processor (same ``charge_id``) stays one row.
+any point, it restarts from the last committed offsets, so nothing is lost; a row whose
+event id is already there is left as it is (``ON CONFLICT DO NOTHING``), so a charge
+re-emitted by a restarted processor (same ``charge_id``) stays one row.
+
+On PostgreSQL the rows of a poll go in with one ``COPY`` per table, inside a savepoint;
+when one of them is already there (a re-delivered event: rare, after a processor's
+recovery) the savepoint is rolled back and that table's rows go in again with ``INSERT ...
+ON CONFLICT DO NOTHING``, which keeps the first. SQLite gets the INSERT directly (one
+executemany per table).
 
 A record that cannot be decoded, or whose event type the projector does not map, is
 skipped: logged with its topic, partition and offset, counted in ``skipped``, and its
@@ -13,7 +19,9 @@ offset advanced with the rest.
 
 ``XdrProjector`` (charges, rejections, balance and service-status events) and
 ``ConfigProjector`` (config events and the config in force) share one loop; each event
-type has a small row mapper in a dispatch table.
+type has a small row mapper in a dispatch table. The xDR projector maps the decoded Avro
+records (their fields are the columns); the config projector needs the domain events
+(config records are checked as ``config apply`` checks them).
 
 The broker's ListOffsets "latest" cannot be trusted (PLATFORM-NOTES), so "caught up"
 means every partition's position has reached the high-watermark of its last fetch.
@@ -24,8 +32,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from operator import itemgetter
 from typing import Any, Callable, Mapping, Sequence
 
+import psycopg
 import sqlalchemy as sa
 from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError, OffsetOutOfRangeError
@@ -34,8 +44,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from imbill.bus import Envelope, partitions_of
 from imbill.domain.errors import BrokerError, LogReset, SchemaError
 from imbill.projections.models import (BalanceEvent, ConfigEvent, ConfigObject, ProjectionOffset,
-                                       RejectedAttempt, ServiceStatusEvent, Xdr, connect, create_schema,
-                                       migrate, to_json)
+                                       RejectedAttempt, ServiceStatusEvent, Xdr, connect, migrate, to_json)
 from imbill.domain.config import KIND_BY_EVENT, object_key, to_record
 from imbill.domain.events import ConfigObjectDefined, ConfigObjectRemoved
 from imbill.schemas.codec import decode, event_of
@@ -67,26 +76,46 @@ def _source(envelope: Envelope) -> Row:
             "source_offset": envelope.offset}
 
 
-def _columns_of(table: sa.Table, envelope: Envelope) -> Row:
-    """The event's fields that are columns of ``table``, plus where it came from."""
-    event = envelope.event
-    return {name: getattr(event, name) for name in table.columns.keys() if hasattr(event, name)} | _source(envelope)
+def _record_mapper(table: sa.Table, *derived: str) -> tuple[str, ...]:
+    """The columns of ``table`` that its event's record holds as they are (all but the
+    source and the ``derived`` ones)."""
+    return tuple(name for name in table.columns.keys()
+                 if name not in ("source_topic", "source_partition", "source_offset", *derived))
+
+
+_XDR_FIELDS = _record_mapper(Xdr.__table__, "policies", "margin")
+_REJECTION_FIELDS = _record_mapper(RejectedAttempt.__table__)
+_BALANCE_FIELDS = _record_mapper(BalanceEvent.__table__)
+_STATUS_FIELDS = _record_mapper(ServiceStatusEvent.__table__)
+
+
+def _fields_of(record: Mapping[str, Any], names: Sequence[str], envelope: Envelope) -> Row:
+    row = {name: record[name] for name in names}
+    row["source_topic"], row["source_partition"], row["source_offset"] = (envelope.topic, envelope.partition,
+                                                                        envelope.offset)
+    return row
 
 
 def charge_row(envelope: Envelope) -> Row:
-    return _columns_of(Xdr.__table__, envelope) | {"policies": ",".join(envelope.event.policies)}
+    """The xDR of a Charge: its fields, the policies as one comma-separated text and the
+    margin (amount - vendor cost when both are in one currency, else NULL)."""
+    record = envelope.record
+    row = _fields_of(record, _XDR_FIELDS, envelope)
+    row["policies"] = ",".join(record["policies"])
+    row["margin"] = record["amount"] - record["vendor_cost"] if record["vendor_currency"] == record["currency"] else None
+    return row
 
 
 def rejection_row(envelope: Envelope) -> Row:
-    return _columns_of(RejectedAttempt.__table__, envelope)
+    return _fields_of(envelope.record, _REJECTION_FIELDS, envelope)
 
 
 def balance_row(envelope: Envelope) -> Row:
-    return _columns_of(BalanceEvent.__table__, envelope)
+    return _fields_of(envelope.record, _BALANCE_FIELDS, envelope)
 
 
 def service_status_row(envelope: Envelope) -> Row:
-    return _columns_of(ServiceStatusEvent.__table__, envelope)
+    return _fields_of(envelope.record, _STATUS_FIELDS, envelope)
 
 
 def _kind_and_key(event: ConfigObjectDefined | ConfigObjectRemoved) -> tuple[str, str]:
@@ -113,10 +142,11 @@ CONFIG_MAPPERS: Dispatch = {name: (ConfigEvent.__table__, config_event_row)
                             for name in (*KIND_BY_EVENT, "ConfigObjectRemoved")}
 
 
-def _envelope(message: Any) -> Envelope:
+def _envelope(message: Any, typed: bool = True) -> Envelope:
+    """The record of ``message``, decoded, and its domain event when ``typed``."""
     try:
         name, record = decode(message.value or b"")
-        event = event_of(name, record)
+        event = event_of(name, record) if typed else None
     except SchemaError as exc:
         name, record, event, error = None, None, None, str(exc)
     else:
@@ -128,20 +158,19 @@ def _envelope(message: Any) -> Envelope:
 class _TopicProjector:
     """The shared loop: poll, map, write rows and next offsets in one transaction."""
 
+    typed = True
+    """Whether the mappers read domain events (else the decoded records alone)."""
+
     def __init__(self, database_url: str, bootstrap_servers: str, topic_names: Sequence[str],
                  mappers: Dispatch, *, name: str, max_poll_records: int = 500,
                  migrate_schema: bool = True, schema: str | None = None) -> None:
-        """``schema`` (PostgreSQL): project into the tables of that schema, made here, instead
-        of the migrated default ones (``imbill project --rebuild`` builds there)."""
-        if migrate_schema and schema is None:
-            migrate(database_url)
+        """``schema`` (PostgreSQL): project into the tables of that existing schema, migrated
+        here, instead of the default ones (``imbill project --rebuild`` builds there)."""
+        if migrate_schema or schema is not None:
+            migrate(database_url, schema=schema)
         self.name = name
         self.mappers = mappers
-        if schema is None:
-            self.engine = connect(database_url)
-        else:
-            self.engine = connect(database_url, execution_options={"schema_translate_map": {None: schema}})
-            create_schema(self.engine)
+        self.engine = connect(database_url, schema)
         self.skipped = 0
         self.applied = 0
         self._max_records = max_poll_records
@@ -194,7 +223,8 @@ class _TopicProjector:
             batches = self._consumer.poll(timeout_ms=int(timeout * 1000), max_records=self._max_records)
         except OffsetOutOfRangeError as exc:
             raise LogReset(reset_message(self.name, f"the log ends before the stored offsets {exc}")) from None
-        envelopes = [_envelope(m) for tp in sorted(batches) for m in batches[tp]]
+        typed = self.typed
+        envelopes = [_envelope(m, typed) for tp in sorted(batches) for m in batches[tp]]
         if not envelopes:
             return 0
         positions = {TopicPartition(e.topic, e.partition): e.offset + 1 for e in envelopes}
@@ -219,7 +249,7 @@ class _TopicProjector:
             table, mapper = self.mappers[envelope.name]
             rows.setdefault(table, []).append(mapper(envelope))
         for table, values in rows.items():
-            conn.execute(_insert(conn, table).on_conflict_do_nothing(), values)
+            _insert_new(conn, table, values)
 
     def _store_offsets(self, conn: sa.Connection, positions: Mapping[TopicPartition, int],
                        fingerprints: Mapping[TopicPartition, str]) -> None:
@@ -281,8 +311,35 @@ class _TopicProjector:
         self.close()
 
 
+def _insert_new(conn: sa.Connection, table: sa.Table, rows: Sequence[Row]) -> None:
+    """Insert the ``rows`` whose key is not in ``table`` yet (the first of equal keys)."""
+    if conn.dialect.name == "postgresql":
+        try:
+            with conn.begin_nested():
+                _copy(conn, table, rows)
+            return
+        except psycopg.errors.UniqueViolation:
+            log.info("%s: a row of this poll is already there (a re-delivered event): inserting "
+                     "those that are not", table.name)
+    conn.execute(_insert(conn, table).on_conflict_do_nothing(), rows)
+
+
+def _copy(conn: sa.Connection, table: sa.Table, rows: Sequence[Row]) -> None:
+    """PostgreSQL: the ``rows`` (dicts of the same keys) into ``table`` with one COPY."""
+    columns = tuple(rows[0])
+    values = itemgetter(*columns)
+    names = ", ".join(f'"{name}"' for name in columns)
+    cursor = conn.connection.driver_connection.cursor()
+    with cursor.copy(f'COPY "{table.name}" ({names}) FROM STDIN') as copy:
+        write = copy.write_row
+        for row in rows:
+            write(values(row))
+
+
 class XdrProjector(_TopicProjector):
     """xDRs, rejected attempts, balance and service-status events."""
+
+    typed = False
 
     def __init__(self, database_url: str, bootstrap_servers: str, topics: Topics, name: str = "xdr",
                  **options: Any) -> None:
