@@ -28,15 +28,20 @@ down_revision: Union[str, Sequence[str], None] = "0002"
 branch_labels: Union[str, Sequence[str], None] = None
 depends_on: Union[str, Sequence[str], None] = None
 
-COLUMNS = (
-    sa.Column("revision", sa.Integer(), nullable=False, server_default="1"),
-    sa.Column("service", sa.String(), nullable=False, server_default="messaging"),
-    sa.Column("node", sa.String(), nullable=True),
-    sa.Column("cli_translated", sa.String(), nullable=True),
-    sa.Column("destination_description", sa.String(), nullable=True),
-    sa.Column("user_agent", sa.String(), nullable=True),
-    sa.Column("margin", sa.Numeric(24, 6).with_variant(sa.String(32), "sqlite"), nullable=True),
-)
+
+def added_columns() -> list[sa.Column]:
+    """The columns added to xdr (new objects at every call: a Column belongs to one table)."""
+    return [
+        sa.Column("revision", sa.Integer(), nullable=False, server_default="1"),
+        sa.Column("service", sa.String(), nullable=False, server_default="messaging"),
+        sa.Column("node", sa.String(), nullable=True),
+        sa.Column("cli_translated", sa.String(), nullable=True),
+        sa.Column("destination_description", sa.String(), nullable=True),
+        sa.Column("user_agent", sa.String(), nullable=True),
+        sa.Column("margin", sa.Numeric(24, 6).with_variant(sa.String(32), "sqlite"), nullable=True),
+    ]
+
+
 INDEXES = {
     "ix_xdr_customer_attempted_at": ["customer", "attempted_at"],
     "ix_xdr_rate_code_attempted_at": ["rate_code", "attempted_at"],
@@ -108,8 +113,8 @@ VIEWS: dict[str, Callable[[str], str]] = {view.__name__: view for view in (
 def upgrade() -> None:
     dialect = op.get_bind().dialect.name
     with op.batch_alter_table("xdr") as batch:
-        for column in COLUMNS:
-            batch.add_column(column.copy())
+        for column in added_columns():
+            batch.add_column(column)
     for name, columns in INDEXES.items():
         op.create_index(name, "xdr", columns)
     margin = money_difference(dialect, "amount", "vendor_cost")
@@ -124,5 +129,5 @@ def downgrade() -> None:
     for name in INDEXES:
         op.drop_index(name, table_name="xdr")
     with op.batch_alter_table("xdr") as batch:
-        for column in reversed(COLUMNS):
+        for column in reversed(added_columns()):
             batch.drop_column(column.name)
