@@ -32,8 +32,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from itertools import groupby
 from operator import itemgetter
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import psycopg
 import sqlalchemy as sa
@@ -76,21 +77,16 @@ def _source(envelope: Envelope) -> Row:
             "source_offset": envelope.offset}
 
 
-def _record_mapper(table: sa.Table, *derived: str) -> tuple[str, ...]:
-    """The columns of ``table`` that its event's record holds as they are (all but the
-    source and the ``derived`` ones)."""
-    return tuple(name for name in table.columns.keys()
-                 if name not in ("source_topic", "source_partition", "source_offset", *derived))
+_COLUMNS: dict[sa.Table, tuple[str, ...]] = {}
 
 
-_XDR_FIELDS = _record_mapper(Xdr.__table__, "policies", "margin")
-_REJECTION_FIELDS = _record_mapper(RejectedAttempt.__table__)
-_BALANCE_FIELDS = _record_mapper(BalanceEvent.__table__)
-_STATUS_FIELDS = _record_mapper(ServiceStatusEvent.__table__)
-
-
-def _fields_of(record: Mapping[str, Any], names: Sequence[str], envelope: Envelope) -> Row:
-    row = {name: record[name] for name in names}
+def _columns_of(table: sa.Table, envelope: Envelope) -> Row:
+    """The record's fields that are columns of ``table``, plus where it came from."""
+    names = _COLUMNS.get(table)
+    if names is None:
+        names = _COLUMNS[table] = tuple(table.columns.keys())
+    record = envelope.record
+    row = {name: record[name] for name in names if name in record}
     row["source_topic"], row["source_partition"], row["source_offset"] = (envelope.topic, envelope.partition,
                                                                         envelope.offset)
     return row
@@ -100,22 +96,22 @@ def charge_row(envelope: Envelope) -> Row:
     """The xDR of a Charge: its fields, the policies as one comma-separated text and the
     margin (amount - vendor cost when both are in one currency, else NULL)."""
     record = envelope.record
-    row = _fields_of(record, _XDR_FIELDS, envelope)
+    row = _columns_of(Xdr.__table__, envelope)
     row["policies"] = ",".join(record["policies"])
     row["margin"] = record["amount"] - record["vendor_cost"] if record["vendor_currency"] == record["currency"] else None
     return row
 
 
 def rejection_row(envelope: Envelope) -> Row:
-    return _fields_of(envelope.record, _REJECTION_FIELDS, envelope)
+    return _columns_of(RejectedAttempt.__table__, envelope)
 
 
 def balance_row(envelope: Envelope) -> Row:
-    return _fields_of(envelope.record, _BALANCE_FIELDS, envelope)
+    return _columns_of(BalanceEvent.__table__, envelope)
 
 
 def service_status_row(envelope: Envelope) -> Row:
-    return _fields_of(envelope.record, _STATUS_FIELDS, envelope)
+    return _columns_of(ServiceStatusEvent.__table__, envelope)
 
 
 def _kind_and_key(event: ConfigObjectDefined | ConfigObjectRemoved) -> tuple[str, str]:
@@ -223,33 +219,44 @@ class _TopicProjector:
             batches = self._consumer.poll(timeout_ms=int(timeout * 1000), max_records=self._max_records)
         except OffsetOutOfRangeError as exc:
             raise LogReset(reset_message(self.name, f"the log ends before the stored offsets {exc}")) from None
-        typed = self.typed
-        envelopes = [_envelope(m, typed) for tp in sorted(batches) for m in batches[tp]]
-        if not envelopes:
+        messages = [m for tp in sorted(batches) for m in batches[tp]]
+        if not messages:
             return 0
-        positions = {TopicPartition(e.topic, e.partition): e.offset + 1 for e in envelopes}
-        fingerprints = {tp: fingerprint(messages[-1]) for tp, messages in batches.items() if messages}
-        wanted = [e for e in envelopes if e.name in self.mappers]
+        positions = {tp: records[-1].offset + 1 for tp, records in batches.items() if records}
+        fingerprints = {tp: fingerprint(records[-1]) for tp, records in batches.items() if records}
+        typed = self.typed
         try:
             with self.engine.begin() as conn:
-                self._apply(conn, wanted)
+                applied, skipped = self._apply(conn, (_envelope(m, typed) for m in messages))
                 self._store_offsets(conn, positions, fingerprints)
         except BaseException:
             self._rewind()
             raise
         self._committed.update(positions)
         self._fingerprints.update(fingerprints)
-        self._log_skipped([e for e in envelopes if e.name not in self.mappers])
-        self.applied += len(wanted)
-        return len(wanted)
+        self._log_skipped(skipped)
+        self.applied += applied
+        return applied
 
-    def _apply(self, conn: sa.Connection, envelopes: Sequence[Envelope]) -> None:
-        rows: dict[sa.Table, list[Row]] = {}
-        for envelope in envelopes:
-            table, mapper = self.mappers[envelope.name]
-            rows.setdefault(table, []).append(mapper(envelope))
-        for table, values in rows.items():
-            _insert_new(conn, table, values)
+    def _apply(self, conn: sa.Connection, envelopes: Iterable[Envelope]) -> tuple[int, list[Envelope]]:
+        """Write the rows of the mapped ``envelopes``; returns how many, and the skipped ones.
+
+        The envelopes are decoded as they are written: each run of rows of one table is one
+        COPY on PostgreSQL, so the server stores rows while the next ones are decoded."""
+        skipped: list[Envelope] = []
+
+        def mapped() -> Iterator[tuple[sa.Table, Row]]:
+            for envelope in envelopes:
+                entry = self.mappers.get(envelope.name)  # type: ignore[arg-type]
+                if entry is None:
+                    skipped.append(envelope)
+                else:
+                    yield entry[0], entry[1](envelope)
+
+        applied = 0
+        for table, run in groupby(mapped(), key=itemgetter(0)):
+            applied += _insert_new(conn, table, (row for _, row in run))
+        return applied, skipped
 
     def _store_offsets(self, conn: sa.Connection, positions: Mapping[TopicPartition, int],
                        fingerprints: Mapping[TopicPartition, str]) -> None:
@@ -311,27 +318,41 @@ class _TopicProjector:
         self.close()
 
 
-def _insert_new(conn: sa.Connection, table: sa.Table, rows: Sequence[Row]) -> None:
-    """Insert the ``rows`` whose key is not in ``table`` yet (the first of equal keys)."""
+def _insert_new(conn: sa.Connection, table: sa.Table, rows: Iterator[Row]) -> int:
+    """Insert the ``rows`` whose key is not in ``table`` yet (the first of equal keys);
+    returns how many rows were offered."""
     if conn.dialect.name == "postgresql":
+        written: list[Row] = []
         try:
             with conn.begin_nested():
-                _copy(conn, table, rows)
-            return
+                _copy(conn, table, _kept(rows, written))
+            return len(written)
         except psycopg.errors.UniqueViolation:
             log.info("%s: a row of this poll is already there (a re-delivered event): inserting "
                      "those that are not", table.name)
-    conn.execute(_insert(conn, table).on_conflict_do_nothing(), rows)
+        rows = iter(written + list(rows))
+    values = list(rows)
+    conn.execute(_insert(conn, table).on_conflict_do_nothing(), values)
+    return len(values)
 
 
-def _copy(conn: sa.Connection, table: sa.Table, rows: Sequence[Row]) -> None:
-    """PostgreSQL: the ``rows`` (dicts of the same keys) into ``table`` with one COPY."""
-    columns = tuple(rows[0])
+def _kept(rows: Iterator[Row], into: list[Row]) -> Iterator[Row]:
+    """The ``rows``, each also appended to ``into`` as it passes."""
+    for row in rows:
+        into.append(row)
+        yield row
+
+
+def _copy(conn: sa.Connection, table: sa.Table, rows: Iterator[Row]) -> None:
+    """PostgreSQL: the ``rows`` (dicts with the same keys) into ``table`` with one COPY."""
+    first = next(rows)
+    columns = tuple(first)
     values = itemgetter(*columns)
     names = ", ".join(f'"{name}"' for name in columns)
     cursor = conn.connection.driver_connection.cursor()
     with cursor.copy(f'COPY "{table.name}" ({names}) FROM STDIN') as copy:
         write = copy.write_row
+        write(values(first))
         for row in rows:
             write(values(row))
 
@@ -356,9 +377,10 @@ class ConfigProjector(_TopicProjector):
         super().__init__(database_url, bootstrap_servers, [topics.config], CONFIG_MAPPERS,
                          name=name, **options)
 
-    def _apply(self, conn: sa.Connection, envelopes: Sequence[Envelope]) -> None:
-        super()._apply(conn, envelopes)
-        upserts, removals = _fold_objects(envelopes)
+    def _apply(self, conn: sa.Connection, envelopes: Iterable[Envelope]) -> tuple[int, list[Envelope]]:
+        envelopes = list(envelopes)
+        applied, skipped = super()._apply(conn, envelopes)
+        upserts, removals = _fold_objects([e for e in envelopes if e.name in self.mappers])
         table = ConfigObject.__table__
         for environment, kind, key in removals:
             conn.execute(table.delete().where(table.c.environment == environment, table.c.kind == kind,
@@ -368,6 +390,7 @@ class ConfigProjector(_TopicProjector):
             conn.execute(insert.on_conflict_do_update(
                 index_elements=["environment", "kind", "key"],
                 set_={c: insert.excluded[c] for c in ("body", "updated_at", "event_id")}), upserts)
+        return applied, skipped
 
 
 def _fold_objects(envelopes: Sequence[Envelope]) -> tuple[list[Row], list[tuple[str, str, str]]]:
