@@ -247,7 +247,7 @@ class _TopicProjector:
 
         def mapped() -> Iterator[tuple[sa.Table, Row]]:
             for envelope in envelopes:
-                entry = self.mappers.get(envelope.name)  # type: ignore[arg-type]
+                entry = self.mappers.get(envelope.name or "")
                 if entry is None:
                     skipped.append(envelope)
                 else:
