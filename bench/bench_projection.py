@@ -117,7 +117,7 @@ def fresh_database() -> str:
     return url
 
 
-def raw_copy(url: str, rows: list[dict]) -> float:
+def raw_copy(url: str, rows: list[dict]) -> tuple[float, float]:
     """(a): the built rows into a copy of the xdr table, one COPY, one transaction."""
     columns = list(Xdr.__table__.columns.keys())
     names = ", ".join(f'"{c}"' for c in columns)
@@ -126,30 +126,30 @@ def raw_copy(url: str, rows: list[dict]) -> float:
     try:
         with engine.begin() as conn:
             conn.exec_driver_sql("CREATE TABLE xdr_raw_copy (LIKE xdr INCLUDING ALL)")
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         with engine.begin() as conn:
             cursor = conn.connection.driver_connection.cursor()
             with cursor.copy(f"COPY xdr_raw_copy ({names}) FROM STDIN") as copy:
                 for row in values:
                     copy.write_row(row)
-        elapsed = time.perf_counter() - started
+        elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
         with engine.connect() as conn:
             assert conn.exec_driver_sql("SELECT count(*) FROM xdr_raw_copy").scalar_one() == len(rows)
-        return elapsed
+        return elapsed, cpu
     finally:
         engine.dispose()
 
 
 def project(url: str, bootstrap: str, topics: Topics, n: int, max_poll_records: int,
-            profile: str | None) -> float:
+            profile: str | None) -> tuple[float, float]:
     """(b): the projector from offset zero to the end of the topic."""
     with XdrProjector(url, bootstrap, topics, name="bench", max_poll_records=max_poll_records) as projector:
         profiler = cProfile.Profile() if profile else None
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         if profiler:
             profiler.enable()
         applied = projector.run_until_idle(timeout=3600, poll_timeout=0.5)
-        elapsed = time.perf_counter() - started
+        elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
         if profiler:
             profiler.disable()
             profiler.dump_stats(profile)
@@ -161,7 +161,7 @@ def project(url: str, bootstrap: str, topics: Topics, n: int, max_poll_records: 
         engine.dispose()
     if applied != n or rows != n:
         raise SystemExit(f"the projector applied {applied:,} records and left {rows:,} xDRs, not {n:,}")
-    return elapsed
+    return elapsed, cpu
 
 
 def main() -> None:
@@ -184,11 +184,13 @@ def main() -> None:
         print(f"preloaded {n:,} charges ({sum(len(m.value) for m in messages) / n:.0f} bytes each) and built "
               f"their rows in {time.monotonic() - started:.1f}s")
 
-        raw = raw_copy(url, rows)
-        print(f"(a) raw COPY of the built rows: {n / raw:,.0f} rows/s ({raw:.1f}s)")
-        imbill = project(url, broker.bootstrap_servers, topics, n, args.max_poll_records, args.profile)
+        raw, raw_cpu = raw_copy(url, rows)
+        print(f"(a) raw COPY of the built rows: {n / raw:,.0f} rows/s ({raw:.1f}s; "
+              f"{raw_cpu / n * 1e6:.0f} us of this process's CPU per row)")
+        imbill, cpu = project(url, broker.bootstrap_servers, topics, n, args.max_poll_records, args.profile)
         print(f"(b) imbill xDR projector (topic -> decode -> map -> COPY + offsets per poll of "
-              f"{args.max_poll_records:,}): {n / imbill:,.0f} rows/s ({imbill:.1f}s)")
+              f"{args.max_poll_records:,}): {n / imbill:,.0f} rows/s ({imbill:.1f}s; "
+              f"{cpu / n * 1e6:.0f} us of this process's CPU per row)")
         print(f"ratio imbill / raw COPY: {raw / imbill:.2f}")
         if args.profile:
             print(f"profile: python -c \"import pstats; pstats.Stats('{args.profile}')"

@@ -77,16 +77,18 @@ def _source(envelope: Envelope) -> Row:
             "source_offset": envelope.offset}
 
 
-_COLUMNS: dict[sa.Table, tuple[str, ...]] = {}
+_FIELDS: dict[tuple[sa.Table, str], tuple[tuple[str, ...], Callable[[Mapping[str, Any]], Any]]] = {}
 
 
 def _columns_of(table: sa.Table, envelope: Envelope) -> Row:
     """The record's fields that are columns of ``table``, plus where it came from."""
-    names = _COLUMNS.get(table)
-    if names is None:
-        names = _COLUMNS[table] = tuple(table.columns.keys())
     record = envelope.record
-    row = {name: record[name] for name in names if name in record}
+    found = _FIELDS.get((table, envelope.name))  # a record of one name always has the reader's fields
+    if found is None:
+        names = tuple(name for name in table.columns.keys() if name in record)
+        found = _FIELDS[(table, envelope.name)] = names, itemgetter(*names)
+    names, values = found
+    row = dict(zip(names, values(record)))
     row["source_topic"], row["source_partition"], row["source_offset"] = (envelope.topic, envelope.partition,
                                                                         envelope.offset)
     return row
