@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from imbill.bus import EventProducer
 from imbill.projections.models import VIEWS, connect
 from imbill.projections.projector import XdrProjector
+from imbill.projections.rebuild import rebuild
 
 pytestmark = [pytest.mark.integration]
 
@@ -161,6 +162,23 @@ def test_balance_history_per_account(projected):
         ("demo", "alice", 3, "2024-05-01", "charge", "chg-2", "9.950000", "-10.000000", "-0.050000", "USD"),
         ("demo", "bob", 1, "2024-05-02", "charge", "chg-3", "0.000000", "-0.120000", "-0.120000", "USD"),
     ]
+
+
+def test_a_rebuild_brings_back_every_column_and_view_row(projected, bootstrap, topics):
+    """``imbill project --rebuild`` folds the topics again into fresh tables (made by the same
+    migrations) and swaps their rows in: the new columns and the views come back equal."""
+    everything = {name: view(projected, f"SELECT * FROM {name} ORDER BY 1, 2, 3, 4")
+                  for name in (*VIEWS, "xdr")}
+    engine = connect(projected)
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text("DELETE FROM xdr"))
+            conn.execute(sa.text("DELETE FROM balance_event"))
+    finally:
+        engine.dispose()
+    assert view(projected, "SELECT count(*) FROM daily_customer_totals") == [(0,)]
+    rebuild(projected, bootstrap, topics, lambda done, total: None)
+    assert {name: view(projected, f"SELECT * FROM {name} ORDER BY 1, 2, 3, 4") for name in everything} == everything
 
 
 def test_every_view_is_tested_here():
