@@ -10,8 +10,9 @@ re-emitted by a restarted processor (same ``charge_id``) stays one row.
 On PostgreSQL the rows of a poll go in with one ``COPY`` per table, inside a savepoint;
 when one of them is already there (a re-delivered event: rare, after a processor's
 recovery) the savepoint is rolled back and that table's rows go in again with ``INSERT ...
-ON CONFLICT DO NOTHING``, which keeps the first. SQLite gets the INSERT directly (one
-executemany per table).
+ON CONFLICT DO NOTHING``, which keeps the first; so they do when a text holds a NUL character
+(a hostile User-Agent), which PostgreSQL text cannot hold: it becomes U+FFFD. SQLite gets the
+INSERT directly (one executemany per table) and keeps texts as they are.
 
 A record that cannot be decoded, or whose event type the projector does not map, is
 skipped: logged with its topic, partition and offset, counted in ``skipped``, and its
@@ -332,10 +333,22 @@ def _insert_new(conn: sa.Connection, table: sa.Table, rows: Iterator[Row]) -> in
         except psycopg.errors.UniqueViolation:
             log.info("%s: a row of this poll is already there (a re-delivered event): inserting "
                      "those that are not", table.name)
+        except psycopg.DataError:
+            every = written + list(rows)
+            cleaned = [_without_nul(row) for row in every]
+            if cleaned == every:
+                raise
+            log.warning("%s: NUL characters (which PostgreSQL text cannot hold) replaced by U+FFFD", table.name)
+            written, rows = cleaned, iter(())
         rows = iter(written + list(rows))
     values = list(rows)
     conn.execute(_insert(conn, table).on_conflict_do_nothing(), values)
     return len(values)
+
+
+def _without_nul(row: Row) -> Row:
+    """The row with every NUL character of its texts replaced by U+FFFD."""
+    return {name: value.replace("\x00", "\ufffd") if type(value) is str else value for name, value in row.items()}
 
 
 def _kept(rows: Iterator[Row], into: list[Row]) -> Iterator[Row]:
