@@ -324,7 +324,9 @@ class _TopicProjector:
 def _insert_new(conn: sa.Connection, table: sa.Table, rows: Iterator[Row]) -> int:
     """Insert the ``rows`` whose key is not in ``table`` yet (the first of equal keys);
     returns how many rows were offered."""
-    if conn.dialect.name == "postgresql":
+    if conn.dialect.name != "postgresql":
+        values = list(rows)
+    else:
         written: list[Row] = []
         try:
             with conn.begin_nested():
@@ -333,15 +335,13 @@ def _insert_new(conn: sa.Connection, table: sa.Table, rows: Iterator[Row]) -> in
         except psycopg.errors.UniqueViolation:
             log.info("%s: a row of this poll is already there (a re-delivered event): inserting "
                      "those that are not", table.name)
+            values = written + list(rows)
         except psycopg.DataError:
             every = written + list(rows)
-            cleaned = [_without_nul(row) for row in every]
-            if cleaned == every:
-                raise
+            values = [_without_nul(row) for row in every]
+            if values == every:
+                raise  # no NUL: another fault, not to be hidden
             log.warning("%s: NUL characters (which PostgreSQL text cannot hold) replaced by U+FFFD", table.name)
-            written, rows = cleaned, iter(())
-        rows = iter(written + list(rows))
-    values = list(rows)
     conn.execute(_insert(conn, table).on_conflict_do_nothing(), values)
     return len(values)
 
