@@ -31,3 +31,5 @@ bench: setup
 	$(BIN)/python bench/bench_rating.py
 	$(BIN)/python bench/bench_processor.py
 	$(BIN)/python bench/bench_edge.py
+	bash scripts/postgres-up
+	$(BIN)/python bench/bench_projection.py

@@ -88,6 +88,18 @@ class Charge:
     vendor_tariff: str | None
     vendor_cost: Decimal
     vendor_currency: str | None
+    revision: int = 1
+    """1 for a charge; a correction is revision n + 1 of the charge it corrects."""
+    service: str = "messaging"
+    node: str | None = None
+    """The node of the usage charge that chose the tariff (PortaSIP in the checklist)."""
+    cli_translated: str | None = None
+    """The CLI (from_user, as sent) as translated: E.164 by the dialing rules when the policy
+    translates (``destination`` is the CLD as translated)."""
+    destination_description: str | None = None
+    """The description of the destination whose prefix is the rate code (MSGN: on-net)."""
+    user_agent: str | None = None
+    """The SIP User-Agent of the attempt."""
 
 
 @dataclass(frozen=True, slots=True)

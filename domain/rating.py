@@ -82,6 +82,11 @@ class Rated(NamedTuple):
     push_events: bool
     routing: tuple[str, ...] = ()
     """The routing list ("vendor/connection", best first) of an externally routed message."""
+    node: str | None = None
+    """The node of the usage charge whose tariff rated the message."""
+    destination_description: str | None = None
+    cli_translated: str | None = None
+    """The sender (CLI) as translated by the policy's userpart_e164_translation."""
 
 
 def rate_attempt(attempt: MessageAttempt, config: ConfigState, *, rated_at: datetime) -> Rated | Refusal:
@@ -103,7 +108,8 @@ def rate_attempt(attempt: MessageAttempt, config: ConfigState, *, rated_at: date
         return _outgoing(index, attempt.from_user, attempt.to_user, attempt.to_domain, attempt.body_chars,
                          attempt.received_at)
     if direction == "incoming":
-        return _incoming(index, attempt.to_user, attempt.to_domain, attempt.body_chars, attempt.received_at)
+        return _incoming(index, attempt.to_user, attempt.to_domain, attempt.body_chars, attempt.received_at,
+                         attempt.from_user)
     return Refusal("malformed_attempt", f"direction {direction!r} is neither outgoing nor incoming", attempt.from_user)
 
 
@@ -136,10 +142,22 @@ def _outgoing(index: Index, sender: str, to_user: str, to_domain: str, chars: in
     delivery = price_and_route(index, plan, policy, dialed, when, units)
     if type(delivery) is Refusal:
         return delivery.against(account.account_id)
-    return _rated(index, account, plan, policy, units, delivery)
+    return _rated(index, account, plan, policy, units, delivery, _translated(index, sender, policy))
 
 
-def _rated(index: Index, account: Account, plan: Plan, policy: Policy, units: int, delivery: Delivery) -> Rated:
+def _translated(index: Index, user: str, policy: Policy) -> str:
+    """A user part (a CLI) as the policy's userpart_e164_translation translates it."""
+    return (index.dialed.get(user) or index.dial(user))[policy.userpart_e164_translation][0]
+
+
+def _description(index: Index, rate_code: str) -> str | None:
+    """The description of the destination whose prefix is ``rate_code`` (None: not defined)."""
+    destination = index.env.destinations.get(rate_code)
+    return destination.description if destination is not None else None
+
+
+def _rated(index: Index, account: Account, plan: Plan, policy: Policy, units: int, delivery: Delivery,
+           cli_translated: str) -> Rated:
     on_net, destination, price, route, cost, routing = delivery
     return Rated(
         environment=index.name, account=account.account_id, customer=account.customer, direction="outgoing",
@@ -151,10 +169,12 @@ def _rated(index: Index, account: Account, plan: Plan, policy: Policy, units: in
         connection=route and route.connection, vendor_tariff=route and route.tariff, vendor_cost=cost,
         vendor_currency=route and route.currency, balance_model=account.balance_model,
         credit_limit=account.credit_limit, opening_balance=account.opening_balance, push_events=plan.push_events,
-        routing=routing)
+        routing=routing, node=plan.node, destination_description=_description(index, price.rate_code),
+        cli_translated=cli_translated)
 
 
-def _incoming(index: Index, to_user: str, to_domain: str, chars: int, when: datetime) -> Rated | Refusal:
+def _incoming(index: Index, to_user: str, to_domain: str, chars: int, when: datetime,
+              from_user: str) -> Rated | Refusal:
     account = index.recipient(to_user)
     if account is None:
         return Refusal("unknown_recipient", f"{to_user!r} is not an account or alias of environment "
@@ -171,7 +191,8 @@ def _incoming(index: Index, to_user: str, to_domain: str, chars: int, when: date
         transport_protocol=policy.transport_protocol, vendor=None, connection=None, vendor_tariff=None,
         vendor_cost=ZERO, vendor_currency=None, balance_model=account.balance_model,
         credit_limit=account.credit_limit, opening_balance=account.opening_balance,
-        push_events=bool(plan and plan.push_events))
+        push_events=bool(plan and plan.push_events), node=plan.node if plan is not None else None,
+        cli_translated=_translated(index, from_user, policy))
 
 
 def account_push_events(config: ConfigState, environment: str, account: str) -> bool:
@@ -183,7 +204,7 @@ def account_push_events(config: ConfigState, environment: str, account: str) -> 
 
 
 def charge_of(attempt: MessageAttempt, rated: Rated, rated_at: datetime) -> Charge:
-    """The Charge of a rated attempt (a first charge: kind "charge", corrects None)."""
+    """The Charge of a rated attempt (a first charge: kind "charge", corrects None, revision 1)."""
     return Charge(
         charge_id=charge_id_of(attempt.attempt_id), attempt_id=attempt.attempt_id, kind="charge", corrects=None,
         environment=rated.environment, account=rated.account, customer=rated.customer, direction=rated.direction,
@@ -194,7 +215,9 @@ def charge_of(attempt: MessageAttempt, rated: Rated, rated_at: datetime) -> Char
         rate_code=rated.rate_code, rate_effective_from=rated.rate_effective_from,
         service_policy=rated.service_policy, policies=tuple(rated.policies),
         transport_protocol=rated.transport_protocol, vendor=rated.vendor, connection=rated.connection,
-        vendor_tariff=rated.vendor_tariff, vendor_cost=rated.vendor_cost, vendor_currency=rated.vendor_currency)
+        vendor_tariff=rated.vendor_tariff, vendor_cost=rated.vendor_cost, vendor_currency=rated.vendor_currency,
+        revision=1, service="messaging", node=rated.node, cli_translated=rated.cli_translated,
+        destination_description=rated.destination_description, user_agent=attempt.user_agent)
 
 
 def rejection_of(attempt: MessageAttempt, refusal: Refusal, rejected_at: datetime) -> Rejection:

@@ -38,6 +38,8 @@ class Plan(NamedTuple):
     currency: str
     rates: TariffRates | None
     push_events: bool
+    node: str | None = None
+    """The node of the product's Messaging usage charge (as PortaBilling names it: PortaSIP)."""
 
 
 def product_refusal(account: Account, plan: Plan | None) -> Refusal:
@@ -93,9 +95,11 @@ class Index:
         tariff = self.env.tariffs.get(charge.tariff) if charge is not None else None
         policy = self.env.service_policies.get(product.service_policy or "")
         push = bool(policy and policy.attributes.get("audiocodes.cmms.push_events"))
+        node = charge.node if charge is not None else None
         if tariff is None:
-            return Plan("messaging" in product.services, None, "", None, push)
-        return Plan("messaging" in product.services, tariff.name, tariff.currency, self.rates[tariff.name], push)
+            return Plan("messaging" in product.services, None, "", None, push, node)
+        return Plan("messaging" in product.services, tariff.name, tariff.currency, self.rates[tariff.name], push,
+                    node)
 
     def _routes(self) -> list[tuple[bool, Route]]:
         found = []

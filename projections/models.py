@@ -11,8 +11,10 @@ float; either way Python sees a :class:`~decimal.Decimal`. Timestamps must be tz
 are stored as UTC (``timestamptz`` on PostgreSQL, naive UTC text on SQLite) and come back
 tz-aware in UTC.
 
-:func:`create_schema` builds the tables directly; :func:`migrate` brings a database to
-the head of the alembic migrations in ``migrations/`` (what a projector does at start).
+Every schema is made by one way, the alembic migrations in ``migrations/``: :func:`migrate`
+brings a database (or, on PostgreSQL, one schema of it: the rebuild's) to their head, with
+the tables of these models and the analyst views (:data:`VIEWS`, migration 0004), and a
+projector calls it at start.
 """
 
 from __future__ import annotations
@@ -28,9 +30,12 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = ["Base", "metadata", "Money", "UtcDateTime", "Xdr", "RejectedAttempt", "BalanceEvent",
            "ServiceStatusEvent", "ConfigEvent", "ConfigObject", "ProjectionOffset",
-           "create_schema", "migrate", "connect", "to_json", "MIGRATIONS"]
+           "migrate", "alembic_config", "connect", "to_json", "MIGRATIONS", "VIEWS"]
 
 MIGRATIONS = "imbill.projections:migrations"
+VIEWS = ("daily_customer_totals", "daily_net_traffic", "vendor_destination_margin", "daily_rejections",
+         "account_balance_history")
+"""The SQL views for analysts (README, "SQL views for analysts"), made by the migrations."""
 _SCALE = Decimal("0.000001")
 
 
@@ -89,11 +94,21 @@ class _Source:
 
 
 class Xdr(_Source, Base):
-    """One row per charge (or correction): the xDR of a rated and billed message."""
+    """One row per charge (or correction): the xDR of a rated and billed message.
+
+    CLI and CLD as sent are ``from_user`` and ``to_user``; as translated, ``cli_translated``
+    and ``destination``; ``rate_code`` is the destination (prefix) rated and
+    ``destination_description`` its description; ``attempted_at`` is the connect time (UTC).
+    ``margin`` = amount - vendor_cost when both are in one currency, else NULL: stored (not a
+    view expression) so it is computed once, in exact decimals, the same on both databases,
+    and every reader of the table (``imbill xdr``, CSV, a BI tool) sees it."""
 
     __tablename__ = "xdr"
     __table_args__ = (sa.Index("ix_xdr_account_attempted_at", "account", "attempted_at"),
-                      sa.Index("ix_xdr_environment_attempted_at", "environment", "attempted_at"))
+                      sa.Index("ix_xdr_environment_attempted_at", "environment", "attempted_at"),
+                      sa.Index("ix_xdr_customer_attempted_at", "customer", "attempted_at"),
+                      sa.Index("ix_xdr_rate_code_attempted_at", "rate_code", "attempted_at"),
+                      sa.Index("ix_xdr_destination", "destination"))
 
     charge_id: Mapped[str] = mapped_column(primary_key=True)
     attempt_id: Mapped[str]
@@ -126,6 +141,13 @@ class Xdr(_Source, Base):
     vendor_tariff: Mapped[str | None]
     vendor_cost: Mapped[Decimal]
     vendor_currency: Mapped[str | None]
+    revision: Mapped[int] = mapped_column(server_default="1")
+    service: Mapped[str] = mapped_column(server_default="messaging")
+    node: Mapped[str | None]
+    cli_translated: Mapped[str | None]
+    destination_description: Mapped[str | None]
+    user_agent: Mapped[str | None]
+    margin: Mapped[Decimal | None]
 
 
 class RejectedAttempt(_Source, Base):
@@ -238,9 +260,12 @@ def to_json(value: Any) -> str:
     return json.dumps(value, default=_json_default, sort_keys=True, ensure_ascii=False)
 
 
-def connect(database_url: str, **engine_options: Any) -> Engine:
+def connect(database_url: str, schema: str | None = None, **engine_options: Any) -> Engine:
     """An engine for ``database_url``; a SQLite file is put in WAL mode so that readers
-    (analysts, the CLI) never block a projector's commit, nor it them."""
+    (analysts, the CLI) never block a projector's commit, nor it them. ``schema``
+    (PostgreSQL): every connection works in that schema (its search_path)."""
+    if schema is not None:
+        engine_options["connect_args"] = {"options": f"-c search_path={schema}"}
     engine = sa.create_engine(database_url, **engine_options)
     if engine.dialect.name == "sqlite" and engine.url.database not in (None, "", ":memory:"):
         sa.event.listen(engine, "connect", _sqlite_wal)
@@ -253,11 +278,6 @@ def _sqlite_wal(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def create_schema(engine: Engine) -> None:
-    """Create the tables that do not exist yet (tests, throw-away databases)."""
-    metadata.create_all(engine)
-
-
 def alembic_config(database_url: str) -> Any:
     """An alembic Config for ``database_url`` whose scripts are the package's migrations."""
     from alembic.config import Config
@@ -268,8 +288,20 @@ def alembic_config(database_url: str) -> Any:
     return config
 
 
-def migrate(database_url: str, revision: str = "head") -> None:
-    """``alembic upgrade head`` on ``database_url`` (safe to call at every start)."""
+def migrate(database_url: str, revision: str = "head", schema: str | None = None) -> None:
+    """``alembic upgrade head`` on ``database_url`` (safe to call at every start); with
+    ``schema`` (PostgreSQL), in that existing schema: its tables, views and alembic_version."""
     from alembic import command
 
-    command.upgrade(alembic_config(database_url), revision)
+    config = alembic_config(database_url)
+    if schema is None:
+        command.upgrade(config, revision)
+        return
+    engine = connect(database_url, schema, poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, revision)
+            connection.commit()
+    finally:
+        engine.dispose()

@@ -3,9 +3,16 @@
 A projector owns its positions: it assigns every partition of its topics (no consumer
 group), seeks each to the ``next_offset`` stored in ``projection_offset`` under its name,
 and for every poll writes the rows and the new offsets in one SQL transaction. Killed at
-any point, it restarts from the last committed offsets, so nothing is lost; rows are
-inserted with ``ON CONFLICT DO NOTHING`` on their event id, so a charge re-emitted by a
-restarted processor (same ``charge_id``) stays one row.
+any point, it restarts from the last committed offsets, so nothing is lost; a row whose
+event id is already there is left as it is (``ON CONFLICT DO NOTHING``), so a charge
+re-emitted by a restarted processor (same ``charge_id``) stays one row.
+
+On PostgreSQL the rows of a poll go in with one ``COPY`` per table, inside a savepoint;
+when one of them is already there (a re-delivered event: rare, after a processor's
+recovery) the savepoint is rolled back and that table's rows go in again with ``INSERT ...
+ON CONFLICT DO NOTHING``, which keeps the first; so they do when a text holds a NUL character
+(a hostile User-Agent), which PostgreSQL text cannot hold: it becomes U+FFFD. SQLite gets the
+INSERT directly (one executemany per table) and keeps texts as they are.
 
 A record that cannot be decoded, or whose event type the projector does not map, is
 skipped: logged with its topic, partition and offset, counted in ``skipped``, and its
@@ -13,7 +20,9 @@ offset advanced with the rest.
 
 ``XdrProjector`` (charges, rejections, balance and service-status events) and
 ``ConfigProjector`` (config events and the config in force) share one loop; each event
-type has a small row mapper in a dispatch table.
+type has a small row mapper in a dispatch table. The xDR projector maps the decoded Avro
+records (their fields are the columns); the config projector needs the domain events
+(config records are checked as ``config apply`` checks them).
 
 The broker's ListOffsets "latest" cannot be trusted (PLATFORM-NOTES), so "caught up"
 means every partition's position has reached the high-watermark of its last fetch.
@@ -24,8 +33,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Callable, Mapping, Sequence
+from itertools import groupby
+from operator import itemgetter
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
+import psycopg
 import sqlalchemy as sa
 from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError, OffsetOutOfRangeError
@@ -34,8 +46,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from imbill.bus import Envelope, partitions_of
 from imbill.domain.errors import BrokerError, LogReset, SchemaError
 from imbill.projections.models import (BalanceEvent, ConfigEvent, ConfigObject, ProjectionOffset,
-                                       RejectedAttempt, ServiceStatusEvent, Xdr, connect, create_schema,
-                                       migrate, to_json)
+                                       RejectedAttempt, ServiceStatusEvent, Xdr, connect, migrate, to_json)
 from imbill.domain.config import KIND_BY_EVENT, object_key, to_record
 from imbill.domain.events import ConfigObjectDefined, ConfigObjectRemoved
 from imbill.schemas.codec import decode, event_of
@@ -67,14 +78,31 @@ def _source(envelope: Envelope) -> Row:
             "source_offset": envelope.offset}
 
 
+_FIELDS: dict[tuple[sa.Table, str], tuple[tuple[str, ...], Callable[[Mapping[str, Any]], Any]]] = {}
+
+
 def _columns_of(table: sa.Table, envelope: Envelope) -> Row:
-    """The event's fields that are columns of ``table``, plus where it came from."""
-    event = envelope.event
-    return {name: getattr(event, name) for name in table.columns.keys() if hasattr(event, name)} | _source(envelope)
+    """The record's fields that are columns of ``table``, plus where it came from."""
+    record = envelope.record
+    found = _FIELDS.get((table, envelope.name))  # a record of one name always has the reader's fields
+    if found is None:
+        names = tuple(name for name in table.columns.keys() if name in record)
+        found = _FIELDS[(table, envelope.name)] = names, itemgetter(*names)
+    names, values = found
+    row = dict(zip(names, values(record)))
+    row["source_topic"], row["source_partition"], row["source_offset"] = (envelope.topic, envelope.partition,
+                                                                        envelope.offset)
+    return row
 
 
 def charge_row(envelope: Envelope) -> Row:
-    return _columns_of(Xdr.__table__, envelope) | {"policies": ",".join(envelope.event.policies)}
+    """The xDR of a Charge: its fields, the policies as one comma-separated text and the
+    margin (amount - vendor cost when both are in one currency, else NULL)."""
+    record = envelope.record
+    row = _columns_of(Xdr.__table__, envelope)
+    row["policies"] = ",".join(record["policies"])
+    row["margin"] = record["amount"] - record["vendor_cost"] if record["vendor_currency"] == record["currency"] else None
+    return row
 
 
 def rejection_row(envelope: Envelope) -> Row:
@@ -113,10 +141,11 @@ CONFIG_MAPPERS: Dispatch = {name: (ConfigEvent.__table__, config_event_row)
                             for name in (*KIND_BY_EVENT, "ConfigObjectRemoved")}
 
 
-def _envelope(message: Any) -> Envelope:
+def _envelope(message: Any, typed: bool = True) -> Envelope:
+    """The record of ``message``, decoded, and its domain event when ``typed``."""
     try:
         name, record = decode(message.value or b"")
-        event = event_of(name, record)
+        event = event_of(name, record) if typed else None
     except SchemaError as exc:
         name, record, event, error = None, None, None, str(exc)
     else:
@@ -128,20 +157,19 @@ def _envelope(message: Any) -> Envelope:
 class _TopicProjector:
     """The shared loop: poll, map, write rows and next offsets in one transaction."""
 
+    typed = True
+    """Whether the mappers read domain events (else the decoded records alone)."""
+
     def __init__(self, database_url: str, bootstrap_servers: str, topic_names: Sequence[str],
                  mappers: Dispatch, *, name: str, max_poll_records: int = 500,
                  migrate_schema: bool = True, schema: str | None = None) -> None:
-        """``schema`` (PostgreSQL): project into the tables of that schema, made here, instead
-        of the migrated default ones (``imbill project --rebuild`` builds there)."""
-        if migrate_schema and schema is None:
-            migrate(database_url)
+        """``schema`` (PostgreSQL): project into the tables of that existing schema, migrated
+        here, instead of the default ones (``imbill project --rebuild`` builds there)."""
+        if migrate_schema or schema is not None:
+            migrate(database_url, schema=schema)
         self.name = name
         self.mappers = mappers
-        if schema is None:
-            self.engine = connect(database_url)
-        else:
-            self.engine = connect(database_url, execution_options={"schema_translate_map": {None: schema}})
-            create_schema(self.engine)
+        self.engine = connect(database_url, schema)
         self.skipped = 0
         self.applied = 0
         self._max_records = max_poll_records
@@ -194,27 +222,28 @@ class _TopicProjector:
             batches = self._consumer.poll(timeout_ms=int(timeout * 1000), max_records=self._max_records)
         except OffsetOutOfRangeError as exc:
             raise LogReset(reset_message(self.name, f"the log ends before the stored offsets {exc}")) from None
-        envelopes = [_envelope(m) for tp in sorted(batches) for m in batches[tp]]
-        if not envelopes:
+        messages = [m for tp in sorted(batches) for m in batches[tp]]
+        if not messages:
             return 0
-        positions = {TopicPartition(e.topic, e.partition): e.offset + 1 for e in envelopes}
-        fingerprints = {tp: fingerprint(messages[-1]) for tp, messages in batches.items() if messages}
-        wanted = [e for e in envelopes if e.name in self.mappers]
+        positions = {tp: records[-1].offset + 1 for tp, records in batches.items() if records}
+        fingerprints = {tp: fingerprint(records[-1]) for tp, records in batches.items() if records}
+        typed = self.typed
         try:
             with self.engine.begin() as conn:
-                self._apply(conn, wanted)
+                applied, skipped = self._apply(conn, (_envelope(m, typed) for m in messages))
                 self._store_offsets(conn, positions, fingerprints)
         except BaseException:
             self._rewind()
             raise
         self._committed.update(positions)
         self._fingerprints.update(fingerprints)
-        self._log_skipped([e for e in envelopes if e.name not in self.mappers])
-        self.applied += len(wanted)
-        return len(wanted)
+        self._log_skipped(skipped)
+        self.applied += applied
+        return applied
 
-    def _apply(self, conn: sa.Connection, envelopes: Sequence[Envelope]) -> None:
-        insert_rows(conn, envelopes, self.mappers)
+    def _apply(self, conn: sa.Connection, envelopes: Iterable[Envelope]) -> tuple[int, list[Envelope]]:
+        """Write the rows of the mapped ``envelopes``; returns how many, and the skipped ones."""
+        return insert_rows(conn, envelopes, self.mappers)
 
     def _store_offsets(self, conn: sa.Connection, positions: Mapping[TopicPartition, int],
                        fingerprints: Mapping[TopicPartition, str]) -> None:
@@ -276,8 +305,61 @@ class _TopicProjector:
         self.close()
 
 
+def _insert_new(conn: sa.Connection, table: sa.Table, rows: Iterator[Row]) -> int:
+    """Insert the ``rows`` whose key is not in ``table`` yet (the first of equal keys);
+    returns how many rows were offered."""
+    if conn.dialect.name != "postgresql":
+        values = list(rows)
+    else:
+        written: list[Row] = []
+        try:
+            with conn.begin_nested():
+                _copy(conn, table, _kept(rows, written))
+            return len(written)
+        except psycopg.errors.UniqueViolation:
+            log.info("%s: a row of this poll is already there (a re-delivered event): inserting "
+                     "those that are not", table.name)
+            values = written + list(rows)
+        except psycopg.DataError:
+            every = written + list(rows)
+            values = [_without_nul(row) for row in every]
+            if values == every:
+                raise  # no NUL: another fault, not to be hidden
+            log.warning("%s: NUL characters (which PostgreSQL text cannot hold) replaced by U+FFFD", table.name)
+    conn.execute(_insert(conn, table).on_conflict_do_nothing(), values)
+    return len(values)
+
+
+def _without_nul(row: Row) -> Row:
+    """The row with every NUL character of its texts replaced by U+FFFD."""
+    return {name: value.replace("\x00", "\ufffd") if type(value) is str else value for name, value in row.items()}
+
+
+def _kept(rows: Iterator[Row], into: list[Row]) -> Iterator[Row]:
+    """The ``rows``, each also appended to ``into`` as it passes."""
+    for row in rows:
+        into.append(row)
+        yield row
+
+
+def _copy(conn: sa.Connection, table: sa.Table, rows: Iterator[Row]) -> None:
+    """PostgreSQL: the ``rows`` (dicts with the same keys) into ``table`` with one COPY."""
+    first = next(rows)
+    columns = tuple(first)
+    values = itemgetter(*columns)
+    names = ", ".join(f'"{name}"' for name in columns)
+    cursor = conn.connection.driver_connection.cursor()
+    with cursor.copy(f'COPY "{table.name}" ({names}) FROM STDIN') as copy:
+        write = copy.write_row
+        write(values(first))
+        for row in rows:
+            write(values(row))
+
+
 class XdrProjector(_TopicProjector):
     """xDRs, rejected attempts, balance and service-status events."""
+
+    typed = False
 
     def __init__(self, database_url: str, bootstrap_servers: str, topics: Topics, name: str = "xdr",
                  **options: Any) -> None:
@@ -294,20 +376,33 @@ class ConfigProjector(_TopicProjector):
         super().__init__(database_url, bootstrap_servers, [topics.config], CONFIG_MAPPERS,
                          name=name, **options)
 
-    def _apply(self, conn: sa.Connection, envelopes: Sequence[Envelope]) -> None:
-        super()._apply(conn, envelopes)
-        fold_config_objects(conn, envelopes)
+    def _apply(self, conn: sa.Connection, envelopes: Iterable[Envelope]) -> tuple[int, list[Envelope]]:
+        envelopes = list(envelopes)
+        applied, skipped = super()._apply(conn, envelopes)
+        fold_config_objects(conn, [e for e in envelopes if e.name in self.mappers])
+        return applied, skipped
 
 
-def insert_rows(conn: sa.Connection, envelopes: Sequence[Envelope], mappers: Dispatch) -> None:
-    """Each envelope's row into its table (a projector's writes; an event id already there
-    is left as it is)."""
-    rows: dict[sa.Table, list[Row]] = {}
-    for envelope in envelopes:
-        table, mapper = mappers[envelope.name]
-        rows.setdefault(table, []).append(mapper(envelope))
-    for table, values in rows.items():
-        conn.execute(_insert(conn, table).on_conflict_do_nothing(), values)
+def insert_rows(conn: sa.Connection, envelopes: Iterable[Envelope], mappers: Dispatch) -> tuple[int, list[Envelope]]:
+    """Each mapped envelope's row into its table (a projector's writes; an event id already
+    there is left as it is); returns how many were written, and the envelopes no mapper takes.
+
+    The envelopes are decoded as they are written: each run of rows of one table is one
+    COPY on PostgreSQL, so the server stores rows while the next ones are decoded."""
+    skipped: list[Envelope] = []
+
+    def mapped() -> Iterator[tuple[sa.Table, Row]]:
+        for envelope in envelopes:
+            entry = mappers.get(envelope.name or "")
+            if entry is None:
+                skipped.append(envelope)
+            else:
+                yield entry[0], entry[1](envelope)
+
+    applied = 0
+    for table, run in groupby(mapped(), key=itemgetter(0)):
+        applied += _insert_new(conn, table, (row for _, row in run))
+    return applied, skipped
 
 
 def fold_config_objects(conn: sa.Connection, envelopes: Sequence[Envelope]) -> None:

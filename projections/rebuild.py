@@ -8,6 +8,10 @@ commits and the whole new content after it (SQLite in WAL mode and PostgreSQL's 
 give a reader a snapshot), so nobody ever sees a half-built table. The fresh file or schema
 is dropped afterwards. The engine's own projector must not run meanwhile (stop ``imbill
 run`` first): it would go on writing the old positions.
+
+The fresh file or schema is made by the same alembic migrations as the live database (so it
+has every column); the analyst views are not swapped: the live ones read the live tables,
+which hold the rebuilt rows once the swap commits.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from click.testing import CliRunner
 
 from imbill import usecases
 from imbill.cli import cli
-from imbill.projections.models import connect, create_schema
+from imbill.projections.models import migrate
 
 
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
@@ -50,9 +50,7 @@ def assert_one_line_error(result, words: str, status: int = 2) -> None:
 def projections(tmp_path) -> str:
     """An empty projection database (every table, no rows)."""
     url = f"sqlite:///{tmp_path / 'imbill.db'}"
-    engine = connect(url)
-    create_schema(engine)
-    engine.dispose()
+    migrate(url)
     return url
 
 

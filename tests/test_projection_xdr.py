@@ -13,11 +13,12 @@ import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from kafka import KafkaProducer
 
 from imbill.bus import EventProducer
 from imbill.projections.models import (BalanceEvent, ProjectionOffset, RejectedAttempt, ServiceStatusEvent,
-                                       Xdr, connect, metadata, migrate)
+                                       Xdr, alembic_config, connect, metadata, migrate)
 from imbill.projections.projector import XdrProjector
 from imbill.presentation import format_xdrs
 from imbill.projections.queries import query_xdrs
@@ -250,6 +251,19 @@ def test_the_migrations_build_exactly_the_models(database_url):
         with engine.connect() as conn:
             context = MigrationContext.configure(conn, opts={"compare_type": True})
             assert compare_metadata(context, metadata) == []
-            assert context.get_current_revision() == "0002"
+            assert context.get_current_revision() == ScriptDirectory.from_config(alembic_config(database_url)).get_current_head()
     finally:
         engine.dispose()
+
+
+def test_a_nul_character_in_a_text_does_not_stop_the_projection(database_url, bootstrap, topics, producer):
+    """PostgreSQL text cannot hold NUL: it becomes U+FFFD there (SQLite keeps it), and the
+    other rows of the poll go in with it."""
+    send_charges(producer, topics, [charge(1), charge(2, user_agent="UA\x00evil", to_user="bo\x00b"), charge(3)])
+    with XdrProjector(database_url, bootstrap, topics) as projector:
+        assert projector.run_until_idle() == 3
+    xdrs = {r["charge_id"]: r for r in rows(database_url, Xdr)}
+    assert sorted(xdrs) == ["ch-1", "ch-2", "ch-3"]
+    nul = "\ufffd" if database_url.startswith("postgresql") else "\x00"
+    assert (xdrs["ch-2"]["user_agent"], xdrs["ch-2"]["to_user"]) == (f"UA{nul}evil", f"bo{nul}b")
+    assert applied_offsets(database_url) == 3

@@ -26,6 +26,7 @@ from imbill.projections.report_data import (CustomerRevenue, DestinationTraffic,
                                             RejectionCount, ReportData, VendorMargin, report_data)
 from imbill.projections.projector import XDR_MAPPERS, insert_rows
 from imbill.report import CHART_IDS, render_report
+from imbill.schemas.codec import record_of
 from tests.report_fixture import CUSTOMER_OF, ENVIRONMENT, HOURS, START, project_traffic
 
 SINCE, UNTIL = START, START + timedelta(hours=HOURS)
@@ -92,10 +93,12 @@ def test_money_sums_are_exact_where_floats_are_not(database_url):
     """100000000000.000001 is no float: summed through floats the last micro unit is lost."""
     charge = next(e for e in project_traffic(database_url, count=20) if e.name == "Charge")
     amounts = ("99999999999.999999", "0.000001", "0.000001")
-    big = [dataclasses.replace(charge, offset=10_000 + i, event=dataclasses.replace(
-               charge.event, charge_id=f"chg-big-{i}", customer="Big Spender", amount=Decimal(amount),
-               vendor_cost=Decimal(amount), vendor_currency=charge.event.currency))
-           for i, amount in enumerate(amounts)]
+    events = [dataclasses.replace(charge.event, charge_id=f"chg-big-{i}", customer="Big Spender",
+                                  amount=Decimal(amount), vendor_cost=Decimal(amount),
+                                  vendor_currency=charge.event.currency)
+              for i, amount in enumerate(amounts)]
+    big = [dataclasses.replace(charge, offset=10_000 + i, event=event, record=record_of(event))
+           for i, event in enumerate(events)]
     engine = connect(database_url)
     with engine.begin() as conn:
         insert_rows(conn, big, XDR_MAPPERS)

@@ -9,7 +9,7 @@ import pytest
 
 from tests.builders import ALICE, BOB, DOMAIN, ENV, IM_ATTRIBUTES, POLICY, T0, ConfigBuilder, attempt, checklist
 from imbill.schemas.codec import decode_event, encode_event
-from imbill.domain.config import (Account, Product, Rate, ServicePolicy, ServiceTypes, Tariff, UsageCharge,
+from imbill.domain.config import (Account, Destination, Product, Rate, ServicePolicy, ServiceTypes, Tariff, UsageCharge,
                                    Vendor, VendorConnection)
 from imbill.domain.rating import (REASON_CODES, Rated, Refusal, account_push_events, charge_of, rate_attempt,
                                   rejection_of)
@@ -233,3 +233,24 @@ def test_rejection_record_matches_the_schema() -> None:
     assert rejection.rejection_id == "rej-att-1" and rejection.reason_code == "unknown_account"
     assert rejection.account == "mallory" and rejection.to_domain == DOMAIN
     assert decode_event(encode_event(rejection)) == rejection
+
+
+@pytest.mark.parametrize("attributes, fields, expected", [
+    (ROUTED, {}, (ALICE, "On-net instant messages", "PortaSIP", "Linphone/5.2.0")),
+    (ROUTED, {"to_user": "07700900123", "user_agent": None}, (ALICE, "UK mobile", "PortaSIP", None)),
+    (ROUTED, {"to_user": "44123", "from_user": ALICE}, (ALICE, "UK", "PortaSIP", "Linphone/5.2.0")),
+    (ROUTED, {"direction": "incoming", "from_user": "07700900123", "to_user": "alice"},
+     ("447700900123", None, "PortaSIP", "Linphone/5.2.0")),
+    ({**ROUTED, "msg.userpart_e164_translation": False},
+     {"direction": "incoming", "from_user": "07700900123", "to_user": "alice"},
+     ("07700900123", None, "PortaSIP", "Linphone/5.2.0")),
+])
+def test_the_charge_carries_what_an_xdr_shows(attributes, fields, expected) -> None:
+    """CLI as translated, the destination's description, the usage charge's node, the user
+    agent; a first charge is revision 1 of the messaging service."""
+    config = off_net_rates(checklist(attributes=attributes)).define(
+        Destination("44", "custom", "UK"), Destination("447", "custom", "UK mobile"))
+    message = attempt(**fields)
+    charge = charge_of(message, rate_attempt(message, config.state, rated_at=LATER), LATER)
+    assert (charge.cli_translated, charge.destination_description, charge.node, charge.user_agent) == expected
+    assert (charge.revision, charge.service, charge.from_user) == (1, "messaging", message.from_user)
