@@ -197,7 +197,8 @@ def test_signals_twice_leave_no_process_and_a_second_run_refuses(tmp_path):
     second = subprocess.run([sys.executable, "-m", "imbill", "run"], env=engine.env, cwd=tmp_path, text=True,
                             capture_output=True, timeout=60)
     assert second.returncode != 0
-    assert "already running" in second.stdout + second.stderr and f"pid {engine.process.pid}" in second.stdout
+    refusal = second.stdout + second.stderr
+    assert "already running" in refusal and f"pid {engine.process.pid}" in refusal
     assert "started" not in second.stdout
 
     pids = engine.tree()
