@@ -116,8 +116,8 @@ class KindRows:
 
 def config_rows(state: ConfigState, environment: str | None = None) -> list[KindRows]:
     """The config in force per kind (PLAN_ORDER), one row per object, first column the
-    environment; only kinds with objects. ``environment`` limits it to one. Service
-    passwords are shown as ``***``."""
+    environment; only kinds with objects. ``environment`` limits it to one. Digest HA1s
+    (what is kept of a service password) are shown as ``***``."""
     names = sorted(state.environments) if environment is None else [environment]
     envs = [state.environments[n] for n in names if n in state.environments]
     found = []
@@ -131,7 +131,7 @@ def config_rows(state: ConfigState, environment: str | None = None) -> list[Kind
 
 
 def config_tables(state: ConfigState, environment: str, at: datetime | None) -> list[Table | str]:
-    """One table per kind in force (service passwords shown as ``***``), or why there is none."""
+    """One table per kind in force (HA1s shown as ``***``), or why there is none."""
     when = f" at {at.isoformat()}" if at else ""
     if state.environment(environment) is None:
         return [f"environment {environment} has no config{when} (imbill config apply FILE)"]
@@ -146,7 +146,11 @@ def config_tables(state: ConfigState, environment: str, at: datetime | None) -> 
 
 def _config_cell(obj: Any, column: str) -> str:
     value = getattr(obj, column)
-    return "***" if column == "service_password" and value else text(value, CONFIG)
+    return "***" if column in SECRET_COLUMNS and value else text(value, CONFIG)
+
+
+SECRET_COLUMNS = frozenset({"service_password", "ha1_md5", "ha1_sha256"})
+"""Never printed: an HA1 authenticates in its realm as the password does."""
 
 
 def config_history_table(entries: Iterable[HistoryEntry], environment: str) -> Table:
