@@ -21,7 +21,7 @@ from decimal import Decimal
 from typing import Any, Callable, Iterable, Mapping
 
 from imbill.domain.catalogue import parse_attributes
-from imbill.domain.digest import default_realm, ha1
+from imbill.domain.digest import ALGORITHMS, default_realm, ha1
 from imbill.domain.e164 import DialingRules
 from imbill.domain.errors import ConfigError
 
@@ -29,7 +29,7 @@ __all__ = [
     "ServiceTypes", "SipSettings", "DialingRules", "Destination", "ServicePolicy", "Tariff", "Rate",
     "Vendor", "VendorConnection", "UsageCharge", "Product", "Customer", "Account",
     "Kind", "KINDS", "KIND_BY_EVENT", "KIND_BY_NAME", "KIND_BY_CLASS", "EnvironmentConfig", "ConfigState", "fold",
-    "object_key", "to_record", "from_record", "Skipped", "SKIPPABLE", "DEFAULT_SIP", "account_credentials",
+    "object_key", "to_record", "from_record", "Skipped", "SKIPPABLE", "DEFAULT_SIP", "account_credentials", "check_algorithms",
 ]
 
 
@@ -48,11 +48,14 @@ class SipSettings:
     ``authentication``: digest authentication of every MESSAGE (and REGISTER) with the
     account's service password; off only for trusted peers and benchmarks. ``realm``: the
     digest realm ("" means the environment's name). ``proxy``: challenge as a proxy (407
-    Proxy-Authenticate) instead of as a user agent server (401 WWW-Authenticate)."""
+    Proxy-Authenticate) instead of as a user agent server (401 WWW-Authenticate).
+    ``algorithms``: offered in this order, one challenge each (RFC 8760: the preferred
+    first; a client that takes the first challenge, as SIPp 3.6.1 does, needs MD5 first)."""
 
     authentication: bool = True
     realm: str = ""
     proxy: bool = False
+    algorithms: tuple[str, ...] = ALGORITHMS
 
     def realm_of(self, environment: str) -> str:
         return self.realm or default_realm(environment)
@@ -352,7 +355,15 @@ def _checked(obj: Any) -> Any:
     if type(obj) is ServicePolicy:
         attributes = parse_attributes(obj.service_type, obj.attributes, policy=obj.name)
         return dataclasses.replace(obj, attributes=attributes)
+    if type(obj) is SipSettings:
+        check_algorithms(obj.algorithms)
     return obj
+
+
+def check_algorithms(algorithms: tuple[str, ...]) -> None:
+    """Digest algorithms the edge can offer: SHA-256 and MD5, at least one, each once."""
+    if not algorithms or len(set(algorithms)) != len(algorithms) or not set(algorithms) <= set(ALGORITHMS):
+        raise ConfigError(f"algorithms must be some of {', '.join(ALGORITHMS)}, each once, got {list(algorithms)}")
 
 
 def _without_password(record: Mapping[str, Any]) -> Mapping[str, Any]:

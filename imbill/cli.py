@@ -266,12 +266,15 @@ def payment(ctx: click.Context, account: str, amount: str, currency: str | None,
 @click.option("--domain", default=None, help="SIP domain (default: the edge address).")
 @click.option("--host", default=None, help="Edge address (default 127.0.0.1).")
 @click.option("--port", type=int, default=None, help="Edge port (default 5060).")
+@click.option("--password", default=None,
+              help="Service password for the digest challenge (default: the account's HA1 from the config).")
 @click.argument("text")
 @click.pass_context
-def send(ctx: click.Context, from_user, to_user, domain, host, port, text) -> None:
+def send(ctx: click.Context, from_user, to_user, domain, host, port, password, text) -> None:
     """Send one SIP MESSAGE to the edge and print its answer."""
     settings = _settings(ctx).with_overrides(edge_host=host, edge_port=port)
-    answer = usecases.send(settings, from_user=from_user, to_user=to_user, text=text, domain=domain)
+    answer = usecases.send(settings, from_user=from_user, to_user=to_user, text=text, domain=domain,
+                           password=password)
     console.print(f"{answer.status} {answer.reason}")
     sys.exit(0 if 200 <= answer.status < 300 else 1)
 

@@ -23,7 +23,7 @@ from imbill.domain.money import PAYMENT_LIMIT
 from imbill.domain.policy import Explanation, explain
 from imbill.domain.rating import Rated, Refusal, rate_attempt
 from imbill.producers.attempt import attempt_key, synthetic_attempt
-from imbill.producers.sip_client import SipAnswer, send_message
+from imbill.producers.sip_client import Credentials, SipAnswer, send_message
 from imbill.producers.config_publisher import (ApplyResult, HistoryEntry, apply_config, config_history,
                                                current_state)
 from imbill.projections.models import connect
@@ -88,10 +88,29 @@ def top_up(settings: Settings, account_id: str, amount: Decimal, currency: str |
     return payment_id
 
 
-def send(settings: Settings, *, from_user: str, to_user: str, text: str, domain: str | None) -> SipAnswer:
-    """One SIP MESSAGE to the settings' edge; returns its answer."""
+def send(settings: Settings, *, from_user: str, to_user: str, text: str, domain: str | None,
+         password: str | None = None) -> SipAnswer:
+    """One SIP MESSAGE to the settings' edge; returns its answer. A digest challenge is
+    answered with ``password``, or else with the HA1s the config in force keeps for the
+    sending account (read only when the edge challenges)."""
+    credentials = Credentials(from_user, password) if password is not None else (
+        lambda: stored_credentials(settings, from_user))
     return send_message(settings.edge_host, settings.edge_port, from_user=from_user, to_user=to_user,
-                        text=text, domain=domain)
+                        text=text, domain=domain, credentials=credentials)
+
+
+def stored_credentials(settings: Settings, sender: str) -> Credentials | None:
+    """What the config keeps of the service password of the account ``sender`` (its id or
+    an alias): its HA1s, enough to answer a challenge; None without a password."""
+    env = current_state(settings.bootstrap_servers, settings.topics).environment(settings.environment)
+    accounts = env.accounts.values() if env is not None else ()
+    account = next((a for a in accounts if a.account_id == sender), None) or next(
+        (a for a in accounts if sender in a.aliases), None)
+    if account is None or not account.digest_realm:
+        return None
+    realm = account.digest_realm
+    return Credentials(account.account_id, ha1s={("MD5", realm): account.ha1_md5,
+                                                 ("SHA-256", realm): account.ha1_sha256})
 
 
 def generate_traffic(settings: Settings, count: int, accounts: list[str], destinations: list[str],

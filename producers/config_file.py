@@ -296,6 +296,12 @@ class CustomerModel(_Model):
     accounts: Annotated[list[AccountModel], EmptyList] = []
 
 
+def _once(values: list[str]) -> list[str]:
+    if not values or len(set(values)) != len(values):
+        raise _refuse("must list SHA-256 and/or MD5, each once, got {value}", value=values)
+    return values
+
+
 def _realm(value: Any) -> Any:
     """A realm is sent as a quoted string in every challenge (RFC 7616 section 3.3)."""
     value = _empty_text(value)
@@ -310,6 +316,7 @@ class SipModel(_Model):
     authentication: bool = True
     realm: Annotated[str, BeforeValidator(_realm)] = ""
     proxy: bool = False
+    algorithms: Annotated[list[Literal["SHA-256", "MD5"]], AfterValidator(_once)] = ["SHA-256", "MD5"]
 
 
 class ConfigFileModel(_Model):
@@ -713,7 +720,8 @@ def _build(model: ConfigFileModel, checker: _Checker) -> EnvironmentConfig:
     if checker.dialing_rules is not None:
         _put(env, checker.dialing_rules)
     if model.sip is not None:
-        _put(env, SipSettings(model.sip.authentication, model.sip.realm, model.sip.proxy))
+        sip = model.sip
+        _put(env, SipSettings(sip.authentication, sip.realm, sip.proxy, tuple(sip.algorithms)))
     for objects in (_destinations(model), _tariffs(model), _policies(model, checker), _vendors(model),
                     _products(model), _customers(model, env.realm)):
         for obj in objects:

@@ -6,7 +6,7 @@ RFC 7616, RFC 8760), with the accounts and settings of the config in force.
     nonce older than its lifetime      -> 401 stale=true (the client retries, no password prompt)
     unknown user or wrong response     -> 401 (the same answer: accounts are not disclosed)
     nonce count already used           -> 401 stale=true (a replay gets nothing; a client a fresh nonce)
-    digest-uri is not the Request-URI  -> 400; malformed credentials -> 400
+    digest-uri names no Request-URI    -> 400 (itself, or sip:host[:port] as SIPp sends); malformed -> 400
     authenticated, but the request's
     account (From; To of a REGISTER)
     is not the user nor its alias      -> 403
@@ -32,7 +32,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from imbill.domain.config import DEFAULT_SIP, ConfigState, EnvironmentConfig, SipSettings
-from imbill.domain.digest import ALGORITHMS
 from imbill.producers.sip import SipRequest, header_values
 from imbill.producers.sip_digest import algorithm_of, challenge, parse_digest, response
 
@@ -174,11 +173,11 @@ class DigestAuthenticator:
         missing = [name for name in _REQUIRED if name not in params]
         if missing or params["qop"].lower() != "auth" or not _valid_nc(params["nc"]):
             return Refusal(400, warning=f"malformed credentials ({', '.join(missing) or 'qop or nc'})")
-        if params["uri"] != request.request_uri:
+        if not _same_target(params["uri"], request.request_uri):
             return Refusal(400, warning="the digest uri is not the Request-URI")
         algorithm = algorithm_of(params)
         issued = self._nonces.issued_at(params["nonce"], self._realm)
-        if algorithm is None or issued is None:
+        if algorithm not in self._sip.algorithms or issued is None:
             return self._challenge(stale=False)
         now = self._clock()
         if issued + self._nonces.lifetime <= now:
@@ -200,7 +199,17 @@ class DigestAuthenticator:
         name = "Proxy-Authenticate" if self._sip.proxy else "WWW-Authenticate"
         nonce = self._nonces.issue(self._realm, self._clock())
         return Refusal(407 if self._sip.proxy else 401,
-                       tuple((name, challenge(self._realm, nonce, algorithm, stale=stale)) for algorithm in ALGORITHMS))
+                       tuple((name, challenge(self._realm, nonce, algorithm, stale=stale))
+                             for algorithm in self._sip.algorithms))
+
+
+def _same_target(uri: str, request_uri: str) -> bool:
+    """The digest uri names the Request-URI: itself, or without its user part (SIPp's
+    `[authentication]` sends sip:host:port)."""
+    if uri == request_uri:
+        return True
+    scheme, _, rest = request_uri.partition(":")
+    return "@" in rest and uri == f"{scheme}:{rest.split('@', 1)[1]}"
 
 
 def _valid_nc(nc: str) -> bool:

@@ -346,3 +346,41 @@ def test_a_message_without_cseq_gets_400() -> None:
         answer = exchange(edge["port"], datagram)
     assert answer.startswith(b"SIP/2.0 400 Bad Request\r\n") and b"\r\nCSeq: 0 MESSAGE\r\n" in answer
     assert b"missing CSeq" in answer and edge["recorder"].attempts == []
+
+
+def test_a_digest_uri_without_the_user_part_names_the_request_uri_as_sipp_sends_it() -> None:
+    with edge_running() as edge:
+        port = edge["port"]
+        challenge = first_challenge(port)
+        params = parse_digest(response_headers(challenge, "WWW-Authenticate")[0])
+        secret = ALICE.ha1("SHA-256", "test")
+        answers = []
+        for uri in ("sip:127.0.0.1", "sip:127.0.0.2"):
+            value = (f'Digest username="1001", realm="test", nonce="{params["nonce"]}", uri="{uri}", '
+                     f'response="{response("SHA-256", secret, nonce=params["nonce"], nc="00000001", cnonce="c", qop="auth", method="MESSAGE", uri=uri)}", '
+                     f'algorithm=SHA-256, cnonce="c", qop=auth, nc=00000001')
+            answers.append(exchange(port, build_message(
+                from_user="1001", to_user="1002", domain="127.0.0.1", text="hi", local_ip="127.0.0.1", local_port=5999,
+                cseq=2, authorization=("Authorization", value))))
+    assert [status(a) for a in answers] == [202, 400]
+
+
+def test_only_the_configured_algorithms_are_offered_and_accepted() -> None:
+    with edge_running(state_of("sip: {algorithms: [MD5]}")) as edge:
+        bare = send(edge["port"])
+        sha256 = send(edge["port"], credentials=Credentials("1001", "alice-secret", algorithm="SHA-256"))
+        md5 = send(edge["port"], credentials=ALICE)
+    offered = [parse_digest(v)["algorithm"] for v in response_headers(bare.raw, "WWW-Authenticate")]
+    assert offered == ["MD5"] and (sha256.status, sha256.challenged) == (401, False) and md5.status == 202
+
+
+@pytest.mark.parametrize(("sip", "problem"), [
+    ("sip: {algorithms: [MD5, MD5]}", "each once"),
+    ("sip: {algorithms: []}", "each once"),
+    ("sip: {algorithms: [SHA-512]}", "algorithms"),
+    ('sip: {realm: "a\\"b"}', "realm: must not contain quotes"),
+])
+def test_invalid_sip_settings_are_refused_by_config_apply(sip: str, problem: str) -> None:
+    from imbill.domain.errors import ConfigError
+    with pytest.raises(ConfigError, match=problem):
+        parse_config(CONFIG + sip)
