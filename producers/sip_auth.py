@@ -187,7 +187,7 @@ class DigestAuthenticator:
         expected = response(algorithm, ha1 or "", nonce=params["nonce"], nc=params["nc"], cnonce=params["cnonce"],
                             qop=params["qop"], method=request.method, uri=params["uri"])
         if account is None or ha1 is None or not hmac.compare_digest(expected, params["response"].lower()):
-            log.info("digest credentials refused for user %r from a %s", params["username"], request.method)
+            log.debug("digest credentials refused for user %r (%s)", params["username"], request.method)
             return self._challenge(stale=False)
         if not self._counts.use(params["nonce"], issued, int(params["nc"], 16), now):
             return self._challenge(stale=True)
