@@ -384,3 +384,19 @@ def test_invalid_sip_settings_are_refused_by_config_apply(sip: str, problem: str
     from imbill.domain.errors import ConfigError
     with pytest.raises(ConfigError, match=problem):
         parse_config(CONFIG + sip)
+
+
+def test_unauthenticated_senders_make_the_edge_remember_no_nonce_count() -> None:
+    """Only a response that verified is remembered: forged credentials, made-up nonces and
+    wrong passwords leave the nonce-count memory empty (its bound is for real clients)."""
+    with edge_running() as edge:
+        port = edge["port"]
+        challenge = first_challenge(port)
+        for n in range(200):
+            exchange(port, authorized_message(port, challenge, Credentials("1001", f"guess-{n}"), nc=n + 1))
+            forged = re.sub(rb'nonce="[0-9a-f]+"', b'nonce="%056x"' % n, challenge)
+            exchange(port, authorized_message(port, forged, ALICE))
+        remembered_before = edge["auth"].remembered
+        exchange(port, authorized_message(port, challenge, ALICE, nc=999))
+        assert (remembered_before, edge["auth"].remembered) == (0, 1)
+    assert len(edge["recorder"].attempts) == 1
