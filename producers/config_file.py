@@ -488,6 +488,8 @@ def _message(error: Mapping[str, Any]) -> str:
 
 
 def _problem(data: Any, error: Mapping[str, Any]) -> str:
+    if error["loc"] and error["loc"][-1] == "service_password":  # never echo what may be a password
+        return ": ".join([*_where(data, tuple(error["loc"])), "must be text"])
     return ": ".join([*_where(data, tuple(error["loc"])), _message(error)])
 
 

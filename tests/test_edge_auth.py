@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from imbill.domain.config import ConfigState
+from imbill.domain.errors import ConfigError
 from imbill.producers.config_file import parse_config
 from imbill.producers.edge import SipEdge
 from imbill.producers.sip_auth import DigestAuthenticator, NonceCounts, Nonces
@@ -381,9 +382,15 @@ def test_only_the_configured_algorithms_are_offered_and_accepted() -> None:
     ('sip: {realm: "a\\"b"}', "realm: must not contain quotes"),
 ])
 def test_invalid_sip_settings_are_refused_by_config_apply(sip: str, problem: str) -> None:
-    from imbill.domain.errors import ConfigError
     with pytest.raises(ConfigError, match=problem):
         parse_config(CONFIG + sip)
+
+
+def test_a_malformed_service_password_is_refused_without_being_echoed() -> None:
+    with pytest.raises(ConfigError) as refused:
+        parse_config(CONFIG.replace("service_password: bob-secret", "service_password: [bob-secret]"))
+    assert str(refused.value) == '<config>: customer "C": account "1002": service_password: must be text'
+
 
 
 def test_unauthenticated_senders_make_the_edge_remember_no_nonce_count() -> None:
