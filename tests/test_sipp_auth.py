@@ -57,7 +57,8 @@ def test_sipp_with_digest_is_charged_and_a_wrong_password_or_from_is_not(bootstr
         stop(edge)
 
     assert wrong_password.returncode != 0 and other_from.returncode != 0
-    assert "401" in wrong_password.stdout + wrong_password.stderr or wrong_password.returncode != 0
+    assert "received 'SIP/2.0 401 Unauthorized" in wrong_password.stderr, wrong_password.stderr[-2000:]
+    assert "received 'SIP/2.0 403 Forbidden" in other_from.stderr, other_from.stderr[-2000:]
     assert attempts == charged and len(charged) == 3  # the refused runs published nothing
     assert {(a["from_user"], a["cseq"]) for a in charged} == {("1001", 2)}
     assert sha256.status == 202 and sha256.challenged
