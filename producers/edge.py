@@ -261,9 +261,11 @@ class SipEdge(asyncio.DatagramProtocol):
         if self._answer(headers, error.status, addr, warning=error.reason) is None:
             self._counters.dropped_malformed += 1
 
-    def _refused(self, request: SipRequest, addr: tuple[str, int], key: TransactionKey, now: float) -> bool:
-        """Answer (and remember for retransmissions) what the request gets instead of a
-        publish, if anything: 416 for a non-SIP Request-URI, or authentication's refusal."""
+    def _refused(self, request: SipRequest, addr: tuple[str, int]) -> bool:
+        """Answer what the request gets instead of a publish, if anything: 416 for a non-SIP
+        Request-URI, or authentication's refusal. Answered statelessly (a retransmission is
+        challenged again, with a fresh nonce): refusals are not remembered, so requests that
+        are never authenticated cannot fill the edge's memory with copies of their headers."""
         if not request.request_uri.startswith(SIP_SCHEMES) and not request.request_uri[:5].lower().startswith(
                 SIP_SCHEMES):
             self._counters.unsupported_scheme += 1
@@ -273,10 +275,7 @@ class SipEdge(asyncio.DatagramProtocol):
         if refusal is None:
             return False
         self._counters.unauthenticated += 1
-        response = build_response(request.headers, refusal.status, server=self._server, warning=refusal.warning,
-                                  extra=refusal.headers)
-        self._transactions.record(key, response, now)
-        self._send(response, addr)
+        self._answer(request.headers, refusal.status, addr, warning=refusal.warning, extra=refusal.headers)
         return True
 
     def _on_register(self, request: SipRequest, addr: tuple[str, int]) -> None:
@@ -288,7 +287,7 @@ class SipEdge(asyncio.DatagramProtocol):
         if known:
             self._counters.retransmissions += 1
             self._send(response, addr)
-        elif not self._refused(request, addr, key, now):
+        elif not self._refused(request, addr):
             self._counters.registered += 1
             response = build_response(request.headers, 200, server=self._server, extra=_bindings(request))
             self._transactions.record(key, response, now)
@@ -304,7 +303,7 @@ class SipEdge(asyncio.DatagramProtocol):
             self._send(response, addr)  # None while pending: absorbed
             return
         if self._auth is not None or not request.request_uri.startswith(SIP_SCHEMES):
-            if self._refused(request, addr, key, now):
+            if self._refused(request, addr):
                 return
         if self._stopping or self._pending >= self._max_pending:
             self._counters.unavailable += 1

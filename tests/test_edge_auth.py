@@ -153,12 +153,17 @@ def test_a_message_without_credentials_is_challenged_sha256_first_and_not_publis
     assert edge["recorder"].attempts == []
 
 
-def test_a_retransmitted_request_gets_the_same_challenge() -> None:
+def test_a_retransmitted_request_is_challenged_again_statelessly() -> None:
+    """Refusals are not remembered (bounded memory): the retransmission gets a fresh nonce,
+    and the client may answer either challenge."""
     with edge_running() as edge:
         request = build_message(from_user="1001", to_user="1002", domain="127.0.0.1", text="x", local_ip="127.0.0.1",
                                 local_port=5999, call_id="retx-auth")
         first, again = exchange(edge["port"], request), exchange(edge["port"], request)
-    assert status(first) == 401 and first == again
+        answers = [exchange(edge["port"], authorized_message(edge["port"], challenge, ALICE, call_id=f"retx-{n}"))
+                   for n, challenge in enumerate((first, again))]
+    assert status(first) == status(again) == 401 and first != again
+    assert [status(a) for a in answers] == [202, 202] and len(edge["recorder"].attempts) == 2
 
 
 @pytest.mark.parametrize("algorithm", ["SHA-256", "MD5"])
