@@ -43,6 +43,7 @@ from typing import Any, Protocol
 from imbill.producers.attempt import attempt_from_request
 from imbill.producers.sip import HeaderFields, SipParseError, SipRequest, header_values, is_response, parse_request
 from imbill.producers.sip_auth import Refusal
+from imbill.producers.sip_grammar import split_commas
 from imbill.producers.sip_responses import ALLOW, build_response
 
 __all__ = ["Authentication", "Done", "EdgeCounters", "Publish", "SipEdge", "Submit", "serve_edge"]
@@ -389,7 +390,8 @@ def _bindings(request: SipRequest) -> tuple[tuple[str, str], ...]:
     """The Contact fields of a REGISTER as a registrar would list them (expires capped)."""
     expires = request.header("Expires")
     seconds = min(int(expires), MAX_REGISTER_EXPIRES) if expires and expires.isdigit() else MAX_REGISTER_EXPIRES
-    contacts = [value for value in header_values(request.headers, "Contact") if value != "*"]
+    contacts = [item for value in header_values(request.headers, "Contact") if value != "*"
+                for item in split_commas(value)]
     return tuple(("Contact", f"{value};expires={seconds}" if "expires=" not in value.lower() else value)
                  for value in contacts)
 

@@ -307,7 +307,8 @@ def test_a_realm_change_needs_the_password_again() -> None:
 def register(port: int, to_user: str, authorization_value: str | None = None, cseq: int = 1) -> bytes:
     lines = ["REGISTER sip:127.0.0.1 SIP/2.0", "Via: SIP/2.0/UDP 127.0.0.1:5999;branch=z9hG4bK" + uuid.uuid4().hex,
              "Max-Forwards: 70", f"From: <sip:{to_user}@127.0.0.1>;tag=r1", f"To: <sip:{to_user}@127.0.0.1>",
-             "Call-ID: reg-" + to_user, f"CSeq: {cseq} REGISTER", "Contact: <sip:1001@127.0.0.1:5999>",
+             "Call-ID: reg-" + to_user, f"CSeq: {cseq} REGISTER",
+             "Contact: <sip:1001@127.0.0.1:5999>, <sip:1001@192.0.2.1:5060;transport=udp>",
              "Expires: 7200"]
     if authorization_value:
         lines.append(f"Authorization: {authorization_value}")
@@ -325,7 +326,8 @@ def test_register_is_challenged_then_answered_200_without_keeping_a_binding() ->
                                uri="sip:127.0.0.1", nc=2)
         other = register(port, "1002", value2, cseq=3)
     assert (status(challenge), status(ok), status(other)) == (401, 200, 403)
-    assert response_headers(ok, "Contact") == ["<sip:1001@127.0.0.1:5999>;expires=3600"]
+    assert response_headers(ok, "Contact") == ["<sip:1001@127.0.0.1:5999>;expires=3600",
+                                               "<sip:1001@192.0.2.1:5060;transport=udp>;expires=3600"]
     assert edge["recorder"].attempts == []
 
 
