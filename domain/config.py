@@ -29,7 +29,8 @@ __all__ = [
     "ServiceTypes", "SipSettings", "DialingRules", "Destination", "ServicePolicy", "Tariff", "Rate",
     "Vendor", "VendorConnection", "UsageCharge", "Product", "Customer", "Account",
     "Kind", "KINDS", "KIND_BY_EVENT", "KIND_BY_NAME", "KIND_BY_CLASS", "EnvironmentConfig", "ConfigState", "fold",
-    "object_key", "to_record", "from_record", "Skipped", "SKIPPABLE", "DEFAULT_SIP", "account_credentials", "check_algorithms",
+    "object_key", "to_record", "from_record", "Skipped", "SKIPPABLE", "DEFAULT_SIP", "account_credentials",
+    "check_algorithms",
 ]
 
 

@@ -364,9 +364,10 @@ def test_a_digest_uri_without_the_user_part_names_the_request_uri_as_sipp_sends_
         secret = ALICE.ha1("SHA-256", "test")
         answers = []
         for uri in ("sip:127.0.0.1", "sip:127.0.0.2"):
+            answer = response("SHA-256", secret, nonce=params["nonce"], nc="00000001", cnonce="c", qop="auth",
+                              method="MESSAGE", uri=uri)
             value = (f'Digest username="1001", realm="test", nonce="{params["nonce"]}", uri="{uri}", '
-                     f'response="{response("SHA-256", secret, nonce=params["nonce"], nc="00000001", cnonce="c", qop="auth", method="MESSAGE", uri=uri)}", '
-                     f'algorithm=SHA-256, cnonce="c", qop=auth, nc=00000001')
+                     f'response="{answer}", algorithm=SHA-256, cnonce="c", qop=auth, nc=00000001')
             answers.append(exchange(port, build_message(
                 from_user="1001", to_user="1002", domain="127.0.0.1", text="hi", local_ip="127.0.0.1", local_port=5999,
                 cseq=2, authorization=("Authorization", value))))

@@ -23,7 +23,8 @@ pytestmark = pytest.mark.integration
 SCENARIO = Path(__file__).resolve().parents[1] / "bench" / "sipp" / "message_auth.xml"
 
 
-def sipp(port: int, workdir: Path, sender: str, username: str, password: str, count: int) -> subprocess.CompletedProcess:
+def sipp(port: int, workdir: Path, sender: str, username: str, password: str,
+         count: int) -> subprocess.CompletedProcess:
     """One SIPp per account (3.6.1 cannot take credentials from the injection file)."""
     calls = workdir / f"{sender}-{username}-{password}.csv"
     calls.write_text(f"SEQUENTIAL\n{sender};1002\n")
