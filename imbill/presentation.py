@@ -19,7 +19,7 @@ from typing import Any, Iterable, Literal, Mapping, Sequence
 from rich.table import Table
 
 from imbill.domain.catalogue import CATALOGUE_COLUMNS, catalogue_rows
-from imbill.domain.config import ConfigState, UsageCharge
+from imbill.domain.config import Account, ConfigState, UsageCharge
 from imbill.domain.policy import Explanation
 from imbill.domain.rating import Rated, Refusal
 from imbill.producers.config_publisher import PLAN_ORDER, HistoryEntry
@@ -116,13 +116,14 @@ class KindRows:
 
 def config_rows(state: ConfigState, environment: str | None = None) -> list[KindRows]:
     """The config in force per kind (PLAN_ORDER), one row per object, first column the
-    environment; only kinds with objects. ``environment`` limits it to one. Digest HA1s
-    (what is kept of a service password) are shown as ``***``."""
+    environment; only kinds with objects. ``environment`` limits it to one. What is kept of
+    an account's service password (its realm and HA1s) is one column, ``service_password``:
+    ``***`` when there is one."""
     names = sorted(state.environments) if environment is None else [environment]
     envs = [state.environments[n] for n in names if n in state.environments]
     found = []
     for kind in PLAN_ORDER:
-        columns = ("environment", *(f.name for f in fields(kind.cls)))
+        columns = ("environment", *_config_columns(kind.cls))
         rows = tuple((env.name, *(_config_cell(obj, c) for c in columns[1:]))
                      for env in envs for obj in env.collection(kind).values())
         if rows:
@@ -131,7 +132,7 @@ def config_rows(state: ConfigState, environment: str | None = None) -> list[Kind
 
 
 def config_tables(state: ConfigState, environment: str, at: datetime | None) -> list[Table | str]:
-    """One table per kind in force (HA1s shown as ``***``), or why there is none."""
+    """One table per kind in force (a service password shown as ``***``), or why there is none."""
     when = f" at {at.isoformat()}" if at else ""
     if state.environment(environment) is None:
         return [f"environment {environment} has no config{when} (imbill config apply FILE)"]
@@ -144,13 +145,21 @@ def config_tables(state: ConfigState, environment: str, at: datetime | None) -> 
     return tables
 
 
+def _config_columns(cls: type) -> list[str]:
+    names = [f.name for f in fields(cls)]
+    if cls is Account:  # the realm and HA1s stand for a password: never printed
+        names = [n for n in names if n not in _DIGEST_FIELDS]
+        names.insert(names.index("product") + 1, "service_password")
+    return names
+
+
 def _config_cell(obj: Any, column: str) -> str:
-    value = getattr(obj, column)
-    return "***" if column in SECRET_COLUMNS and value else text(value, CONFIG)
+    if column == "service_password":
+        return "***" if obj.digest_realm else ""
+    return text(getattr(obj, column), CONFIG)
 
 
-SECRET_COLUMNS = frozenset({"service_password", "ha1_md5", "ha1_sha256"})
-"""Never printed: an HA1 authenticates in its realm as the password does."""
+_DIGEST_FIELDS = ("digest_realm", "ha1_md5", "ha1_sha256")
 
 
 def config_history_table(entries: Iterable[HistoryEntry], environment: str) -> Table:
