@@ -31,6 +31,7 @@ sys.path.insert(0, str(HERE.parent))
 
 from imbill.broker import start_broker  # noqa: E402
 from imbill.bus import create_topics, read_to_end  # noqa: E402
+from imbill.producers.config_publisher import apply_config  # noqa: E402
 from imbill.producers.sip_client import send_message  # noqa: E402
 from imbill.schemas.topics import Topics  # noqa: E402
 
@@ -92,6 +93,10 @@ def main() -> None:
     broker = start_broker(port=free_port(socket.SOCK_STREAM))
     topics = Topics("bench-edge.")
     create_topics(broker.bootstrap_servers, topics.specs())
+    # SIPp's accounts are not configured: the benchmark measures the edge of trusted peers, as
+    # before authentication (README, "Authentication": sip.authentication false).
+    (workdir / "bench.yaml").write_text("environment: default\nsip: {authentication: false}\n")
+    apply_config(workdir / "bench.yaml", bootstrap_servers=broker.bootstrap_servers, topics=topics)
     children = []
     runs: dict[str, list[dict]] = {"bare": [], "edge": []}
     try:

@@ -97,7 +97,7 @@ def build_config(envs: int, tariffs: int, codes: int, policies: int, accounts: i
         for a in range(accounts // envs):
             put("AccountDefined", {
                 "account_id": f"44{7000000000 + a}", "customer": "Acme", "product": f"P-B{a % tariffs}",
-                "service_password": "secret", "aliases": [f"user{a}"],
+                "aliases": [f"user{a}"], "digest_realm": "", "ha1_md5": "", "ha1_sha256": "",
                 "service_policy": f"static{a % 50}" if a % 10 == 0 else None, "balance_model": "prepaid",
                 "opening_balance": Decimal("10.00"), "credit_limit": Decimal(0)})
     return fold.flush()

@@ -21,14 +21,16 @@ from decimal import Decimal
 from typing import Any, Callable, Iterable, Mapping
 
 from imbill.domain.catalogue import parse_attributes
+from imbill.domain.digest import ALGORITHMS, default_realm, ha1
 from imbill.domain.e164 import DialingRules
 from imbill.domain.errors import ConfigError
 
 __all__ = [
-    "ServiceTypes", "DialingRules", "Destination", "ServicePolicy", "Tariff", "Rate",
+    "ServiceTypes", "SipSettings", "DialingRules", "Destination", "ServicePolicy", "Tariff", "Rate",
     "Vendor", "VendorConnection", "UsageCharge", "Product", "Customer", "Account",
     "Kind", "KINDS", "KIND_BY_EVENT", "KIND_BY_NAME", "KIND_BY_CLASS", "EnvironmentConfig", "ConfigState", "fold",
-    "object_key", "to_record", "from_record", "Skipped", "SKIPPABLE",
+    "object_key", "to_record", "from_record", "Skipped", "SKIPPABLE", "DEFAULT_SIP", "account_credentials",
+    "check_algorithms",
 ]
 
 
@@ -38,6 +40,30 @@ class ServiceTypes:
 
     messaging_enabled: bool
     voice_enabled: bool = True
+
+
+@dataclass(frozen=True)
+class SipSettings:
+    """How the SIP edge treats the environment's requests (config: ``sip``).
+
+    ``authentication``: digest authentication of every MESSAGE (and REGISTER) with the
+    account's service password; off only for trusted peers and benchmarks. ``realm``: the
+    digest realm ("" means the environment's name). ``proxy``: challenge as a proxy (407
+    Proxy-Authenticate) instead of as a user agent server (401 WWW-Authenticate).
+    ``algorithms``: offered in this order, one challenge each (RFC 8760: the preferred
+    first; a client that takes the first challenge, as SIPp 3.6.1 does, needs MD5 first)."""
+
+    authentication: bool = True
+    realm: str = ""
+    proxy: bool = False
+    algorithms: tuple[str, ...] = ALGORITHMS
+
+    def realm_of(self, environment: str) -> str:
+        return self.realm or default_realm(environment)
+
+
+DEFAULT_SIP = SipSettings()
+"""An environment without a ``sip`` config: authentication on, realm = its name, 401."""
 
 
 @dataclass(frozen=True)
@@ -125,12 +151,31 @@ class Account:
     account_id: str
     customer: str
     product: str
-    service_password: str = ""
     aliases: tuple[str, ...] = ()
     service_policy: str | None = None
     balance_model: str = "postpaid"
     opening_balance: Decimal = Decimal(0)
     credit_limit: Decimal = Decimal(0)
+    digest_realm: str = ""
+    """The realm of the HA1s below; "" when the account has no service password."""
+    ha1_md5: str = ""
+    """MD5(account_id:realm:service password), hex: what digest needs of the password."""
+    ha1_sha256: str = ""
+    """SHA-256(account_id:realm:service password), hex."""
+
+    def ha1(self, algorithm: str, realm: str) -> str | None:
+        """The account's HA1 for ``algorithm`` in ``realm``, or None (no password, other realm)."""
+        if not self.digest_realm or self.digest_realm != realm:
+            return None
+        return {"MD5": self.ha1_md5, "SHA-256": self.ha1_sha256}.get(algorithm) or None
+
+
+def account_credentials(account_id: str, realm: str, password: str) -> dict[str, str]:
+    """The Account fields that stand for a service password (none for an empty one)."""
+    if not password:
+        return {"digest_realm": "", "ha1_md5": "", "ha1_sha256": ""}
+    return {"digest_realm": realm, "ha1_md5": ha1("MD5", account_id, realm, password),
+            "ha1_sha256": ha1("SHA-256", account_id, realm, password)}
 
 
 @dataclass(frozen=True)
@@ -152,6 +197,7 @@ def _rate_key(rate: Rate) -> str:
 KINDS: tuple[Kind, ...] = (
     Kind("service_types", "ServiceTypesSet", ServiceTypes, lambda o: "", "service_types", True),
     Kind("dialing_rules", "DialingRulesSet", DialingRules, lambda o: "", "dialing_rules", True),
+    Kind("sip_settings", "SipSettingsSet", SipSettings, lambda o: "", "sip_settings", True),
     Kind("destination", "DestinationDefined", Destination, lambda o: o.prefix, "destinations"),
     Kind("service_policy", "ServicePolicyDefined", ServicePolicy, lambda o: o.name, "service_policies"),
     Kind("tariff", "TariffDefined", Tariff, lambda o: o.name, "tariffs"),
@@ -187,7 +233,11 @@ def to_record(obj: Any) -> dict[str, Any]:
 
 def from_record(kind: Kind, record: Mapping[str, Any]) -> Any:
     """The config object carried by a ``<Kind>Defined``/``Set`` event record, checked as
-    ``config apply`` checks it (:func:`_checked`): every reader agrees on what is invalid."""
+    ``config apply`` checks it (:func:`_checked`): every reader agrees on what is invalid.
+    An AccountDefined written before passwords were hashed is read as the HA1s of its
+    password in the environment's default realm (:func:`_without_password`)."""
+    if kind.cls is Account:
+        record = _without_password(record)
     values = {}
     for f in dataclasses.fields(kind.cls):
         value = record[f.name]
@@ -207,6 +257,7 @@ class EnvironmentConfig:
     name: str
     service_types: dict[str, ServiceTypes] = field(default_factory=dict)
     dialing_rules: dict[str, DialingRules] = field(default_factory=dict)
+    sip_settings: dict[str, SipSettings] = field(default_factory=dict)
     destinations: dict[str, Destination] = field(default_factory=dict)
     service_policies: dict[str, ServicePolicy] = field(default_factory=dict)
     tariffs: dict[str, Tariff] = field(default_factory=dict)
@@ -224,6 +275,15 @@ class EnvironmentConfig:
     def messaging_enabled(self) -> bool:
         types = self.service_types.get("")
         return bool(types and types.messaging_enabled)
+
+    @property
+    def sip(self) -> SipSettings:
+        return self.sip_settings.get("", DEFAULT_SIP)
+
+    @property
+    def realm(self) -> str:
+        """The digest realm of the environment's SIP edge."""
+        return self.sip.realm_of(self.name)
 
     def collection(self, kind: Kind) -> dict[str, Any]:
         return getattr(self, kind.collection)
@@ -296,7 +356,26 @@ def _checked(obj: Any) -> Any:
     if type(obj) is ServicePolicy:
         attributes = parse_attributes(obj.service_type, obj.attributes, policy=obj.name)
         return dataclasses.replace(obj, attributes=attributes)
+    if type(obj) is SipSettings:
+        check_algorithms(obj.algorithms)
     return obj
+
+
+def check_algorithms(algorithms: tuple[str, ...]) -> None:
+    """Digest algorithms the edge can offer: SHA-256 and MD5, at least one, each once."""
+    if not algorithms or len(set(algorithms)) != len(algorithms) or not set(algorithms) <= set(ALGORITHMS):
+        raise ConfigError(f"algorithms must be some of {', '.join(ALGORITHMS)}, each once, got {list(algorithms)}")
+
+
+def _without_password(record: Mapping[str, Any]) -> Mapping[str, Any]:
+    """An AccountDefined record with its clear ``service_password`` (written before 0.2,
+    see the README's "Authentication") turned into HA1s: the password goes no further."""
+    password = record.get("service_password")
+    if not password:
+        return record
+    hashed = {name: value for name, value in record.items() if name != "service_password"}
+    realm = default_realm(record.get("environment", ""))
+    return hashed | account_credentials(record["account_id"], realm, password)
 
 
 def _raise(name: str, record: Mapping[str, Any], exc: Exception) -> None:

@@ -477,16 +477,19 @@ def payment(ctx: click.Context, account: str, amount: Decimal, currency: str | N
 @click.option("--domain", default=None, help="SIP domain (default: the edge address).")
 @click.option("--host", default=None, help="Edge address (default 127.0.0.1).")
 @click.option("--port", type=int, default=None, help="Edge port (default 5060).")
+@click.option("--password", default=None,
+              help="Service password for the digest challenge (default: the account's HA1 from the config).")
 @click.option("--wait", type=click.FloatRange(min=0), default=usecases.OUTCOME_WAIT, show_default=True,
               help=WAIT_HELP)
 @click.argument("text")
 @click.pass_context
-def send(ctx: click.Context, from_user, to_user, domain, host, port, wait, text) -> None:
+def send(ctx: click.Context, from_user, to_user, domain, host, port, password, wait, text) -> None:
     """Send one SIP MESSAGE to the edge; print its answer and its charge or rejection.
 
     Exit status: 0 charged (or accepted and not watched), 1 rejected or refused by the edge."""
     settings = _settings(ctx).with_overrides(edge_host=host, edge_port=port)
-    sent = usecases.send(settings, from_user=from_user, to_user=to_user, text=text, domain=domain, wait=wait)
+    sent = usecases.send(settings, from_user=from_user, to_user=to_user, text=text, domain=domain, wait=wait,
+                         password=password)
     say(f"{sent.answer.status} {sent.answer.reason}")
     accepted = 200 <= sent.answer.status < 300
     if sent.outcome is not None:

@@ -25,7 +25,7 @@ from rich.table import Table
 from rich.text import Text as RichText
 
 from imbill.domain.catalogue import CATALOGUE_COLUMNS, catalogue_rows
-from imbill.domain.config import ConfigState, EnvironmentConfig, UsageCharge
+from imbill.domain.config import Account, ConfigState, EnvironmentConfig, UsageCharge
 from imbill.domain.money import money_text
 from imbill.domain.policy import Explanation
 from imbill.domain.rating import Rated, Refusal
@@ -121,13 +121,14 @@ class KindRows:
 
 def config_rows(state: ConfigState, environment: str | None = None) -> list[KindRows]:
     """The config in force per kind (PLAN_ORDER), one row per object, first column the
-    environment; only kinds with objects. ``environment`` limits it to one. Service
-    passwords are shown as ``***``."""
+    environment; only kinds with objects. ``environment`` limits it to one. What is kept of
+    an account's service password (its realm and HA1s) is one column, ``service_password``:
+    ``***`` when there is one."""
     names = sorted(state.environments) if environment is None else [environment]
     envs = [state.environments[n] for n in names if n in state.environments]
     found = []
     for kind in PLAN_ORDER:
-        columns = ("environment", *(f.name for f in fields(kind.cls)))
+        columns = ("environment", *_config_columns(kind.cls))
         rows = tuple((env.name, *(_config_cell(obj, c, _currency(env, obj)) for c in columns[1:]))
                      for env in envs for obj in env.collection(kind).values())
         if rows:
@@ -136,7 +137,7 @@ def config_rows(state: ConfigState, environment: str | None = None) -> list[Kind
 
 
 def config_tables(state: ConfigState, environment: str, at: datetime | None) -> list[Table | str]:
-    """One table per kind in force (service passwords shown as ``***``), or why there is none."""
+    """One table per kind in force (a service password shown as ``***``), or why there is none."""
     when = f" at {at.isoformat()}" if at else ""
     if state.environment(environment) is None:
         return [f"environment {environment} has no config{when} (imbill config apply FILE)"]
@@ -155,15 +156,27 @@ def _currency(env: EnvironmentConfig, obj: Any) -> str | None:
     return getattr(owner, "currency", None)
 
 
+def _config_columns(cls: type) -> list[str]:
+    names = [f.name for f in fields(cls)]
+    if cls is Account:  # the realm and HA1s stand for a password: never printed
+        names = [n for n in names if n not in _DIGEST_FIELDS]
+        names.insert(names.index("product") + 1, "service_password")
+    return names
+
+
 def _config_cell(obj: Any, column: str, currency: str | None = None) -> str:
     """A config field as text: balances in their currency's minor units, unit prices as
-    configured but never with fewer decimals than the currency has (0.05, 0.0125, 0.50)."""
+    configured but never with fewer decimals than the currency has (0.05, 0.0125, 0.50); a
+    service password only as whether there is one."""
+    if column == "service_password":
+        return "***" if obj.digest_realm else ""
     value = getattr(obj, column)
-    if column == "service_password" and value:
-        return "***"
     if isinstance(value, Decimal) and currency:
         return money(value, currency)
     return text(value, CONFIG)
+
+
+_DIGEST_FIELDS = ("digest_realm", "ha1_md5", "ha1_sha256")
 
 
 def config_listing(state: ConfigState, environment: str) -> Listing:

@@ -7,11 +7,12 @@ from __future__ import annotations
 import random
 import uuid
 from contextlib import contextmanager
+from functools import partial
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -26,7 +27,7 @@ from imbill.domain.policy import Explanation, explain
 from imbill.domain.rating import Rated, Refusal, rate_attempt
 from imbill.domain.reconcile import AttemptSeen, Reconciliation, Topics as TopicEvents, reconcile as compare
 from imbill.producers.attempt import attempt_id_for, attempt_key, synthetic_attempt
-from imbill.producers.sip_client import SipAnswer, send_message
+from imbill.producers.sip_client import Credentials, SipAnswer, send_message
 from imbill.producers.config_file import load_config_file
 from imbill.producers.config_publisher import (ApplyResult, HistoryEntry, apply_config, config_history,
                                                current_state)
@@ -157,19 +158,25 @@ class Sent:
 
 
 def send(settings: Settings, *, from_user: str, to_user: str, text: str, domain: str | None,
-         wait: float = 0.0) -> Sent:
+         wait: float = 0.0, password: str | None = None) -> Sent:
     """One SIP MESSAGE to the settings' edge; with ``wait``, wait that long for its Charge or
-    Rejection (by attempt id: the edge's SHA-256 of Call-ID, CSeq and method)."""
+    Rejection (by attempt id: the edge's SHA-256 of Call-ID, CSeq and method). A digest
+    challenge is answered with ``password``, or else with the HA1s the config in force keeps
+    for the sending account (read only when the edge challenges)."""
     call_id = f"{uuid.uuid4().hex}@imbill-send"
-    attempt_id = attempt_id_for(call_id, 1, "MESSAGE")
+    credentials = Credentials(from_user, password) if password is not None else (
+        lambda: stored_credentials(settings, from_user))
+    message = partial(_send, settings, call_id, from_user, to_user, text, domain, credentials)
     try:
         if wait > 0:
             check_reachable(settings.bootstrap_servers, timeout=2.0)
         tail = _open_tail(settings, [settings.topics.charges, settings.topics.rejections], wait)
     except BrokerError as exc:  # the message is still sent; only its outcome cannot be watched
-        return Sent(_send(settings, call_id, from_user, to_user, text, domain), attempt_id, None, str(exc))
+        answer = message()
+        return Sent(answer, _attempt_id(call_id, answer), None, str(exc))
     try:
-        answer = _send(settings, call_id, from_user, to_user, text, domain)
+        answer = message()
+        attempt_id = _attempt_id(call_id, answer)
         found = tail.find(lambda e: e.record.get("attempt_id") == attempt_id, wait) \
             if tail and 200 <= answer.status < 300 else None
     finally:
@@ -178,15 +185,34 @@ def send(settings: Settings, *, from_user: str, to_user: str, text: str, domain:
     return Sent(answer, attempt_id, Outcome(found.name, found.record) if found else None)
 
 
-def _send(settings: Settings, call_id: str, from_user: str, to_user: str, text: str,
-          domain: str | None) -> SipAnswer:
+def _attempt_id(call_id: str, answer: SipAnswer) -> str:
+    """The attempt id the edge derived: a challenged MESSAGE was accepted at CSeq 2."""
+    return attempt_id_for(call_id, 2 if answer.challenged else 1, "MESSAGE")
+
+
+def _send(settings: Settings, call_id: str, from_user: str, to_user: str, text: str, domain: str | None,
+          credentials: Credentials | Callable[[], Credentials | None]) -> SipAnswer:
     where = f"udp://{settings.edge_host}:{settings.edge_port}"
     try:
         return send_message(settings.edge_host, settings.edge_port, from_user=from_user, to_user=to_user,
-                            text=text, domain=domain, call_id=call_id)
+                            text=text, domain=domain, call_id=call_id, credentials=credentials)
     except (OSError, TimeoutError) as exc:
         raise EdgeUnreachable(f"no SIP edge answers at {where} ({exc.strerror or exc}): start one (`imbill run` "
                               f"or `imbill edge`) or give --host/--port") from exc
+
+
+def stored_credentials(settings: Settings, sender: str) -> Credentials | None:
+    """What the config keeps of the service password of the account ``sender`` (its id or
+    an alias): its HA1s, enough to answer a challenge; None without a password."""
+    env = current_state(settings.bootstrap_servers, settings.topics).environment(settings.environment)
+    accounts = env.accounts.values() if env is not None else ()
+    account = next((a for a in accounts if a.account_id == sender), None) or next(
+        (a for a in accounts if sender in a.aliases), None)
+    if account is None or not account.digest_realm:
+        return None
+    realm = account.digest_realm
+    return Credentials(account.account_id, ha1s={("MD5", realm): account.ha1_md5,
+                                                 ("SHA-256", realm): account.ha1_sha256})
 
 
 def generate_traffic(settings: Settings, count: int, accounts: list[str], destinations: list[str],

@@ -22,10 +22,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from imbill.broker import DurableBroker, start_broker
 from imbill.producers.attempt_publisher import AttemptPublisher
 from imbill.producers.edge import serve_edge
+from imbill.producers.sip_auth import DigestAuthenticator
 from imbill.projections.projector import ConfigProjector, XdrProjector
 from imbill.projections.rebuild import rebuild
 from imbill.run import DataDirLock, run_engine
 from imbill.settings import Settings
+from imbill.streams.config_reader import ConfigReader
 from imbill.streams.worker import run_worker
 
 __all__ = ["Say", "broker", "edge", "processor_worker", "projectors", "rebuild_projections", "run"]
@@ -66,6 +68,10 @@ async def _durable_broker(settings: Settings, port: int, say: Say) -> None:
 def edge(settings: Settings, say: Say) -> None:
     """The SIP edge, publishing attempts to the attempts topic.
 
+    It authenticates requests with the accounts of the config topic, read to its end before
+    the edge opens and followed while it runs (the processor's own ConfigReader, polling
+    every 0.5 s: an applied config is in force at the edge within about a second).
+
     The edge runs on uvloop, and once started the objects of start-up are frozen out of the
     garbage collector's way (gc.freeze), so full collections do not walk them again."""
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
@@ -77,10 +83,18 @@ def edge(settings: Settings, say: Say) -> None:
             f"environment {settings.environment}")
 
     async def serve() -> None:
-        async with AttemptPublisher(settings.bootstrap_servers, settings.topics.attempts) as publisher:
-            await serve_edge(publisher, environment=settings.environment, edge_id=edge_id,
-                             host=settings.edge_host, port=settings.edge_port, on_started=started,
-                             vendor_peers=frozenset(settings.edge_vendor_peers))
+        config = ConfigReader(settings.bootstrap_servers, settings.topics.config, fetch_wait_ms=500,
+                              client_id="imbill-edge-config")
+        try:
+            await config.catch_up(timeout=30.0)
+            authentication = DigestAuthenticator(lambda: config.state, settings.environment)
+            async with AttemptPublisher(settings.bootstrap_servers, settings.topics.attempts) as publisher:
+                await serve_edge(publisher, environment=settings.environment, edge_id=edge_id,
+                                 host=settings.edge_host, port=settings.edge_port, on_started=started,
+                                 vendor_peers=frozenset(settings.edge_vendor_peers),
+                                 authentication=authentication)
+        finally:
+            await config.stop()
 
     _run_until_signal(serve())
 

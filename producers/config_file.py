@@ -12,6 +12,11 @@ order of the instant messaging checklist (``examples/instant-messaging.yaml``)::
     vendors: [{name, internal, connections: [{description, type, tariff, use_for, ...}]}]
     products: [{name, services, usage_charges: [{service, node, tariff}], service_policy}]
     customers: [{name, currency, accounts: [{id, service_password, product, aliases, ...}]}]
+    sip: {authentication: true, realm: "", proxy: false}
+
+A service password never leaves this module in clear: the account's object carries its
+HA1s (:func:`~imbill.domain.config.account_credentials`) for the realm of ``sip`` (the
+environment's name when none is given), which is all SIP digest authentication needs.
 
 The file is the whole truth: an object missing from it is removed when the file is applied
 (rates excepted, see :mod:`imbill.producers.config_publisher`), and a missing section means
@@ -45,8 +50,8 @@ from imbill.domain.errors import ConfigError
 from imbill.domain.keys import KEY_SEPARATOR
 from imbill.domain.money import BALANCE_LIMIT, PRICE_LIMIT
 from imbill.domain.config import (KIND_BY_CLASS, Account, Customer, Destination,
-                                   EnvironmentConfig, Product, Rate, ServicePolicy, ServiceTypes, Tariff,
-                                   UsageCharge, Vendor, VendorConnection)
+                                   EnvironmentConfig, Product, Rate, ServicePolicy, ServiceTypes, SipSettings,
+                                   Tariff, UsageCharge, Vendor, VendorConnection, account_credentials)
 from imbill.domain.catalogue import InvalidPolicyAttribute, check_applicability, parse_attributes
 from imbill.domain.e164 import DialingRules, InvalidDialingRules
 
@@ -291,6 +296,29 @@ class CustomerModel(_Model):
     accounts: Annotated[list[AccountModel], EmptyList] = []
 
 
+def _once(values: list[str]) -> list[str]:
+    if not values or len(set(values)) != len(values):
+        raise _refuse("must list SHA-256 and/or MD5, each once, got {value}", value=values)
+    return values
+
+
+def _realm(value: Any) -> Any:
+    """A realm is sent as a quoted string in every challenge (RFC 7616 section 3.3)."""
+    value = _empty_text(value)
+    if isinstance(value, str) and re.search(r'["\\\x00-\x1f\x7f]', value):
+        raise _refuse("must not contain quotes, backslashes or control characters, got {value}", value=repr(value))
+    return value
+
+
+class SipModel(_Model):
+    """The SIP edge's treatment of the environment (README, "Authentication")."""
+
+    authentication: bool = True
+    realm: Annotated[str, BeforeValidator(_realm)] = ""
+    proxy: bool = False
+    algorithms: Annotated[list[Literal["SHA-256", "MD5"]], AfterValidator(_once)] = ["SHA-256", "MD5"]
+
+
 class ConfigFileModel(_Model):
     environment: EnvironmentName
     billing_engine: BillingEngineModel | None = None
@@ -301,6 +329,7 @@ class ConfigFileModel(_Model):
     vendors: Annotated[list[VendorModel], EmptyList] = []
     products: Annotated[list[ProductModel], EmptyList] = []
     customers: Annotated[list[CustomerModel], EmptyList] = []
+    sip: SipModel | None = None
 
 
 # --- reading ------------------------------------------------------------------------------
@@ -459,6 +488,8 @@ def _message(error: Mapping[str, Any]) -> str:
 
 
 def _problem(data: Any, error: Mapping[str, Any]) -> str:
+    if error["loc"] and error["loc"][-1] == "service_password":  # never echo what may be a password
+        return ": ".join([*_where(data, tuple(error["loc"])), "must be text"])
     return ": ".join([*_where(data, tuple(error["loc"])), _message(error)])
 
 
@@ -690,8 +721,11 @@ def _build(model: ConfigFileModel, checker: _Checker) -> EnvironmentConfig:
         _put(env, ServiceTypes(types.messaging, types.voice))
     if checker.dialing_rules is not None:
         _put(env, checker.dialing_rules)
+    if model.sip is not None:
+        sip = model.sip
+        _put(env, SipSettings(sip.authentication, sip.realm, sip.proxy, tuple(sip.algorithms)))
     for objects in (_destinations(model), _tariffs(model), _policies(model, checker), _vendors(model),
-                    _products(model), _customers(model)):
+                    _products(model), _customers(model, env.realm)):
         for obj in objects:
             _put(env, obj)
     return env
@@ -732,11 +766,13 @@ def _products(model: ConfigFileModel) -> list[Any]:
             for p in model.products]
 
 
-def _customers(model: ConfigFileModel) -> list[Any]:
+def _customers(model: ConfigFileModel, realm: str) -> list[Any]:
+    """Customers and accounts; a service password becomes its HA1s in ``realm``."""
     objects: list[Any] = []
     for c in model.customers:
         objects.append(Customer(c.name, c.currency, c.description))
-        objects.extend(Account(a.id, c.name, a.product, a.service_password, tuple(a.aliases), a.service_policy,
-                               a.balance_model, a.opening_balance, a.credit_limit)
+        objects.extend(Account(a.id, c.name, a.product, tuple(a.aliases), a.service_policy, a.balance_model,
+                               a.opening_balance, a.credit_limit,
+                               **account_credentials(a.id, realm, a.service_password))
                        for a in c.accounts)
     return objects

@@ -14,7 +14,7 @@ appends only the events that change it, so applying the same file twice appends 
   stay too, which is why a tariff name keeps its first currency forever (below).
 
 Events are ordered so that an object comes after every object it refers to (:data:`PLAN_ORDER`:
-service types, dialing rules, destinations, tariffs, rates, service policies, vendors,
+service types, dialing rules, SIP settings, destinations, tariffs, rates, service policies, vendors,
 vendor connections, products, customers, accounts); removals come after all definitions,
 in the reverse order, so nothing in force ever refers to an object that is gone.
 
@@ -46,7 +46,7 @@ __all__ = ["PLAN_ORDER", "NEVER_REMOVED", "ApplyResult", "HistoryEntry", "plan_c
            "apply_config", "current_state", "config_history", "tariff_currencies", "event_label"]
 
 PLAN_ORDER: tuple[Kind, ...] = tuple(KIND_BY_NAME[name] for name in (
-    "service_types", "dialing_rules", "destination", "tariff", "rate", "service_policy", "vendor",
+    "service_types", "dialing_rules", "sip_settings", "destination", "tariff", "rate", "service_policy", "vendor",
     "vendor_connection", "product", "customer", "account"))
 """Kinds in the order their events are appended: what is referred to comes first."""
 

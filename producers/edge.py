@@ -1,8 +1,13 @@
 """The SIP edge: a UDP server that turns SIP MESSAGE requests into MessageAttempt events.
 
     MESSAGE            -> publish(attempt), then 202 Accepted (500 + Retry-After if publish raised)
+                          401/407/403/400 and nothing published when digest authentication
+                          (producers/sip_auth.py) refuses it; 416 for a Request-URI not sip:/sips:
+    REGISTER           -> with authentication on: challenged as a MESSAGE, then 200 (no binding is
+                          kept: the Contact is echoed with its expiry); off: 405 as other methods
     other methods      -> 405 Method Not Allowed, Allow: MESSAGE (ACK: never answered)
-    malformed request  -> 400 (505 for another SIP version); dropped when no Via/CSeq is readable
+    malformed request  -> 400 (505 for another SIP version); without CSeq the 400 carries
+                          "CSeq: 0 <method>"; dropped when no Via (or no method) is readable
     responses          -> dropped, never answered
 
 A MESSAGE opens a non-INVITE server transaction (RFC 3261 17.2.2) keyed by top Via
@@ -36,16 +41,28 @@ from functools import partial
 from typing import Any, Protocol
 
 from imbill.producers.attempt import attempt_from_request
-from imbill.producers.sip import HeaderFields, SipParseError, SipRequest, is_response, parse_request
+from imbill.producers.sip import HeaderFields, SipParseError, SipRequest, header_values, is_response, parse_request
+from imbill.producers.sip_auth import Refusal
+from imbill.producers.sip_grammar import split_commas
 from imbill.producers.sip_responses import ALLOW, build_response
 
-__all__ = ["Done", "EdgeCounters", "Publish", "SipEdge", "Submit", "serve_edge"]
+__all__ = ["Authentication", "Done", "EdgeCounters", "Publish", "SipEdge", "Submit", "serve_edge"]
 
 Publish = Callable[[dict[str, Any]], Awaitable[None]]
 Done = Callable[[BaseException | None], None]  # None: the broker acknowledged the attempt
 TransactionKey = tuple[str, str, int, str]
 ANSWER_BURST = 32  # a client's socket buffer (SIPp's: 64 KiB) must not meet a batch's answers at once
+SIP_SCHEMES = ("sip:", "sips:")
+MAX_REGISTER_EXPIRES = 3600
 log = logging.getLogger(__name__)
+
+
+class Authentication(Protocol):
+    """Digest authentication (producers.sip_auth.DigestAuthenticator)."""
+
+    def required(self) -> bool: ...
+
+    def check(self, request: SipRequest, claimed: str) -> Refusal | None: ...
 
 
 class Submit(Protocol):
@@ -67,6 +84,9 @@ class EdgeCounters:
     ignored: int = 0  # ACKs and CRLF keep-alives
     unavailable: int = 0  # answered 503: too many publishes pending, or stopping
     internal_errors: int = 0
+    unsupported_scheme: int = 0  # answered 416: a Request-URI neither sip: nor sips:
+    unauthenticated: int = 0  # refused by authentication: 401/407 (challenged), 400 or 403
+    registered: int = 0  # REGISTER authenticated, answered 200
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -143,7 +163,10 @@ class SipEdge(asyncio.DatagramProtocol):
         max_pending: int = 10_000,
         receive_buffer: int = 4 * 1024 * 1024,
         vendor_peers: frozenset[str] = frozenset(),
+        authentication: Authentication | None,
     ) -> None:
+        """``authentication``: None only where every peer is trusted (tests of other parts);
+        ``imbill edge`` always passes the environment's (on unless its config turns it off)."""
         self._publisher = publish if hasattr(publish, "submit") else _TaskPerAttempt(publish)
         self._environment, self._edge_id = environment, edge_id
         self._host, self._port, self._server, self._clock = host, port, server, clock
@@ -159,6 +182,7 @@ class SipEdge(asyncio.DatagramProtocol):
         self._stopping = self._publish_failing = False
         self._vendor_peers = frozenset(vendor_peers)
         """Source addresses of vendor connections: their MESSAGEs are incoming (free by default)."""
+        self._auth = authentication
 
     @property
     def counters(self) -> EdgeCounters:
@@ -222,15 +246,53 @@ class SipEdge(asyncio.DatagramProtocol):
             self._on_message(request, addr)
         elif request.method == "ACK":
             self._counters.ignored += 1
+        elif request.method == "REGISTER" and self._auth is not None and self._auth.required():
+            self._on_register(request, addr)
         else:
             self._counters.rejected_method += 1
-            self._answer(request.headers, 405, addr, allow=ALLOW)
+            registers = self._auth is not None and self._auth.required()
+            self._answer(request.headers, 405, addr, allow=f"{ALLOW}, REGISTER" if registers else ALLOW)
 
     def _reject_malformed(self, error: SipParseError, addr: tuple[str, int]) -> None:
         self._counters.rejected_malformed += 1
         log.debug("malformed request from %s:%s: %s", addr[0], addr[1], error.reason)
-        if self._answer(error.headers, error.status, addr, warning=error.reason) is None:
+        headers = error.headers
+        if error.method is not None and not header_values(headers, "CSeq"):
+            headers += (("CSeq", f"0 {error.method}"),)  # RFC 3261 8.1.1.5: 0 is a valid number
+        if self._answer(headers, error.status, addr, warning=error.reason) is None:
             self._counters.dropped_malformed += 1
+
+    def _refused(self, request: SipRequest, addr: tuple[str, int]) -> bool:
+        """Answer what the request gets instead of a publish, if anything: 416 for a non-SIP
+        Request-URI, or authentication's refusal. Answered statelessly (a retransmission is
+        challenged again, with a fresh nonce): refusals are not remembered, so requests that
+        are never authenticated cannot fill the edge's memory with copies of their headers."""
+        if not request.request_uri.startswith(SIP_SCHEMES) and not request.request_uri[:5].lower().startswith(
+                SIP_SCHEMES):
+            self._counters.unsupported_scheme += 1
+            self._answer(request.headers, 416, addr)
+            return True
+        refusal = self._auth.check(request, _claimed(request)) if self._auth is not None else None
+        if refusal is None:
+            return False
+        self._counters.unauthenticated += 1
+        self._answer(request.headers, refusal.status, addr, warning=refusal.warning, extra=refusal.headers)
+        return True
+
+    def _on_register(self, request: SipRequest, addr: tuple[str, int]) -> None:
+        """Authenticated like a MESSAGE; then 200 echoing the Contact (no binding is kept)."""
+        assert self._loop is not None
+        key = (request.branch or "", request.call_id, request.cseq, request.cseq_method)
+        now = self._loop.time()
+        known, response = self._transactions.lookup(key, now)
+        if known:
+            self._counters.retransmissions += 1
+            self._send(response, addr)
+        elif not self._refused(request, addr):
+            self._counters.registered += 1
+            response = build_response(request.headers, 200, server=self._server, extra=_bindings(request))
+            self._transactions.record(key, response, now)
+            self._send(response, addr)
 
     def _on_message(self, request: SipRequest, addr: tuple[str, int]) -> None:
         assert self._loop is not None
@@ -241,6 +303,9 @@ class SipEdge(asyncio.DatagramProtocol):
             self._counters.retransmissions += 1
             self._send(response, addr)  # None while pending: absorbed
             return
+        if self._auth is not None or not request.request_uri.startswith(SIP_SCHEMES):
+            if self._refused(request, addr):
+                return
         if self._stopping or self._pending >= self._max_pending:
             self._counters.unavailable += 1
             self._answer(request.headers, 503, addr, retry_after=self._retry_after)
@@ -314,6 +379,21 @@ class SipEdge(asyncio.DatagramProtocol):
     def _send(self, response: bytes | None, addr: tuple[str, int]) -> None:
         if response is not None and self._transport is not None and not self._transport.is_closing():
             self._transport.sendto(response, addr)
+
+
+def _claimed(request: SipRequest) -> str:
+    """The account a request acts for: the sender of a MESSAGE, the AOR of a REGISTER."""
+    return request.to_user if request.method == "REGISTER" else request.from_user
+
+
+def _bindings(request: SipRequest) -> tuple[tuple[str, str], ...]:
+    """The Contact fields of a REGISTER as a registrar would list them (expires capped)."""
+    expires = request.header("Expires")
+    seconds = min(int(expires), MAX_REGISTER_EXPIRES) if expires and expires.isdigit() else MAX_REGISTER_EXPIRES
+    contacts = [item for value in header_values(request.headers, "Contact") if value != "*"
+                for item in split_commas(value)]
+    return tuple(("Contact", f"{value};expires={seconds}" if "expires=" not in value.lower() else value)
+                 for value in contacts)
 
 
 def _enlarge_receive_buffer(sock: socket.socket, size: int) -> None:

@@ -89,6 +89,7 @@ class SipParseError:
     reason: str
     status: int = 400
     headers: HeaderFields = ()
+    method: str | None = None  # of a well-formed Request-Line, for the CSeq of a 400 to a request without one
 
 
 @dataclass(slots=True)
@@ -118,9 +119,16 @@ def parse_request(datagram: bytes) -> SipRequest | SipParseError:
         frame = _frame(datagram)
         return _request(frame)
     except Malformed as problem:
-        return SipParseError(problem.reason, problem.status, frame.fields if frame else ())
+        return SipParseError(problem.reason, problem.status, frame.fields if frame else (), _method_of(frame))
     except Exception:  # noqa: BLE001 - no datagram may ever take the edge down
         return SipParseError("unparseable request", 400, frame.fields if frame else ())
+
+
+def _method_of(frame: _Frame | None) -> str | None:
+    parts = frame.start_line.split(" ") if frame is not None else ()
+    if len(parts) == 3 and parts[2] == SIP_VERSION and _METHOD.fullmatch(parts[0]):
+        return parts[0]
+    return None
 
 
 # --- framing ------------------------------------------------------------------------------------------

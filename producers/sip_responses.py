@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Sequence
 from typing import NamedTuple
 
 from imbill.producers.sip import HeaderFields
@@ -24,9 +25,13 @@ __all__ = ["ALLOW", "REASON_PHRASES", "build_response", "can_answer", "to_tag_fo
 ALLOW = "MESSAGE"
 REASON_PHRASES = {
     100: "Trying",
+    200: "OK",
     202: "Accepted",
     400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
     405: "Method Not Allowed",
+    407: "Proxy Authentication Required",
     415: "Unsupported Media Type",
     416: "Unsupported URI Scheme",
     500: "Server Internal Error",
@@ -60,8 +65,10 @@ def build_response(
     allow: str | None = None,
     retry_after: int | None = None,
     warning: str | None = None,
+    extra: Sequence[tuple[str, str]] = (),
 ) -> bytes | None:
-    """The response datagram for a request's header fields, or None if it cannot be matched."""
+    """The response datagram for a request's header fields, or None if it cannot be matched;
+    ``extra`` header fields (a challenge, Contact bindings) come before Content-Length."""
     copied = _copied(headers)
     if not _answerable(copied):
         return None
@@ -75,6 +82,7 @@ def build_response(
         lines.append(f"Retry-After: {retry_after}")
     if warning is not None:
         lines.append(f"Warning: {WARNING_CODE} {_token(server)} {_quoted(warning)}")
+    lines += [f"{name}: {value}" for name, value in extra]
     lines.append("Content-Length: 0\r\n\r\n")
     return "\r\n".join(lines).encode("utf-8", "surrogateescape")
 

@@ -53,7 +53,7 @@ from imbill.schemas.codec import decode, event_of
 from imbill.projections.reset_check import check_log, fingerprint, reset_message
 from imbill.schemas.topics import Topics
 
-__all__ = ["XdrProjector", "ConfigProjector", "XDR_MAPPERS", "CONFIG_MAPPERS", "insert_rows", "fold_config_objects"]
+__all__ = ["XdrProjector", "ConfigProjector", "redacted", "XDR_MAPPERS", "CONFIG_MAPPERS", "insert_rows", "fold_config_objects"]
 
 log = logging.getLogger(__name__)
 
@@ -127,8 +127,17 @@ def config_event_row(envelope: Envelope) -> Row:
     event = envelope.event
     kind, key = _kind_and_key(event)
     return {"event_id": event.event_id, "environment": event.environment, "name": envelope.name,
-            "kind": kind, "key": key, "occurred_at": event.occurred_at, "record": to_json(envelope.record),
+            "kind": kind, "key": key, "occurred_at": event.occurred_at, "record": to_json(redacted(envelope.record)),
             **_source(envelope)}
+
+
+REDACTED = ("service_password",)
+"""Record fields never stored in SQL: an AccountDefined written before passwords were
+hashed carries the password in clear (its HA1s are in config_object's body)."""
+
+
+def redacted(record: Mapping[str, Any]) -> dict[str, Any]:
+    return {name: value for name, value in record.items() if name not in REDACTED}
 
 
 XDR_MAPPERS: Dispatch = {

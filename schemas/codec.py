@@ -87,7 +87,11 @@ def schemas() -> Mapping[str, Schema]:
 
 @cache
 def _by_fingerprint() -> Mapping[bytes, Schema]:
-    return {s.header: s for s in schemas().values()}
+    """Today's schemas and the older writer schemas kept in ``avro/history/`` (records they
+    wrote stay on the topics forever, and decode with today's reader schema)."""
+    folder = resources.files("imbill.schemas") / "avro" / "history"
+    older = [_load(f.read_text("utf-8")) for f in folder.iterdir() if f.name.endswith(".avsc")]
+    return {s.header: s for s in (*older, *schemas().values())}
 
 
 def schema(name: str) -> Schema:
@@ -147,12 +151,22 @@ _ENVELOPE = ("event_id", "environment", "occurred_at")
 def record_of(event: Any) -> dict[str, Any]:
     """The Avro record of a domain event (tuples become arrays)."""
     if type(event) is ev.ConfigObjectDefined:
-        return {"event_id": event.event_id, "environment": event.environment, "occurred_at": event.occurred_at,
-                **to_record(event.object)}
+        record = {"event_id": event.event_id, "environment": event.environment, "occurred_at": event.occurred_at,
+                  **to_record(event.object)}
+        return _with_defaults(ev.event_name(event), record)
     record = {name: getattr(event, name) for name in ev.field_names(type(event))}
     for name, value in record.items():
         if type(value) is tuple:
             record[name] = list(value)
+    return record
+
+
+def _with_defaults(name: str, record: dict[str, Any]) -> dict[str, Any]:
+    """A field the domain object no longer has (AccountDefined's service_password) is
+    written as its schema default."""
+    for field in schema(name).parsed["fields"]:
+        if field["name"] not in record and "default" in field:
+            record[field["name"]] = field["default"]
     return record
 
 

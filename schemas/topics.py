@@ -39,7 +39,7 @@ ACCOUNT_PARTITIONS = 4
 ATTEMPTS = TopicSpec("imbill.message-attempts", ACCOUNT_PARTITIONS, "environment/from_user", "delete",
                      FOREVER, ("MessageAttempt",), "SIP MESSAGE attempts from the SIP edge")
 CONFIG = TopicSpec("imbill.config", 1, "environment", "delete", FOREVER,
-                   ("ServiceTypesSet", "DialingRulesSet", "DestinationDefined", "ServicePolicyDefined",
+                   ("ServiceTypesSet", "DialingRulesSet", "SipSettingsSet", "DestinationDefined", "ServicePolicyDefined",
                     "TariffDefined", "RateDefined", "VendorDefined", "VendorConnectionDefined",
                     "ProductDefined", "CustomerDefined", "AccountDefined", "ConfigObjectRemoved"),
                    "append-only config events; the config state is their fold")

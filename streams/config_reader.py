@@ -23,6 +23,7 @@ import time
 from typing import Any, Iterator
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
 
 from imbill.domain.config import ConfigState
 from imbill.domain.errors import BrokerError, SchemaError
@@ -58,7 +59,11 @@ class ConfigReader:
             consumer = AIOKafkaConsumer(bootstrap_servers=self._bootstrap, group_id=None,
                                         client_id=self._client_id, enable_auto_commit=False,
                                         auto_offset_reset="earliest", fetch_max_wait_ms=self._fetch_wait_ms)
-            await consumer.start()
+            try:
+                await consumer.start()
+            except KafkaError as exc:
+                await consumer.stop()
+                raise BrokerError(f"cannot read the config topic {self.topic}: {exc}") from exc
             try:
                 await _wait_for_topic(consumer, self.topic, timeout)
             except BaseException:

@@ -139,7 +139,8 @@ def test_the_edge_answers_a_burst_202_and_publishes_each_attempt_once(
 
     async def scenario() -> list[bytes | None]:
         async with AttemptPublisher(bootstrap, topics.attempts) as publisher:
-            edge = SipEdge(publisher, environment="env1", edge_id="edge-t", host="127.0.0.1", port=0)
+            edge = SipEdge(publisher, environment="env1", edge_id="edge-t", host="127.0.0.1", port=0,
+                           authentication=None)
             await edge.start()
             _, client = await asyncio.get_running_loop().create_datagram_endpoint(
                 UdpClient, remote_addr=edge.address)
@@ -173,7 +174,8 @@ def test_an_unreachable_bootstrap_fails_at_start() -> None:
 
 def test_a_publisher_that_is_not_started_refuses_and_the_edge_answers_500() -> None:
     async def scenario() -> tuple[bytes | None, Any]:
-        edge = SipEdge(AttemptPublisher("127.0.0.1:1", "t"), environment="env1", edge_id="e", port=0)
+        edge = SipEdge(AttemptPublisher("127.0.0.1:1", "t"), environment="env1", edge_id="e", port=0,
+                       authentication=None)
         await edge.start()
         _, client = await asyncio.get_running_loop().create_datagram_endpoint(UdpClient, remote_addr=edge.address)
         answer = await exchange(client, message("not-started@test"))
@@ -193,7 +195,7 @@ def test_a_dead_broker_is_a_publish_error_and_the_edge_answers_500() -> None:
 
         async def scenario() -> tuple[Any, ...]:
             publisher = await AttemptPublisher(broker.bootstrap_servers, topics.attempts, timeout=1.0).start()
-            edge = SipEdge(publisher, environment="env1", edge_id="e", port=0)
+            edge = SipEdge(publisher, environment="env1", edge_id="e", port=0, authentication=None)
             await edge.start()
             _, client = await asyncio.get_running_loop().create_datagram_endpoint(
                 UdpClient, remote_addr=edge.address)

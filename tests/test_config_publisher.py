@@ -51,7 +51,7 @@ def test_the_first_apply_defines_every_object_references_first() -> None:
     names = [name for name, _ in events]
     order = [kind.event for kind in PLAN_ORDER]
     assert names == sorted(names, key=order.index)
-    assert names[:3] == ["ServiceTypesSet", "DialingRulesSet", "DestinationDefined"]
+    assert names[:4] == ["ServiceTypesSet", "DialingRulesSet", "SipSettingsSet", "DestinationDefined"]
     assert names[-1] == "AccountDefined"
     assert all(r["environment"] == "default" and r["occurred_at"] == NOW for _, r in events)
     assert len({r["event_id"] for _, r in events}) == len(events)
@@ -171,6 +171,7 @@ def test_describe_prints_every_kind_in_force() -> None:
     assert row == {"environment": "default", "account_id": "1001", "customer": "Example Corp", "product": "Messaging",
                    "service_password": "***", "aliases": "12125550101, alice", "service_policy": "",
                    "balance_model": "prepaid", "opening_balance": "10.00", "credit_limit": "0.00"}  # USD: 2 minor units
+    assert not any("alice-secret" in cell for kind in tables.values() for row in kind.rows for cell in row)
     rate = dict(zip(tables["rate"].columns, tables["rate"].rows[1]))
     assert (rate["rate_code"], rate["unit_price"], rate["effective_from"]) == ("MSGN", "0.05", "2026-01-01T00:00:00+00:00")
     assert dict(zip(tables["product"].columns, tables["product"].rows[0]))["usage_charges"] == (

@@ -82,7 +82,8 @@ class Recorder:
 
 
 async def started(publisher: Recorder, **options: Any) -> tuple[SipEdge, UdpClient]:
-    edge = SipEdge(publisher, environment="test", edge_id="edge-t", host="127.0.0.1", port=0, **options)
+    edge = SipEdge(publisher, environment="test", edge_id="edge-t", host="127.0.0.1", port=0,
+                   **{"authentication": None, **options})
     await edge.start()
     _, client = await asyncio.get_running_loop().create_datagram_endpoint(UdpClient, remote_addr=edge.address)
     return edge, client
@@ -161,6 +162,9 @@ def test_edge_keeps_serving_and_counts_the_corpus(corpus_run: dict[str, Any]) ->
         "ignored": 0,
         "unavailable": 0,
         "internal_errors": 0,
+        "unsupported_scheme": 0,
+        "unauthenticated": 0,
+        "registered": 0,
     }
     assert statuses[202] == 1 and sum(statuses.values()) == 44
 
@@ -320,7 +324,8 @@ def test_serve_edge_runs_until_cancelled() -> None:
     async def scenario() -> bytes | None:
         ready: asyncio.Future[SipEdge] = asyncio.get_running_loop().create_future()
         server = asyncio.create_task(
-            serve_edge(Recorder(), environment="test", edge_id="e", port=0, on_started=ready.set_result)
+            serve_edge(Recorder(), environment="test", edge_id="e", port=0, on_started=ready.set_result,
+                       authentication=None)
         )
         edge = await ready
         _, client = await asyncio.get_running_loop().create_datagram_endpoint(UdpClient, remote_addr=edge.address)

@@ -17,13 +17,19 @@ import pytest
 
 from imbill.bus import read_to_end
 from imbill.producers.config_publisher import apply_config
-from imbill.producers.sip_client import build_message, send_message
+from imbill.producers.sip_client import Credentials, build_message, response_headers, send_message
+from imbill.producers.sip_digest import authorization
 from imbill.projections.projector import XdrProjector
 from imbill.projections.queries import query_xdrs
 
 pytestmark = pytest.mark.integration
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "instant-messaging.yaml"
 MSGN_PRICE = Decimal("0.05")
+EXAMPLE_PASSWORDS = {"1001": "alice-secret", "1002": "bob-secret"}  # examples/instant-messaging.yaml
+
+
+def as_(account: str) -> Credentials:
+    return Credentials(account, EXAMPLE_PASSWORDS[account])
 
 
 def spawn(*args: str, env: dict[str, str]) -> subprocess.Popen:
@@ -91,27 +97,42 @@ def test_checklist_from_sip_message_to_charged_xdr(bootstrap, topics, engine_env
         wait_for_edge(port)
         long_text = "x" * 150                                   # 150 chars at 60 per unit = 3 units
         sent = [
-            send_message("127.0.0.1", port, from_user="1001", to_user="1002", text=long_text),
-            send_message("127.0.0.1", port, from_user="1002", to_user="alice", text="Hi Alice! ✓"),
-            send_message("127.0.0.1", port, from_user="1001", to_user="12125550102", text="é" * 61),
-            send_message("127.0.0.1", port, from_user="9999", to_user="1001", text="who am I?"),
+            send_message("127.0.0.1", port, from_user="1001", to_user="1002", text=long_text, credentials=as_("1001")),
+            send_message("127.0.0.1", port, from_user="1002", to_user="alice", text="Hi Alice! ✓",
+                         credentials=as_("1002")),
+            send_message("127.0.0.1", port, from_user="1001", to_user="12125550102", text="é" * 61,
+                         credentials=as_("1001")),
         ]
-        assert [answer.status for answer in sent] == [202, 202, 202, 202]
+        assert [(answer.status, answer.challenged) for answer in sent] == [(202, True)] * 3
+        # Not an account, wrong password, another account's From: answered, never published.
+        refused = [
+            send_message("127.0.0.1", port, from_user="9999", to_user="1001", text="who am I?",
+                         credentials=Credentials("9999", "guess")),
+            send_message("127.0.0.1", port, from_user="1001", to_user="1002", text="x", credentials=as_("1002")),
+            send_message("127.0.0.1", port, from_user="1002", to_user="1001", text="x",
+                         credentials=Credentials("1002", "alice-secret")),
+        ]
+        assert [answer.status for answer in refused] == [401, 403, 401]
 
         # A retransmission (the same datagram) and a re-send with a new branch but the same
         # Call-ID and CSeq: the same attempt, charged once.
+        challenge = send_message("127.0.0.1", port, from_user="1002", to_user="1001", text="once", call_id="retx-1")
+        value = authorization(response_headers(challenge.raw, "WWW-Authenticate"), as_("1002"), method="MESSAGE",
+                              uri="sip:1001@127.0.0.1")
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
             sock.bind(("127.0.0.1", 0))
             request = build_message(from_user="1002", to_user="1001", domain="127.0.0.1", text="once",
-                                    local_ip="127.0.0.1", local_port=sock.getsockname()[1], call_id="retx-1")
+                                    local_ip="127.0.0.1", local_port=sock.getsockname()[1], call_id="retx-1",
+                                    cseq=2, authorization=("Authorization", value))
             for _ in range(2):
                 sock.sendto(request, ("127.0.0.1", port))
                 sock.settimeout(5)
                 assert sock.recv(65535).startswith(b"SIP/2.0 202")
-        again = send_message("127.0.0.1", port, from_user="1002", to_user="1001", text="once", call_id="retx-1")
+        again = send_message("127.0.0.1", port, from_user="1002", to_user="1001", text="once", call_id="retx-1",
+                             credentials=as_("1002"))
         assert again.status == 202
 
-        charges, rejections = outcomes(bootstrap, topics, expected=5)
+        charges, rejections = outcomes(bootstrap, topics, expected=4)
     finally:
         stop(processor)
         stop(edge)
@@ -128,7 +149,9 @@ def test_checklist_from_sip_message_to_charged_xdr(bootstrap, topics, engine_env
         assert charge["on_net"] and charge["rate_code"] == "MSGN" and charge["currency"] == "USD"
         assert charge["service_policy"] == "Instant messaging" and charge["vendor"] == "Internal vendor"
         assert charge["vendor_cost"] == 0 and charge["tariff"] == "On-net messaging"
-    assert [(r["account"], r["reason_code"]) for r in rejections] == [("9999", "unknown_account")]
+    assert rejections == []  # 9999 never reached the topic: refused at the edge
+    published = [e.record for e in read_to_end(bootstrap, topics.attempts)]
+    assert sorted(a["from_user"] for a in published) == ["1001", "1001", "1002", "1002", "1002"]  # retx-1 twice
 
     with XdrProjector(database_url, bootstrap, topics) as projector:
         projector.run_until_idle()

@@ -22,7 +22,8 @@ import sqlalchemy as sa
 
 from imbill.broker import port_is_free
 from imbill.producers.attempt import attempt_id_for
-from imbill.producers.sip_client import send_message
+from imbill.producers.sip_client import Credentials, send_message
+from tests.test_end_to_end import EXAMPLE_PASSWORDS
 from tests.conftest import free_port
 from tests.test_end_to_end import free_port_udp
 
@@ -68,9 +69,10 @@ class Engine:
             sender = "1001" if n % 2 else "1002"
             call_id = f"{tag}-{n}@restart-test"
             answer = send_message("127.0.0.1", self.edge_port, from_user=sender, to_user="1002" if n % 2 else "1001",
-                                  text=f"message {n}", call_id=call_id, timeout=10.0)
+                                  text=f"message {n}", call_id=call_id, timeout=10.0,
+                                  credentials=Credentials(sender, EXAMPLE_PASSWORDS[sender]))
             assert answer.status == 202, answer
-            self.accepted.add(attempt_id_for(call_id, 1, "MESSAGE"))
+            self.accepted.add(attempt_id_for(call_id, 2 if answer.challenged else 1, "MESSAGE"))
 
     def outcomes(self, timeout: float = 90.0) -> dict[str, list]:
         """attempt id -> its outcome rows, once every accepted attempt has one."""

@@ -13,7 +13,7 @@ import pytest
 import sqlalchemy as sa
 
 from imbill.broker import port_is_free
-from imbill.producers.sip_client import send_message
+from imbill.producers.sip_client import Credentials, send_message
 from tests.conftest import free_port
 from tests.test_end_to_end import free_port_udp
 
@@ -48,7 +48,7 @@ def test_run_starts_everything_and_ctrl_c_stops_it(tmp_path):
         while answer is None and time.monotonic() < deadline:
             try:
                 answer = send_message("127.0.0.1", edge_port, from_user="1001", to_user="1002", text="x" * 150,
-                                      timeout=2.0)
+                                      timeout=2.0, credentials=Credentials("1001", "alice-secret"))
             except TimeoutError:
                 continue
         assert answer is not None and answer.status == 202
