@@ -46,7 +46,8 @@ MAX_BODY_CHARS = 100_000
 """The longest message body rated (Unicode code points): a SIP datagram holds at most 65,535
 bytes, and a body past this is a bug or an attack, not a message (implausible_attempt)."""
 CLOCK_SKEW = timedelta(minutes=5)
-"""How far in the future of the rating clock an attempt may be dated (clocks differ)."""
+"""How far in the future of the rating clock an attempt may be dated (clocks differ): the
+default of the setting ``IMBILL_ATTEMPT_CLOCK_SKEW`` (passed in as ``clock_skew``)."""
 
 __all__ = ["MAX_BODY_CHARS", "CLOCK_SKEW", "Rated", "Refusal", "REASON_CODES", "MSGN", "ANY_NUMBER", "rate_attempt", "charge_of", "rejection_of",
            "account_push_events"]
@@ -84,11 +85,12 @@ class Rated(NamedTuple):
     """The routing list ("vendor/connection", best first) of an externally routed message."""
 
 
-def rate_attempt(attempt: MessageAttempt, config: ConfigState, *, rated_at: datetime) -> Rated | Refusal:
+def rate_attempt(attempt: MessageAttempt, config: ConfigState, *, rated_at: datetime,
+                 clock_skew: timedelta = CLOCK_SKEW) -> Rated | Refusal:
     """Rate one attempt against the config snapshot ``config`` (see the module doc for the
     steps); the environment's rating index is derived from the snapshot and kept with it."""
     name, direction = attempt.environment, attempt.direction
-    implausible = _implausible(attempt, rated_at)
+    implausible = _implausible(attempt, rated_at, clock_skew)
     if implausible:
         return Refusal("implausible_attempt", implausible,
                        attempt.to_user if direction == "incoming" else attempt.from_user)
@@ -107,13 +109,13 @@ def rate_attempt(attempt: MessageAttempt, config: ConfigState, *, rated_at: date
     return Refusal("malformed_attempt", f"direction {direction!r} is neither outgoing nor incoming", attempt.from_user)
 
 
-def _implausible(attempt: MessageAttempt, rated_at: datetime) -> str:
+def _implausible(attempt: MessageAttempt, rated_at: datetime, clock_skew: timedelta) -> str:
     """Why an attempt cannot be real ("" when it can): its lengths are out of range, or it is
     dated after the moment it is rated (beyond :data:`CLOCK_SKEW`)."""
     if not 0 <= attempt.body_chars <= MAX_BODY_CHARS or not 0 <= attempt.body_bytes <= 4 * MAX_BODY_CHARS:
         return (f"a body of {attempt.body_chars} characters ({attempt.body_bytes} bytes) is out of range "
                 f"(0 to {MAX_BODY_CHARS:,} characters)")
-    if attempt.received_at > rated_at + CLOCK_SKEW:
+    if attempt.received_at > rated_at + clock_skew:
         return f"the attempt is dated {attempt.received_at.isoformat()}, after it was rated ({rated_at.isoformat()})"
     return ""
 

@@ -19,7 +19,6 @@ from imbill.domain.config import Account, ConfigState, EnvironmentConfig
 from imbill.domain.errors import ConfigError, ImbillError
 from imbill.domain.events import Payment
 from imbill.domain.keys import account_key
-from imbill.domain.money import PAYMENT_LIMIT
 from imbill.domain.policy import Explanation, explain
 from imbill.domain.rating import Rated, Refusal, rate_attempt
 from imbill.producers.attempt import attempt_key, synthetic_attempt
@@ -72,8 +71,9 @@ def top_up(settings: Settings, account_id: str, amount: Decimal, currency: str |
                           f"customer's currency {customer_currency}")
     if not amount.is_finite() or amount <= 0:
         raise ConfigError(f"account {account_id}: a payment must be positive, got {amount}")
-    if amount > PAYMENT_LIMIT:
-        raise ConfigError(f"account {account_id}: a payment may be at most {PAYMENT_LIMIT:,}, got {amount}")
+    maximum = settings.limits.payment_maximum
+    if amount > maximum:
+        raise ConfigError(f"account {account_id}: a payment may be at most {maximum:,}, got {amount}")
     if amount != amount.quantize(MICRO):
         raise ConfigError(f"account {account_id}: a payment has at most 6 decimals, got {amount}")
     payment_id = "pay-" + uuid.uuid4().hex

@@ -24,7 +24,8 @@ from datetime import datetime
 from typing import Any, Callable, Iterable, Mapping
 
 from imbill.domain.config import ConfigState
-from imbill.domain.decide import decide_attempt, decide_payment, undecodable_attempt, undecodable_payment
+from imbill.domain.decide import (DEFAULT_LIMITS, Limits, decide_attempt, decide_payment, undecodable_attempt,
+                                  undecodable_payment)
 from imbill.domain.errors import SchemaError
 from imbill.domain.events import MessageAttempt, Payment
 from imbill.domain.keys import account_key
@@ -105,19 +106,21 @@ def _decided(committed: Mapping[bytes, Any], batch: Batch, key: bytes, offset: i
 
 
 def bill_attempts(committed: Mapping[bytes, Any], config: ConfigState, records: Iterable[Record], *,
-                  now: datetime, expected: Mapping[int, int]) -> Batch:
+                  now: datetime, expected: Mapping[int, int], limits: Limits = DEFAULT_LIMITS) -> Batch:
     """Rate and bill MessageAttempt records against ``committed`` entries (not modified)."""
-    return _decide(Batch("a", expected), "attempts_decided", _attempt_outcome, committed, config, records, now)
+    return _decide(Batch("a", expected), "attempts_decided", _attempt_outcome, committed, config, records, now,
+                   limits)
 
 
 def top_up_payments(committed: Mapping[bytes, Any], config: ConfigState, records: Iterable[Record], *,
-                    now: datetime, expected: Mapping[int, int]) -> Batch:
+                    now: datetime, expected: Mapping[int, int], limits: Limits = DEFAULT_LIMITS) -> Batch:
     """Apply Payment records to the balances of ``committed`` entries (not modified)."""
-    return _decide(Batch("p", expected), "payments_decided", _payment_outcome, committed, config, records, now)
+    return _decide(Batch("p", expected), "payments_decided", _payment_outcome, committed, config, records, now,
+                   limits)
 
 
 def _decide(batch: Batch, decided: str, outcome: Callable[..., Iterable[Output]], committed: Mapping[bytes, Any],
-            config: ConfigState, records: Iterable[Record], now: datetime) -> Batch:
+            config: ConfigState, records: Iterable[Record], now: datetime, limits: Limits) -> Batch:
     """Each admitted record not yet decided for its key: its outcome joins the key's outbox."""
     for partition, offset, raw_key, value in records:
         if not batch.admit(partition, offset):
@@ -127,12 +130,12 @@ def _decide(batch: Batch, decided: str, outcome: Callable[..., Iterable[Output]]
             continue
         entry = batch.touch(committed, key, partition, offset)
         setattr(entry, decided, offset)
-        entry.outbox.extend(outcome(entry, raw_key, partition, offset, value, config, now))
+        entry.outbox.extend(outcome(entry, raw_key, partition, offset, value, config, now, limits))
     return batch
 
 
 def _attempt_outcome(entry: Entry, key: bytes | None, partition: int, offset: int, value: bytes | None,
-                     config: ConfigState, now: datetime) -> list[Output]:
+                     config: ConfigState, now: datetime, limits: Limits) -> list[Output]:
     """A record that is no MessageAttempt (undecodable, or lacking a field) is a final
     ``malformed_attempt`` rejection. Any other exception from the rules is a bug, not a fact
     about the attempt: it propagates, the batch is not committed, and the worker stops and is
@@ -141,20 +144,20 @@ def _attempt_outcome(entry: Entry, key: bytes | None, partition: int, offset: in
         attempt = decode_event_as(MessageAttempt, value or b"")
     except SchemaError as exc:
         return [_output(undecodable_attempt(f"undecodable-{partition}-{offset}", str(exc), now), key)]
-    decision = decide_attempt(entry.state, attempt, config, key=key, offset=offset, now=now)
+    decision = decide_attempt(entry.state, attempt, config, key=key, offset=offset, now=now, limits=limits)
     outputs = [_output(event, key) for event in decision.events]
     entry.state = decision.state  # only once every event of the decision is encoded
     return outputs
 
 
 def _payment_outcome(entry: Entry, key: bytes | None, partition: int, offset: int, value: bytes | None,
-                     config: ConfigState, now: datetime) -> list[Output]:
+                     config: ConfigState, now: datetime, limits: Limits) -> list[Output]:
     try:
         payment = decode_event_as(Payment, value or b"")
     except SchemaError as exc:
         log.warning("payment %d@%d not applied: %s", partition, offset, exc)
         return [_output(undecodable_payment(f"undecodable-{partition}-{offset}", str(exc), now), key)]
-    decision = decide_payment(entry.state, payment, config, key=key, offset=offset, now=now)
+    decision = decide_payment(entry.state, payment, config, key=key, offset=offset, now=now, limits=limits)
     outputs = [_output(event, key) for event in decision.events]
     entry.state = decision.state
     return outputs
