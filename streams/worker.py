@@ -158,7 +158,7 @@ def _wire_config_rejections(app: faust.App, topics: Topics, reader: ConfigReader
     """The worker owning attempts partition 0 says which config records are refused, once."""
 
     async def send(topic: str, key: bytes, value: bytes) -> None:
-        await app.producer.send_and_wait(topic, key, value, partition=0)
+        await app.producer.send_and_wait(topic, key, value, partition=0, timestamp=None, headers=None)
 
     rejections = ConfigRejections(reader, bootstrap_servers, topics.config_rejections, send)
 
@@ -169,8 +169,8 @@ def _wire_config_rejections(app: faust.App, topics: Topics, reader: ConfigReader
             if owner:
                 await reader.catch_up()
             await rejections.emit(owner)
-        except BrokerError as exc:  # said again at the next tick
-            log.warning("config rejections not emitted yet: %s", exc)
+        except Exception as exc:  # noqa: BLE001 - billing goes on; the next tick says them again
+            log.warning("config rejections not emitted yet: %s", exc, exc_info=not isinstance(exc, BrokerError))
 
 
 def _wire(app: faust.App, topics: Topics, committer: Committer, reader: ConfigReader, batch_size: int,
