@@ -1,0 +1,72 @@
+"""What a projector refuses to write: a record the processor cannot have decided.
+
+A projector is not the authority: it copies what the processor decided into SQL, so it
+never writes a row the processor would not have produced. A record that breaks what the
+processor guarantees of every event it writes is skipped (logged with its topic,
+partition, offset and why, counted in ``skipped``, its offset advanced), and projection
+goes on with the next record:
+
+- the record key is the account's (``environment/account``) for an event of an account;
+- every text is free of NUL characters (PostgreSQL cannot store them);
+- every amount fits the events' decimal(24, 6) (|amount| < 10^18), has at most 6 decimals
+  and is finite;
+- a charge (not a correction) has at least 1 billing unit, and neither its unit price nor
+  its amount is negative;
+- the event is one the catalogue puts on the topic it is on (a Charge on the rejections
+  topic is not the processor's).
+
+A duplicate id is not refused here: the row already written stays (``ON CONFLICT DO
+NOTHING``), as for an event a restarted processor sends again.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, Callable, Mapping
+
+from imbill.domain.events import Charge, field_names
+from imbill.domain.keys import account_key
+
+__all__ = ["implausible", "AMOUNT_BOUND"]
+
+AMOUNT_BOUND = Decimal(10) ** 18
+"""Amounts are decimal(24, 6): their absolute value is below 10^18."""
+
+_MICRO = Decimal("0.000001")
+
+
+def implausible(event: Any, key: bytes | None) -> str:
+    """Why the processor cannot have written ``event`` under ``key`` ("" when it can)."""
+    for name in field_names(type(event)):
+        why = _value_problem(name, getattr(event, name))
+        if why:
+            return why
+    account = getattr(event, "account", "")
+    if account and key != account_key(event.environment, account):
+        return f"the record key {key[:80] if key else key!r} is not the account's ({event.environment}/{account})"
+    check = _CHECKS.get(type(event).__name__)
+    return check(event) if check is not None else ""
+
+
+def _value_problem(name: str, value: Any) -> str:
+    if type(value) is str and "\x00" in value:
+        return f"{name} holds a NUL character"
+    if type(value) is tuple:
+        return next((f"{name} holds a NUL character" for item in value if type(item) is str and "\x00" in item), "")
+    if type(value) is Decimal:
+        if not value.is_finite() or abs(value) >= AMOUNT_BOUND or value != value.quantize(_MICRO):
+            return f"{name} {str(value)[:40]} does not fit decimal(24, 6)"
+    if type(value) is datetime and value.utcoffset() is None:
+        return f"{name} is not a UTC instant"
+    return ""
+
+
+def _charge(charge: Charge) -> str:
+    if charge.kind == "charge" and (charge.billing_units < 1 or charge.amount < 0 or charge.unit_price < 0):
+        return (f"a charge of {charge.billing_units} units at {charge.unit_price} for {charge.amount} "
+                f"cannot be rated")
+    return ""
+
+
+_CHECKS: Mapping[str, Callable[[Any], str]] = {"Charge": _charge}
