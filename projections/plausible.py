@@ -7,7 +7,8 @@ partition, offset and why, counted in ``skipped``, its offset advanced), and pro
 goes on with the next record:
 
 - the record key is the account's (``environment/account``) for an event of an account;
-- every text is free of NUL characters (PostgreSQL cannot store them);
+- every text is free of NUL characters (PostgreSQL cannot store them) and at most
+  :data:`TEXT_LIMIT` characters (more than a SIP datagram holds);
 - every amount fits the events' decimal(24, 6) (|amount| < 10^18), has at most 6 decimals
   and is finite;
 - a charge (not a correction) has at least 1 billing unit, and neither its unit price nor
@@ -28,7 +29,11 @@ from typing import Any, Callable, Mapping
 from imbill.domain.events import Charge, field_names
 from imbill.domain.keys import account_key
 
-__all__ = ["implausible", "AMOUNT_BOUND"]
+__all__ = ["implausible", "AMOUNT_BOUND", "TEXT_LIMIT"]
+
+TEXT_LIMIT = 100_000
+"""The longest text of an event: a SIP datagram is at most 65,535 bytes, and a rejection's
+message adds a few words to what it quotes."""
 
 AMOUNT_BOUND = Decimal(10) ** 18
 """Amounts are decimal(24, 6): their absolute value is below 10^18."""
@@ -50,15 +55,23 @@ def implausible(event: Any, key: bytes | None) -> str:
 
 
 def _value_problem(name: str, value: Any) -> str:
-    if type(value) is str and "\x00" in value:
-        return f"{name} holds a NUL character"
+    if type(value) is str:
+        return _text_problem(name, value)
     if type(value) is tuple:
-        return next((f"{name} holds a NUL character" for item in value if type(item) is str and "\x00" in item), "")
+        return next((why for why in (_text_problem(name, item) for item in value if type(item) is str) if why), "")
     if type(value) is Decimal:
         if not value.is_finite() or abs(value) >= AMOUNT_BOUND or value != value.quantize(_MICRO):
             return f"{name} {str(value)[:40]} does not fit decimal(24, 6)"
     if type(value) is datetime and value.utcoffset() is None:
         return f"{name} is not a UTC instant"
+    return ""
+
+
+def _text_problem(name: str, text: str) -> str:
+    if "\x00" in text:
+        return f"{name} holds a NUL character"
+    if len(text) > TEXT_LIMIT:
+        return f"{name} is {len(text):,} characters long, over {TEXT_LIMIT:,}"
     return ""
 
 

@@ -11,14 +11,24 @@ implausible bodies and dates, refused policy attributes), then valid traffic. Af
   one (positive, within the limit, keyed to its account);
 - the worker is still running, and the xDR projection holds exactly the charges.
 
+Then the projectors' own input topics (charges, rejections, balance and service-status
+events, config rejections) get hostile records (garbage, unknown fingerprints, valid Avro
+with hostile values: huge texts, NUL characters, amounts past decimal(24, 6), far dates,
+negative charges, duplicate ids, keys of another account, events on the wrong topic) while
+a live xDR projector and a live config projector run: each is skipped with a log line, the
+projectors keep running, and the valid records after them are projected exactly.
+
 ``make test`` runs a few examples (about a minute); ``IMBILL_FUZZ_EXAMPLES=50 make fuzz``
 runs a longer campaign.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
 from collections import defaultdict
+from datetime import datetime, timezone
 from decimal import Decimal
 
 import pytest
@@ -28,10 +38,11 @@ from hypothesis import strategies as st
 
 from imbill.bus import EventProducer, create_topics, read_to_end
 from imbill.domain.money import PAYMENT_LIMIT
-from imbill.projections.projector import XdrProjector
+from imbill.projections.projector import ConfigProjector, XdrProjector
 from imbill.schemas.codec import MAGIC, encode, record_of
 from imbill.schemas.topics import Topics
 from tests.builders import ALICE, BOB, ENV, T0, attempt_record, checklist, payment
+from tests.samples import SAMPLES
 from tests.test_processor import Worker, publish, wait_for
 
 pytestmark = pytest.mark.integration
@@ -207,3 +218,121 @@ def test_the_projection_holds_exactly_the_charges(live, tmp_path):
         rows = conn.execute(sa.text("select charge_id from xdr")).all()
     engine.dispose()
     assert sorted(r[0] for r in rows) == sorted({c["charge_id"] for c in charges})
+
+
+
+# --- the projectors' own inputs ---------------------------------------------------------------
+
+PROJECTED = {  # event -> (topic attribute, id field, table)
+    "Charge": ("charges", "charge_id", "xdr"),
+    "Rejection": ("rejections", "rejection_id", "rejected_attempt"),
+    "PaymentRejected": ("rejections", "payment_id", "rejected_payment"),
+    "BalanceChanged": ("balances", "event_id", "balance_event"),
+    "ServiceStatusChanged": ("service_status", "event_id", "service_status_event"),
+    "ConfigEventRejected": ("config_rejections", "rejection_id", "rejected_config_event"),
+}
+PROJECTED_ENV, PROJECTED_ACCOUNT = "fzp", "2001"
+
+
+def _projected_record(name: str, record_id: str) -> tuple[bytes, dict]:
+    """A valid record of ``name`` whose id is ``record_id``, keyed as the processor keys it."""
+    record = {**SAMPLES[name], PROJECTED[name][1]: record_id}
+    if "account" in record:
+        record.update(environment=PROJECTED_ENV, account=PROJECTED_ACCOUNT)
+        return f"{PROJECTED_ENV}/{PROJECTED_ACCOUNT}".encode(), record
+    return PROJECTED_ENV.encode(), record
+
+
+@st.composite
+def hostile_projected(draw) -> tuple[str, bytes, bytes, str]:
+    """(topic attribute, key, value, the id it would have): a record no projection may hold."""
+    name = draw(st.sampled_from(sorted(PROJECTED)))
+    topic, id_field, _ = PROJECTED[name]
+    record_id = f"hz-{draw(st.integers(0, 10**9))}"
+    key, record = _projected_record(name, record_id)
+    kind = draw(st.sampled_from(["garbage", "unknown", "huge", "nul", "decimal", "negative", "key", "topic"]))
+    if kind == "garbage":
+        return topic, key, draw(garbage), record_id
+    if kind == "unknown":
+        return topic, key, draw(unknown_schema), record_id
+    text_field = {"Charge": "to_user", "BalanceChanged": "cause_id", "ServiceStatusChanged": "reason"}.get(name, "message")
+    if kind == "huge":
+        record[text_field] = "x" * draw(st.sampled_from([100_001, 400_000]))
+    elif kind == "nul":
+        record[text_field] = "a\x00b"
+    elif kind == "decimal" and name in ("Charge", "PaymentRejected", "BalanceChanged"):
+        field = {"Charge": "amount", "PaymentRejected": "amount", "BalanceChanged": "balance"}[name]
+        record[field] = Decimal(draw(st.sampled_from(["1e18", "-1e30", "99999999999999999999999"])))
+    elif kind == "negative" and name == "Charge":
+        record["amount"] = Decimal("-0.150000")
+    elif kind == "key" and "account" in record:
+        key = f"{PROJECTED_ENV}/{PROJECTED_ACCOUNT}9".encode()
+    else:  # on another topic than the catalogue puts it
+        topic = "charges" if topic != "charges" else "balances"
+    return topic, key, encode(name, record), record_id
+
+
+@pytest.fixture(scope="module")
+def projecting(live, tmp_path_factory):
+    bootstrap, topics, _, _ = live
+    database_url = f"sqlite:///{tmp_path_factory.mktemp('fuzzproj') / 'projections.db'}"
+    stop = threading.Event()
+    projectors = [XdrProjector(database_url, bootstrap, topics), ConfigProjector(database_url, bootstrap, topics)]
+    threads = [threading.Thread(target=p.run, args=(stop, 0.2), daemon=True) for p in projectors]
+    for thread in threads:
+        thread.start()
+    yield bootstrap, topics, database_url, projectors, threads
+    stop.set()
+    for thread in threads:
+        thread.join(10)
+    for projector in projectors:
+        projector.close()
+
+
+@settings(max_examples=EXAMPLES, deadline=None, derandomize=False,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(hostile=st.lists(hostile_projected(), min_size=5, max_size=30))
+def test_live_projectors_skip_hostile_records_and_project_the_valid_ones_after_them(projecting, hostile, caplog):
+    bootstrap, topics, database_url, projectors, threads = projecting
+    skipped_before = sum(p.skipped for p in projectors)
+    by_topic: dict[str, list] = defaultdict(list)
+    for topic, key, value, _ in hostile:
+        by_topic[topic].append((key, value))
+    n = next(serial)
+    valid = {name: f"vz-{n}-{name}" for name in PROJECTED}
+    duplicate_key, duplicate = _projected_record("Charge", valid["Charge"])
+    duplicate["amount"], duplicate["unit_price"] = Decimal("9.000000"), Decimal("3.000000")
+    for name, record_id in valid.items():
+        key, record = _projected_record(name, record_id)
+        by_topic[PROJECTED[name][0]].append((key, encode(name, record)))
+    by_topic["charges"].append((duplicate_key, encode("Charge", duplicate)))  # same id again: the first stays
+    with caplog.at_level(logging.WARNING, logger="imbill.projections.projector"):
+        for topic, records in by_topic.items():
+            send_raw(bootstrap, getattr(topics, topic), records)
+        rows = wait_for(lambda: _rows_with(database_url, valid), None, 30, "the valid records' rows")
+    assert all(thread.is_alive() for thread in threads), "a projector stopped"
+    for name, (_, _, table) in PROJECTED.items():
+        assert len(rows[table]) == 1, (table, rows[table])
+    assert Decimal(rows["xdr"][0]["amount"]) == Decimal("0.150000")  # the duplicate did not replace it
+    assert _rows_with(database_url, {"any": "hz-"}, prefix=True) == {t: [] for _, _, t in PROJECTED.values()}
+    assert sum(p.skipped for p in projectors) - skipped_before >= len(hostile)
+    assert any("skipped" in r.getMessage() for r in caplog.records)
+
+
+def _rows_with(database_url: str, ids: dict, prefix: bool = False) -> dict | None:
+    engine = sa.create_engine(database_url)
+    found = {}
+    try:
+        with engine.connect() as conn:
+            for name, (_, id_field, table) in PROJECTED.items():
+                wanted = list(ids.values()) if prefix else [ids[name]]
+                clauses = " or ".join(f"{id_field} like :p{i}" if prefix else f"{id_field} = :p{i}"
+                                      for i in range(len(wanted)))
+                params = {f"p{i}": (w + "%" if prefix else w) for i, w in enumerate(wanted)}
+                found[table] = [dict(r) for r in conn.execute(sa.text(f"select * from {table} where {clauses}"),
+                                                              params).mappings()]
+    finally:
+        engine.dispose()
+    if prefix or all(found.values()):
+        return found
+    return None
