@@ -16,6 +16,7 @@ from imbill.bus import EventProducer, create_topics, read_to_end
 from imbill.domain.config import to_record
 from imbill.domain.refusal import CONFIG_REASON_CODES
 from imbill.producers.config_publisher import config_history, current_state
+from imbill.projections.rebuild import rebuild
 from imbill.domain.config import Account
 from imbill.schemas.codec import record_of
 from imbill.streams.worker import CONFIG_REJECTIONS_SECONDS
@@ -89,6 +90,10 @@ def test_each_hostile_config_record_is_rejected_once_with_its_reason_and_billing
         assert entry.event.startswith(("(undecodable)", "(refused ")), entry
         assert entry.key.startswith(rejection["reason_code"] + ": "), (entry, rejection)
 
+    counts = rebuild(f"sqlite:///{tmp_path / 'p.db'}", bootstrap, topics, lambda done, total: None)
+    assert counts["rejected_config_event"] == len(HOSTILE) and counts["xdr"] == 1  # --rebuild covers them
+    assert counts["config_object"] == len(list(checklist().state.environments[ENV].objects()))
+
     worker.stop()  # a restarted worker folds the same records again, and says nothing twice
     again = Worker(bootstrap, topics, tmp_path, "cfg2", session_timeout=3)
     try:
@@ -104,7 +109,7 @@ def test_each_hostile_config_record_is_rejected_once_with_its_reason_and_billing
 
 
 def test_a_payment_over_the_configured_maximum_is_rejected(live):
-    bootstrap, topics, worker, _ = live
+    bootstrap, topics, worker, tmp_path = live
     publish(bootstrap, topics.payments, [(f"{ENV}/{BOB}", "Payment", record_of(payment(amount, payment_id=pid,
                                                                                          account=BOB)))
                                          for pid, amount in (("big", "150.00"), ("ok", "50.00"))])
@@ -114,3 +119,5 @@ def test_a_payment_over_the_configured_maximum_is_rejected(live):
     assert "maximum 100" in rejected[0]["message"]
     applied = wait_for(lambda: [e.record for e in read_to_end(bootstrap, topics.balances)], worker, 30, "the top-up")
     assert [(b["cause_id"], b["delta"]) for b in applied] == [("ok", Decimal("50.000000"))]
+    counts = rebuild(f"sqlite:///{tmp_path / 'p.db'}", bootstrap, topics, lambda done, total: None)
+    assert counts["rejected_payment"] == 1 and counts["balance_event"] == 1
