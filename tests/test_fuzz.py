@@ -3,12 +3,15 @@
 Hypothesis writes random and mutated records onto the attempts, payments and config topics
 (garbage bytes, unknown schema fingerprints, valid records with bytes flipped, valid Avro
 with hostile values: negative, zero and huge amounts, foreign keys, unknown accounts,
-implausible bodies and dates, refused policy attributes), then valid traffic. Afterwards:
+implausible bodies and dates, refused policy attributes, accounts of unknown products,
+removals of objects still referred to, environment names with the key separator), then
+valid traffic. Afterwards:
 
 - every valid attempt has exactly one outcome, and valid payments are applied;
 - no money is created: for every account, opening balance + the payments applied - the
   charges = the balance the processor reports last, and every payment applied is a real
   one (positive, within the limit, keyed to its account);
+- every hostile config record has exactly one ConfigEventRejected;
 - the worker is still running, and the xDR projection holds exactly the charges.
 
 Then the projectors' own input topics (charges, rejections, balance and service-status
@@ -37,6 +40,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from imbill.bus import EventProducer, create_topics, read_to_end
+from imbill.domain.config import Account, to_record
 from imbill.domain.money import PAYMENT_LIMIT
 from imbill.projections.projector import ConfigProjector, XdrProjector
 from imbill.schemas.codec import MAGIC, encode, record_of
@@ -117,11 +121,22 @@ def hostile_payment(draw) -> tuple[bytes, bytes]:
 
 @st.composite
 def hostile_config(draw) -> tuple[bytes, bytes]:
-    kind = draw(st.sampled_from(["garbage", "unknown", "policy"]))
+    kind = draw(st.sampled_from(["garbage", "unknown", "policy", "reference", "removal", "environment"]))
     if kind == "garbage":
         return ENV.encode(), draw(garbage)
     if kind == "unknown":
         return ENV.encode(), draw(unknown_schema)
+    envelope = {"event_id": f"hc-{draw(st.integers(0, 10**6))}", "environment": ENV, "occurred_at": T0}
+    if kind == "reference":  # an account of a product that does not exist: every attempt of it would fail
+        account = Account(draw(st.sampled_from([ALICE, BOB, "hz-acc"])), "Acme", draw(st.sampled_from(["Gold", ""])),
+                          balance_model="prepaid", opening_balance=Decimal("1000000"))
+        return ENV.encode(), encode("AccountDefined", envelope | to_record(account))
+    if kind == "removal":  # still referred to
+        removed = draw(st.sampled_from([("product", "IM product"), ("customer", "Acme"), ("tariff", "B")]))
+        return ENV.encode(), encode("ConfigObjectRemoved", envelope | {"kind": removed[0], "key": removed[1]})
+    if kind == "environment":  # would share keys with another tenant
+        return b"a/b", encode("CustomerDefined", envelope | {"environment": f"{ENV}/x", "name": "X",
+                                                             "currency": "USD", "description": ""})
     policy = {"event_id": f"hc-{draw(st.integers(0, 10**6))}", "environment": ENV, "occurred_at": T0, "name": "IM",
               "service_type": "messaging", "description": "", "pattern": "%", "match_priority": 99,
               "attributes": {"msg.billing_unit_size": draw(st.sampled_from(["sixty", "0", "-3", "yes"]))}}
@@ -145,7 +160,7 @@ def live(broker, tmp_path_factory):
     publish(broker.bootstrap_servers, topics.config, [(ENV, name, record) for name, record in checklist().events])
     worker = Worker(broker.bootstrap_servers, topics, tmp_path_factory.mktemp("fuzz"), "fuzz", session_timeout=3)
     worker.wait_ready()
-    state = {"valid_attempts": set(), "valid_payments": set()}
+    state = {"valid_attempts": set(), "valid_payments": set(), "hostile_config": 0}
     yield broker.bootstrap_servers, topics, worker, state
     worker.stop()
 
@@ -170,6 +185,11 @@ def test_hostile_records_neither_stop_billing_nor_create_money(live, attempts, p
     outcomes = wait_for(lambda: _outcomes_cover(bootstrap, topics, state), worker, 60, "the valid records' outcomes")
     assert all(len(found) == 1 for found in outcomes.values()), "an attempt has more than one outcome"
     _assert_no_money_created(bootstrap, topics, state)
+    state["hostile_config"] += len(config)  # every one is refused: one ConfigEventRejected each
+    rejected = wait_for(lambda: (lambda ids: ids if len(ids) >= state["hostile_config"] else None)(
+        [e.record["rejection_id"] for e in read_to_end(bootstrap, topics.config_rejections)]),
+        worker, 30, "a ConfigEventRejected per hostile config record")
+    assert len(rejected) == len(set(rejected)) == state["hostile_config"]
     assert worker.process.poll() is None, worker.log()[-2000:]
 
 
