@@ -10,19 +10,27 @@ before the next. A rejection's id is derived from the record's topic, partition 
 (``cfgrej-<topic>-<partition>-<offset>``), so one sent again (the owner died between the
 acknowledgement and the next check, or two owners overlapped during a rebalance) is
 recognisable: the projection keeps one row per id.
+
+The other workers keep what their reader refused (they may own partition 0 next), and every
+:data:`PRUNE_SECONDS` read the topic's end to forget what has been said since: memory holds
+only what is not yet on the topic.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Awaitable, Callable
 
 from imbill.bus import read_to_end
 from imbill.schemas.codec import encode_event
 from imbill.streams.config_reader import ConfigReader
 
-__all__ = ["ConfigRejections"]
+__all__ = ["ConfigRejections", "PRUNE_SECONDS"]
+
+PRUNE_SECONDS = 30.0
+"""How often a worker that is not the writer forgets the rejections already on the topic."""
 
 log = logging.getLogger(__name__)
 
@@ -38,11 +46,16 @@ class ConfigRejections:
         self._bootstrap, self._send = bootstrap_servers, send
         self._emitted_upto: int | None = None
         """The config offset of the last rejection on the topic (None: not read since owning)."""
+        self._pruned_at = time.monotonic()
 
     async def emit(self, owner: bool) -> int:
         """Emit the pending rejections if this worker is the ``owner``; returns how many."""
         if not owner:
             self._emitted_upto = None
+            if self.reader.refused and time.monotonic() - self._pruned_at > PRUNE_SECONDS:
+                self._pruned_at = time.monotonic()
+                said = await asyncio.get_running_loop().run_in_executor(None, self._last_emitted)
+                self.reader.refused = [r for r in self.reader.refused if r.config_offset > said]
             return 0
         if self._emitted_upto is None:
             self._emitted_upto = await asyncio.get_running_loop().run_in_executor(None, self._last_emitted)
