@@ -377,9 +377,9 @@ class _Draft:
         self.version += 1
         return True
 
-    def view(self) -> EnvironmentConfig:
-        """The environment as it stands now (shares the draft's collections: read only)."""
-        return dataclasses.replace(self.base, **self.copied)
+    def view(self) -> Any:
+        """The environment's collections as they stand now (the draft's own: read only)."""
+        return _View(self)
 
     def _check_references(self, kind: Kind, obj: Any) -> None:
         problems = broken_references(self.view(), obj)
@@ -403,6 +403,17 @@ class _Draft:
 
     def build(self) -> EnvironmentConfig:
         return dataclasses.replace(self.base, version=self.version, _derived={}, **self.copied)
+
+
+class _View:
+    """A draft's collections by name, as an EnvironmentConfig has them (no copy)."""
+
+    def __init__(self, draft: _Draft) -> None:
+        self._draft = draft
+
+    def __getattr__(self, name: str) -> Any:
+        copied = self._draft.copied
+        return copied[name] if name in copied else getattr(self._draft.base, name)
 
 
 def fold(events: Iterable[tuple[str, Mapping[str, Any]]], until: datetime | None = None, *,
