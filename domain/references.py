@@ -1,10 +1,14 @@
 """The references between config objects: what an object needs in force, and what a removal
 may not take away.
 
-One rule, used twice: the fold (:meth:`.config.ConfigState.applied`) refuses a config record
-that breaks it (reason ``broken_reference`` or ``still_referenced``, see
-:data:`.refusal.CONFIG_REASON_CODES`), and ``config apply`` folds its plan with the same
-fold before appending anything, so a plan the readers would refuse is never published.
+One rule, used by both sides: the fold (:meth:`.config.ConfigState.applied`) refuses a
+config record that breaks it (reason ``broken_reference`` or ``still_referenced``, see
+:data:`.refusal.CONFIG_REASON_CODES`); ``config apply`` checks the file's references with
+the same functions (:func:`tariff_use`, :func:`policy_use`, :func:`rate_code`,
+:func:`account_currency`, over its own objects by name), then folds its plan with the
+readers' fold before appending anything, so a plan the readers would refuse is never
+published. Each function takes anything with the collections it reads as attributes
+(``tariffs``, ``service_policies``, ...), mapping names to objects with the fields it reads.
 
 An object is checked against the environment as it stands before it: ``config apply``
 appends what is referred to first (tariffs before rates, products before accounts...), so a
@@ -21,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping
 if TYPE_CHECKING:  # pragma: no cover - types only: config imports this module
     from imbill.domain.config import EnvironmentConfig
 
-__all__ = ["broken_references", "referrers"]
+__all__ = ["broken_references", "referrers", "tariff_use", "policy_use", "rate_code", "account_currency", "unknown"]
 
 Problem = tuple[str, str]
 """(field, what is wrong)."""
@@ -43,65 +47,79 @@ def referrers(env: EnvironmentConfig, kind: str, key: str) -> list[str]:
     return found
 
 
-def _unknown(word: str, name: str, known: Mapping[str, Any]) -> str:
+def unknown(word: str, name: str, known: Mapping[str, Any]) -> str:
+    """'unknown tariff "Z" (defined: "A", "B")': the words of a reference not found."""
     defined = ", ".join(f'"{n}"' for n in list(known)[:10]) or "none"
     return f'unknown {word} "{name}" (defined: {defined})'
 
 
-def _policy(env: EnvironmentConfig, name: str | None, service_type: str | None = None) -> Iterator[Problem]:
+def policy_use(env: Any, name: str | None, service_type: str | None = None) -> Iterator[Problem]:
+    """A service policy referred to: it exists, and is of ``service_type`` when one is needed."""
     if name is None:
         return
     policy = env.service_policies.get(name)
     if policy is None:
-        yield "service_policy", _unknown("service policy", name, env.service_policies)
+        yield "service_policy", unknown("service policy", name, env.service_policies)
     elif service_type is not None and policy.service_type != service_type:
         yield "service_policy", f'"{name}" is a {policy.service_type} policy, not a {service_type} one'
 
 
-def _tariff(env: EnvironmentConfig, name: str, applied_to: str, user: str, service: str) -> Iterator[Problem]:
+def tariff_use(env: Any, name: str, applied_to: str, user: str, service: str) -> Iterator[Problem]:
+    """A tariff referred to by ``user`` (a usage charge, a connection): it exists, is applied
+    to ``applied_to`` and is a tariff of ``service``."""
     tariff = env.tariffs.get(name)
     if tariff is None:
-        yield "tariff", _unknown("tariff", name, env.tariffs)
+        yield "tariff", unknown("tariff", name, env.tariffs)
     elif tariff.applied_to != applied_to:
         yield "tariff", f'"{name}" is a {tariff.applied_to} tariff; {user} needs a {applied_to} tariff'
     elif tariff.service != service:
         yield "tariff", f'"{name}" is a {tariff.service} tariff, not a {service} one'
 
 
-def _rate(env: EnvironmentConfig, rate: Any) -> Iterator[Problem]:
-    if rate.tariff not in env.tariffs:
-        yield "tariff", _unknown("tariff", rate.tariff, env.tariffs)
-    code = rate.rate_code
+def rate_code(env: Any, code: str) -> Iterator[Problem]:
+    """A rate code is digits, ``|`` (any number) or a destination prefix."""
     if code != "|" and not code.isdigit() and code not in env.destinations:
         yield "rate_code", f'unknown destination "{code}" (a rate code is digits, | or a destination prefix)'
 
 
+def account_currency(env: Any, customer: Any, product: Any) -> Iterator[Problem]:
+    """Every customer tariff of the account's product is in its customer's currency."""
+    for charge in product.usage_charges:
+        tariff = env.tariffs.get(charge.tariff)
+        if tariff is not None and tariff.applied_to == "customer" and tariff.currency != customer.currency:
+            yield "product", (f'"{product.name}" charges {charge.service} with tariff "{tariff.name}" in '
+                              f"{tariff.currency}, not in the customer's currency {customer.currency}")
+
+
+def _rate(env: EnvironmentConfig, rate: Any) -> Iterator[Problem]:
+    if rate.tariff not in env.tariffs:
+        yield "tariff", unknown("tariff", rate.tariff, env.tariffs)
+    yield from rate_code(env, rate.rate_code)
+
+
 def _connection(env: EnvironmentConfig, connection: Any) -> Iterator[Problem]:
     if connection.vendor not in env.vendors:
-        yield "vendor", _unknown("vendor", connection.vendor, env.vendors)
-    yield from _tariff(env, connection.tariff, "vendor", "a connection", connection.service_type)
-    yield from _policy(env, connection.service_policy, connection.service_type)
+        yield "vendor", unknown("vendor", connection.vendor, env.vendors)
+    yield from tariff_use(env, connection.tariff, "vendor", "a connection", connection.service_type)
+    yield from policy_use(env, connection.service_policy, connection.service_type)
 
 
 def _product(env: EnvironmentConfig, product: Any) -> Iterator[Problem]:
     for charge in product.usage_charges:
-        yield from _tariff(env, charge.tariff, "customer", "a usage charge", charge.service)
-    yield from _policy(env, product.service_policy)
+        yield from tariff_use(env, charge.tariff, "customer", "a usage charge", charge.service)
+    yield from policy_use(env, product.service_policy)
 
 
 def _account(env: EnvironmentConfig, account: Any) -> Iterator[Problem]:
     customer = env.customers.get(account.customer)
     if customer is None:
-        yield "customer", _unknown("customer", account.customer, env.customers)
+        yield "customer", unknown("customer", account.customer, env.customers)
     product = env.products.get(account.product)
     if product is None:
-        yield "product", _unknown("product", account.product, env.products)
-    for charge in product.usage_charges if product is not None and customer is not None else ():
-        tariff = env.tariffs.get(charge.tariff)
-        if tariff is not None and tariff.applied_to == "customer" and tariff.currency != customer.currency:
-            yield "product", (f'"{product.name}" charges {charge.service} with tariff "{tariff.name}" in '
-                              f"{tariff.currency}, not in the customer's currency {customer.currency}")
-    yield from _policy(env, account.service_policy)
+        yield "product", unknown("product", account.product, env.products)
+    if product is not None and customer is not None:
+        yield from account_currency(env, customer, product)
+    yield from policy_use(env, account.service_policy)
 
 
 _CHECKS = {"Rate": _rate, "VendorConnection": _connection, "Product": _product, "Account": _account}
