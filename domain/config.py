@@ -24,6 +24,7 @@ from imbill.domain.catalogue import parse_attributes
 from imbill.domain.e164 import DialingRules
 from imbill.domain.errors import ConfigError, ConfigRefused
 from imbill.domain.keys import KEY_SEPARATOR
+from imbill.domain.money import BALANCE_LIMIT, PRICE_LIMIT, amount_problem
 from imbill.domain.references import broken_references, referrers
 
 __all__ = [
@@ -324,10 +325,21 @@ class ConfigState:
         return self.applied(config_events(), on_skip=skipped)
 
 
+_AMOUNTS: Mapping[str, tuple[tuple[str, Decimal], ...]] = {
+    "Rate": (("unit_price", PRICE_LIMIT),),
+    "Account": (("opening_balance", BALANCE_LIMIT), ("credit_limit", BALANCE_LIMIT)),
+}
+"""The amounts of config objects and their bounds (``config apply`` refuses the same)."""
+
+
 def _checked(obj: Any) -> Any:
     """A config object as ``config apply`` would have let it through, or an error: a record
     written straight onto the topic gets the same checks (a service policy's attributes
-    against the catalogue; dialing rules check themselves)."""
+    against the catalogue; amounts within their bounds; dialing rules check themselves)."""
+    for name, limit in _AMOUNTS.get(type(obj).__name__, ()):
+        problem = amount_problem(getattr(obj, name), limit)
+        if problem:
+            raise ValueError(f"{name} {problem}")
     if type(obj) is ServicePolicy:
         attributes = parse_attributes(obj.service_type, obj.attributes, policy=obj.name)
         return dataclasses.replace(obj, attributes=attributes)

@@ -90,3 +90,21 @@ def test_config_apply_refuses_a_plan_the_fold_would_refuse_with_the_same_reason(
     with pytest.raises(ConfigError, match=r'account:9001: account \'9001\': product: unknown product "Gold".*'
                                           r"\(broken_reference\)"):
         plan_changes(DesiredConfig("x.yaml", current.name, dangling), current, now=NOW)
+
+
+AMOUNTS = [  # what config apply refuses in a file, the fold refuses on the topic
+    ("a unit price over the limit", Rate("B", "44", Decimal("1000000.01"), T0), "unit_price is over the limit"),
+    ("a negative unit price", Rate("B", "44", Decimal("-0.05"), T0), "unit_price must not be negative"),
+    ("a price with 7 decimals", Rate("B", "44", Decimal("0.0000001"), T0), "unit_price has more than 6 decimals"),
+    ("an opening balance over the limit", Account("9001", "Acme", "IM product", opening_balance=Decimal("1e10")),
+     "opening_balance is over the limit"),
+    ("a negative credit limit", Account("9001", "Acme", "IM product", credit_limit=Decimal("-5")),
+     "credit_limit must not be negative"),
+]
+
+
+@pytest.mark.parametrize("what, obj, words", AMOUNTS, ids=[case[0] for case in AMOUNTS])
+def test_an_amount_out_of_its_bounds_is_refused_at_the_fold(what, obj, words) -> None:
+    with pytest.raises(ValueError, match=words) as refused:
+        checklist().define(obj)
+    assert refusal_of(refused.value)[0] == "invalid_config_object"
