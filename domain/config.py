@@ -31,7 +31,7 @@ __all__ = [
     "ServiceTypes", "DialingRules", "Destination", "ServicePolicy", "Tariff", "Rate",
     "Vendor", "VendorConnection", "UsageCharge", "Product", "Customer", "Account",
     "Kind", "KINDS", "KIND_BY_EVENT", "KIND_BY_NAME", "KIND_BY_CLASS", "EnvironmentConfig", "ConfigState", "fold",
-    "object_key", "to_record", "from_record", "Skipped", "Refused", "SKIPPABLE", "refusal_of",
+    "object_key", "to_record", "from_record", "NAME_LIMIT", "Skipped", "Refused", "SKIPPABLE", "refusal_of",
 ]
 
 
@@ -325,6 +325,10 @@ class ConfigState:
         return self.applied(config_events(), on_skip=skipped)
 
 
+NAME_LIMIT = 4_096
+"""The longest text of a config object other than a description (names, keys, patterns,
+aliases): names are copied into every Charge, which must stay far below the broker's 1 MiB."""
+
 _AMOUNTS: Mapping[str, tuple[tuple[str, Decimal], ...]] = {
     "Rate": (("unit_price", PRICE_LIMIT),),
     "Account": (("opening_balance", BALANCE_LIMIT), ("credit_limit", BALANCE_LIMIT)),
@@ -340,10 +344,19 @@ def _checked(obj: Any) -> Any:
         problem = amount_problem(getattr(obj, name), limit)
         if problem:
             raise ValueError(f"{name} {problem}")
+    for f in dataclasses.fields(obj):
+        if f.name != "description" or type(obj) is VendorConnection:  # a connection's description names it
+            _check_length(f.name, getattr(obj, f.name))
     if type(obj) is ServicePolicy:
         attributes = parse_attributes(obj.service_type, obj.attributes, policy=obj.name)
         return dataclasses.replace(obj, attributes=attributes)
     return obj
+
+
+def _check_length(name: str, value: Any) -> None:
+    for text in value if type(value) is tuple else (value,):
+        if type(text) is str and len(text) > NAME_LIMIT:
+            raise ValueError(f"{name} is {len(text):,} characters long, over {NAME_LIMIT:,}")
 
 
 def _raise(name: str, record: Mapping[str, Any], exc: Exception) -> None:
@@ -357,8 +370,9 @@ def _ignore(name: str, record: Mapping[str, Any], exc: Exception) -> None:
 def _draft_of(drafts: dict[str, _Draft], environments: Mapping[str, EnvironmentConfig], name: str) -> _Draft:
     if type(name) is not str:
         raise TypeError(f"environment name must be a string, not {type(name).__name__}")
-    if not name.strip() or KEY_SEPARATOR in name:
-        raise ValueError(f"environment name {name!r} must not be empty nor contain {KEY_SEPARATOR!r}")
+    if not name.strip() or KEY_SEPARATOR in name or len(name) > NAME_LIMIT:
+        raise ValueError(f"environment name {name[:80]!r} must not be empty, longer than {NAME_LIMIT:,} "
+                         f"characters nor contain {KEY_SEPARATOR!r}")
     draft = drafts.get(name)
     if draft is None:
         draft = drafts[name] = _Draft(environments.get(name) or EnvironmentConfig(name))

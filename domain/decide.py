@@ -23,7 +23,7 @@ from imbill.domain.events import (Charge, ConfigEventRejected, MessageAttempt, P
                                   config_rejection_id_of, rejection_id_of)
 from imbill.domain.keys import account_key
 from imbill.domain.money import BALANCE_LIMIT, PAYMENT_LIMIT, ZERO
-from imbill.domain.rating import CLOCK_SKEW, REASON_CODES, Rated, Refusal, account_push_events, charge_of, rate_attempt, rejection_of
+from imbill.domain.rating import CLOCK_SKEW, MAX_TEXT_CHARS, REASON_CODES, text_chars, Rated, Refusal, account_push_events, charge_of, rate_attempt, rejection_of
 
 __all__ = ["Decision", "Limits", "DEFAULT_LIMITS", "decide_attempt", "decide_payment", "opened_account", "undecodable_attempt",
            "undecodable_payment", "config_event_rejected", "PAYMENT_REASON_CODES"]
@@ -77,6 +77,8 @@ class Decision:
 def decide_attempt(state: AccountState | None, attempt: MessageAttempt, config: ConfigState, *,
                    key: bytes | None, offset: int, now: datetime, limits: Limits = DEFAULT_LIMITS) -> Decision:
     """Rate and bill ``attempt`` (the record at ``offset`` under ``key``) for its sender."""
+    if text_chars(attempt) > MAX_TEXT_CHARS:
+        return Decision(state, (_oversized(attempt, now),))
     rated = rate_attempt(attempt, config, rated_at=now, clock_skew=limits.clock_skew)
     if type(rated) is Refusal:
         return Decision(state, (rejection_of(attempt, rated, now),))
@@ -89,6 +91,17 @@ def decide_attempt(state: AccountState | None, attempt: MessageAttempt, config: 
     result = bill(state or _opened(config, rated), rated, attempt_id=attempt.attempt_id, offset=offset,
                   occurred_at=now)
     return Decision(result.state, _outcome(attempt, rated, result.outcome, now) + tuple(result.events))
+
+
+def _oversized(attempt: MessageAttempt, now: datetime) -> Rejection:
+    """The implausible_attempt Rejection of an attempt longer than a SIP datagram: recorded
+    against no account (the input record's key), its texts cut, so that it stays small."""
+    attempt_id = _text(attempt.attempt_id) or ""
+    return Rejection(rejection_id=rejection_id_of(attempt_id), attempt_id=attempt_id, environment="", account="",
+                     attempted_at=attempt.received_at, rejected_at=now, reason_code="implausible_attempt",
+                     message=f"its text fields hold {text_chars(attempt):,} characters, more than a SIP datagram "
+                             f"({MAX_TEXT_CHARS:,})",
+                     to_user=_text(attempt.to_user) or "", to_domain=_text(attempt.to_domain) or "")
 
 
 def _outcome(attempt: MessageAttempt, rated: Rated, outcome: str, now: datetime) -> tuple[Charge | Rejection, ...]:

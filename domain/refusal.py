@@ -13,7 +13,8 @@ __all__ = ["Refusal", "REASON_CODES", "CONFIG_REASON_CODES"]
 
 REASON_CODES: Mapping[str, str] = MappingProxyType({
     "malformed_attempt": "The attempt event cannot be decoded or lacks a field rating needs.",
-    "implausible_attempt": "The attempt cannot be real: a body length out of range, or dated in the future.",
+    "implausible_attempt": "The attempt cannot be real: a body length out of range, more text than a SIP datagram, "
+                           "or dated in the future.",
     "unknown_environment": "The virtual environment has no instant messaging setup (no service types).",
     "service_disabled": "Messaging is not enabled in the environment (BillingEngine ServiceTypes).",
     "unknown_recipient": "An incoming message's recipient is no account or alias of the environment.",

@@ -48,7 +48,7 @@ from imbill.domain.keys import KEY_SEPARATOR
 from imbill.domain.money import BALANCE_LIMIT, PRICE_LIMIT
 from imbill.domain.config import (KIND_BY_CLASS, Account, Customer, Destination,
                                    EnvironmentConfig, Product, Rate, ServicePolicy, ServiceTypes, Tariff,
-                                   UsageCharge, Vendor, VendorConnection)
+                                   NAME_LIMIT, UsageCharge, Vendor, VendorConnection)
 from imbill.domain.catalogue import InvalidPolicyAttribute, check_applicability, parse_attributes
 from imbill.domain.e164 import DialingRules, InvalidDialingRules
 from imbill.domain.references import account_currency, policy_use, rate_code, tariff_use, unknown
@@ -87,10 +87,18 @@ def _refuse(message: str, **context: Any) -> PydanticCustomError:
     return PydanticCustomError("imbill", message, context)
 
 
-def _text(value: Any) -> Any:
-    """Text; YAML reads ``id: 1001`` or ``rate_code: 44`` as an int, taken as its digits."""
+def _digits(value: Any) -> Any:
+    """YAML reads ``id: 1001`` or ``rate_code: 44`` as an int: taken as its digits."""
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
+    return value
+
+
+def _text(value: Any) -> Any:
+    """Text of at most NAME_LIMIT characters (names reach every Charge)."""
+    value = _digits(value)
+    if isinstance(value, str) and len(value) > NAME_LIMIT:
+        raise _refuse("is {length} characters long, over {limit}", length=f"{len(value):,}", limit=f"{NAME_LIMIT:,}")
     return value
 
 
@@ -121,7 +129,7 @@ def _at_most(limit: Decimal) -> Any:
 
 
 def _empty_text(value: Any) -> Any:
-    return "" if value is None else _text(value)
+    return "" if value is None else _digits(value)
 
 
 def _empty_list(value: Any) -> Any:
@@ -384,7 +392,8 @@ _ITEMS = {  # list section -> (object word, identifying fields)
 
 
 def _label(word: str, name: Any) -> str:
-    return f'{word} "{name}"'
+    text = str(name)
+    return f'{word} "{text if len(text) <= 60 else text[:57] + "..."}"'
 
 
 def _item_label(section: str, item: Any, index: int) -> str:

@@ -18,7 +18,9 @@ from imbill.domain.errors import ConfigError
 from imbill.domain.keys import KEY_SEPARATOR, account_key
 from imbill.domain.money import BALANCE_LIMIT, PAYMENT_LIMIT
 from imbill.producers.config_file import load_config_file
+from imbill.domain.config import NAME_LIMIT, Tariff
 from imbill.domain.rating import rate_attempt
+from imbill.schemas.codec import encode_event
 from imbill.settings import load_settings
 from tests.builders import ALICE, BOB, ENV, T0, attempt, checklist, payment
 
@@ -127,3 +129,20 @@ def test_flags_beat_the_environment_which_beats_the_defaults() -> None:
     settings = load_settings({"IMBILL_PAYMENT_MAXIMUM": "50"}, payment_maximum=Decimal("70"))
     assert settings.limits.payment_maximum == Decimal("70")
     assert load_settings({"IMBILL_PAYMENT_MAXIMUM": "50"}).as_environment()["IMBILL_PAYMENT_MAXIMUM"] == "50"
+
+
+def test_an_attempt_longer_than_a_sip_datagram_is_refused_small_and_against_no_account() -> None:
+    huge = attempt(to_user="9" * 400_000, to_domain="d" * 400_000, from_user="1" * 100_000)
+    [rejected] = decide_attempt(None, huge, CONFIG, key=account_key(ENV, ALICE), offset=1, now=NOW).events
+    assert (rejected.reason_code, rejected.account, rejected.environment) == ("implausible_attempt", "", "")
+    assert len(encode_event(rejected)) < 5_000  # far below the broker's 1 MiB, whatever came in
+
+
+def test_config_names_are_bounded_in_a_file_and_at_the_fold(tmp_path) -> None:
+    long_name = "T" * (NAME_LIMIT + 1)
+    with pytest.raises(ValueError, match="name is 4,097 characters long, over 4,096"):
+        checklist().define(Tariff(long_name, "USD"))
+    path = tmp_path / "long.yaml"
+    path.write_text(f"environment: e\ntariffs: [{{name: {long_name}, currency: USD}}]\n")
+    with pytest.raises(ConfigError, match=r'long.yaml: tariff "T{57}\.\.\.": name: is 4,097 characters long, over 4,096'):
+        load_config_file(path)

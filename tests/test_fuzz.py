@@ -81,7 +81,7 @@ def flipped(draw, valid: bytes) -> bytes:
 def hostile_attempt(draw) -> tuple[bytes, bytes]:
     n = draw(st.integers(0, 10**6))
     key = f"{ENV}/{ALICE}".encode()
-    kind = draw(st.sampled_from(["garbage", "unknown", "flipped", "chars", "date", "key"]))
+    kind = draw(st.sampled_from(["garbage", "unknown", "flipped", "chars", "date", "key", "huge"]))
     if kind == "garbage":
         return key, draw(garbage)
     if kind == "unknown":
@@ -93,6 +93,8 @@ def hostile_attempt(draw) -> tuple[bytes, bytes]:
         record["body_chars"] = draw(st.sampled_from([-500, -1, 2**31 - 1, 100_001]))
     elif kind == "date":
         record["received_at"] = T0.replace(year=2100)
+    elif kind == "huge":  # more than a SIP datagram: its rejection must stay small
+        record["to_user"] = "9" * draw(st.sampled_from([70_000, 400_000]))
     else:
         key = f"{ENV}/{BOB}".encode()  # keyed to another account than it names
     return key, encode("MessageAttempt", record)
