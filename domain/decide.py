@@ -124,6 +124,9 @@ def decide_payment(state: AccountState | None, payment: Payment, config: ConfigS
                    offset: int, now: datetime, limits: Limits = DEFAULT_LIMITS) -> Decision:
     """Apply ``payment`` (the record at ``offset`` under ``key``) to its account's balance."""
     environment, account = payment.environment, payment.account
+    unfit = _unfit_payment(payment, now)
+    if unfit is not None:
+        return Decision(state, (unfit,))
     refused = _implausible_payment(payment, key, limits.payment_maximum)
     if refused is not None:
         return Decision(state, (payment_rejected(payment, *refused, now),))
@@ -150,6 +153,30 @@ def _implausible_payment(payment: Payment, key: bytes | None, maximum: Decimal) 
     if amount > maximum:
         return "amount_too_large", f"payment {payment.payment_id} of {amount} is over the maximum {maximum}"
     return None
+
+
+PAYMENT_TEXT_LIMIT = 16_384
+"""The most characters a payment's texts hold together (ids, account, currency, reference):
+``imbill payment`` writes far less; more cannot be repeated in a PaymentRejected and a key."""
+_AMOUNT_BOUND = Decimal(10) ** 18
+"""What the events' decimal(24, 6) holds: |amount| below it."""
+
+
+def _unfit_payment(payment: Payment, now: datetime) -> PaymentRejected | None:
+    """The PaymentRejected of a payment too large to repeat (texts past PAYMENT_TEXT_LIMIT, an
+    amount past decimal(24, 6)): recorded against no account (the input record's key), its
+    texts cut and its amount 0, so that the rejection stays small and encodable."""
+    chars = (len(payment.payment_id) + len(payment.environment) + len(payment.account) + len(payment.currency)
+             + len(payment.reference))
+    if chars > PAYMENT_TEXT_LIMIT:
+        code, why = "malformed_payment", f"its texts hold {chars:,} characters, over {PAYMENT_TEXT_LIMIT:,}"
+    elif not payment.amount.is_finite() or abs(payment.amount) >= _AMOUNT_BOUND:
+        code, why = "invalid_amount", f"the amount {str(payment.amount)[:40]} does not fit decimal(24, 6)"
+    else:
+        return None
+    return PaymentRejected(payment_id=_text(payment.payment_id) or "", environment="", account="", amount=ZERO,
+                           currency="", received_at=payment.received_at, rejected_at=now, reason_code=code,
+                           message=f"payment {_text(payment.payment_id)}: {why}")
 
 
 def undecodable_payment(payment_id: str, why: str, now: datetime) -> PaymentRejected:

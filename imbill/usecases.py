@@ -62,6 +62,11 @@ def _account(settings: Settings, account_id: str) -> tuple[EnvironmentConfig, Ac
     return env, account
 
 
+REFERENCE_LIMIT = 4_096
+"""The longest payment reference ``imbill payment`` appends (the processor refuses a payment
+whose texts together pass ``decide.PAYMENT_TEXT_LIMIT``)."""
+
+
 def top_up(settings: Settings, account_id: str, amount: Decimal, currency: str | None, reference: str) -> str:
     """Append a Payment for the account; returns its payment id."""
     env, account = _account(settings, account_id)
@@ -74,6 +79,9 @@ def top_up(settings: Settings, account_id: str, amount: Decimal, currency: str |
     maximum = settings.limits.payment_maximum
     if amount > maximum:
         raise ConfigError(f"account {account_id}: a payment may be at most {maximum:,}, got {amount}")
+    if len(reference) > REFERENCE_LIMIT:
+        raise ConfigError(f"account {account_id}: a payment reference has at most {REFERENCE_LIMIT:,} characters, "
+                          f"got {len(reference):,}")
     if amount != amount.quantize(MICRO):
         raise ConfigError(f"account {account_id}: a payment has at most 6 decimals, got {amount}")
     payment_id = "pay-" + uuid.uuid4().hex

@@ -146,3 +146,15 @@ def test_config_names_are_bounded_in_a_file_and_at_the_fold(tmp_path) -> None:
     path.write_text(f"environment: e\ntariffs: [{{name: {long_name}, currency: USD}}]\n")
     with pytest.raises(ConfigError, match=r'long.yaml: tariff "T{57}\.\.\.": name: is 4,097 characters long, over 4,096'):
         load_config_file(path)
+
+
+@pytest.mark.parametrize(("paid", "code"), [
+    (replace(payment("1.00"), account="1" * 900_000), "malformed_payment"),
+    (replace(payment("1.00"), reference="r" * 900_000), "malformed_payment"),
+    (payment("1e30"), "invalid_amount"),
+    (payment("-1e30"), "invalid_amount"),
+])
+def test_a_payment_too_large_to_repeat_is_refused_small_and_against_no_account(paid, code) -> None:
+    [refused] = decide_payment(None, paid, CONFIG, key=account_key(ENV, ALICE), offset=1, now=NOW).events
+    assert (refused.reason_code, refused.account, refused.amount) == (code, "", Decimal(0))
+    assert len(encode_event(refused)) < 5_000

@@ -104,7 +104,7 @@ def hostile_attempt(draw) -> tuple[bytes, bytes]:
 def hostile_payment(draw) -> tuple[bytes, bytes]:
     n = draw(st.integers(0, 10**6))
     key = f"{ENV}/{ALICE}".encode()
-    kind = draw(st.sampled_from(["garbage", "unknown", "flipped", "amount", "key", "account"]))
+    kind = draw(st.sampled_from(["garbage", "unknown", "flipped", "amount", "key", "account", "huge"]))
     if kind == "garbage":
         return key, draw(garbage)
     if kind == "unknown":
@@ -113,7 +113,10 @@ def hostile_payment(draw) -> tuple[bytes, bytes]:
     if kind == "flipped":
         return key, draw(flipped(encode("Payment", record)))
     if kind == "amount":
-        record["amount"] = Decimal(draw(st.sampled_from(["-100.00", "0", "1000000.01", "999999999999"])))
+        record["amount"] = Decimal(draw(st.sampled_from(["-100.00", "0", "1000000.01", "999999999999", "1e30"])))
+    elif kind == "huge":  # too large to repeat in a rejection and its key
+        record["account"] = "1" * 300_000
+        key = f"{ENV}/{record['account']}".encode()
     elif kind == "key":
         key = f"{ENV}/{BOB}".encode()
     else:
@@ -175,6 +178,7 @@ def live(broker, tmp_path_factory):
 def test_hostile_records_neither_stop_billing_nor_create_money(live, attempts, payments, config):
     bootstrap, topics, worker, state = live
     send_raw(bootstrap, topics.config, config)
+    state["hostile_config"] += len(config)  # every one is refused: one ConfigEventRejected each
     send_raw(bootstrap, topics.attempts, attempts)
     send_raw(bootstrap, topics.payments, payments)
     numbers = [next(serial) for _ in range(6)]
@@ -187,7 +191,6 @@ def test_hostile_records_neither_stop_billing_nor_create_money(live, attempts, p
     outcomes = wait_for(lambda: _outcomes_cover(bootstrap, topics, state), worker, 60, "the valid records' outcomes")
     assert all(len(found) == 1 for found in outcomes.values()), "an attempt has more than one outcome"
     _assert_no_money_created(bootstrap, topics, state)
-    state["hostile_config"] += len(config)  # every one is refused: one ConfigEventRejected each
     rejected = wait_for(lambda: (lambda ids: ids if len(ids) >= state["hostile_config"] else None)(
         [e.record["rejection_id"] for e in read_to_end(bootstrap, topics.config_rejections)]),
         worker, 30, "a ConfigEventRejected per hostile config record")
