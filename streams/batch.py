@@ -18,6 +18,7 @@ An exception from the rules (other than a record that cannot be decoded) propaga
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -92,11 +93,24 @@ class Batch:
         return {partition: offset - 1 for partition, offset in self.next_offsets.items()}
 
 
+KEY_LIMIT = 8_192
+"""The longest input key kept as it is. A longer one names no account (account keys are an
+environment and an account id of at most 4,096 characters each): it is replaced by its digest
+in the changelog and in the outputs it keys, so no hostile key can make a record the broker
+refuses (which would stop the partition's billing)."""
+
+
 def entry_key(key: bytes | None, partition: int) -> bytes:
     """The changelog key of an input key (NUL-prefixed keys are the processor's own)."""
     if key is None:
         return b"\x00nokey/%d" % partition
+    if len(key) > KEY_LIMIT:
+        return _digest(key)
     return b"\x00raw/" + key if key[:1] == b"\x00" else key
+
+
+def _digest(key: bytes) -> bytes:
+    return b"\x00long/" + hashlib.sha256(key).hexdigest().encode()
 
 
 def _decided(committed: Mapping[bytes, Any], batch: Batch, key: bytes, offset: int, attr: str) -> bool:
@@ -167,5 +181,6 @@ def _output(event: Any, key: bytes | None) -> Output:
     """An event of a decision, to send: its topic kind, its account's key and its bytes. A
     rejection not recorded against an account keeps the input record's key."""
     kind = TOPIC_KINDS[type(event).__name__]
-    out_key = account_key(event.environment, event.account) if event.account else key
-    return kind, out_key or b"", encode_event(event)
+    if event.account:
+        return kind, account_key(event.environment, event.account), encode_event(event)
+    return kind, (_digest(key) if key and len(key) > KEY_LIMIT else key) or b"", encode_event(event)
