@@ -81,9 +81,11 @@ def flipped(draw, valid: bytes) -> bytes:
 def hostile_attempt(draw) -> tuple[bytes, bytes]:
     n = draw(st.integers(0, 10**6))
     key = f"{ENV}/{ALICE}".encode()
-    kind = draw(st.sampled_from(["garbage", "unknown", "flipped", "chars", "date", "key", "huge"]))
+    kind = draw(st.sampled_from(["garbage", "unknown", "flipped", "chars", "date", "key", "huge", "hugekey"]))
     if kind == "garbage":
         return key, draw(garbage)
+    if kind == "hugekey":  # names no account; its rejection and changelog entry must still fit the broker
+        return b"k" * draw(st.sampled_from([9_000, 600_000])), draw(garbage)
     if kind == "unknown":
         return key, draw(unknown_schema)
     record = attempt_record(attempt_id=f"hx-{n}", call_id=f"hx-{n}@fuzz")
