@@ -11,7 +11,7 @@ Config events are :class:`ConfigObjectDefined` (an envelope around one config ob
 
 Ids are stable, derived from the cause, so reprocessing never doubles an effect:
 ``chg-<attempt id>``, ``rej-<attempt id>``, ``bal-<charge or payment id>``,
-``st-<cause id>-<status>``.
+``st-<cause id>-<status>``, ``cfgrej-<config topic>-<partition>-<offset>``.
 """
 
 from __future__ import annotations
