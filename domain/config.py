@@ -18,19 +18,22 @@ import dataclasses
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from imbill.domain.catalogue import parse_attributes
 from imbill.domain.digest import ALGORITHMS, default_realm, ha1
 from imbill.domain.e164 import DialingRules
-from imbill.domain.errors import ConfigError
+from imbill.domain.errors import ConfigError, ConfigRefused
+from imbill.domain.keys import KEY_SEPARATOR
+from imbill.domain.money import BALANCE_LIMIT, PRICE_LIMIT, amount_problem
+from imbill.domain.references import broken_references, referrers
 
 __all__ = [
     "ServiceTypes", "SipSettings", "DialingRules", "Destination", "ServicePolicy", "Tariff", "Rate",
     "Vendor", "VendorConnection", "UsageCharge", "Product", "Customer", "Account",
     "Kind", "KINDS", "KIND_BY_EVENT", "KIND_BY_NAME", "KIND_BY_CLASS", "EnvironmentConfig", "ConfigState", "fold",
-    "object_key", "to_record", "from_record", "Skipped", "SKIPPABLE", "DEFAULT_SIP", "account_credentials",
-    "check_algorithms",
+    "object_key", "to_record", "from_record", "NAME_LIMIT", "Skipped", "Refused", "SKIPPABLE", "refusal_of",
+    "DEFAULT_SIP", "account_credentials", "check_algorithms",
 ]
 
 
@@ -308,8 +311,21 @@ class EnvironmentConfig:
 Skipped = Callable[[str, Mapping[str, Any], Exception], None]
 """Told of a config record the fold refuses: (event name, record, why)."""
 
+Refused = Callable[[Any, str, str], None]
+"""Told of a config record :meth:`ConfigState.folded` refuses: (its position, reason code, words)."""
+
 SKIPPABLE = (KeyError, TypeError, ValueError, AttributeError, ConfigError)
 """What a record that does not describe a valid config object raises while folded."""
+
+
+def refusal_of(exc: Exception) -> tuple[str, str]:
+    """(reason code of ``refusal.CONFIG_REASON_CODES``, words) of a record the fold skipped
+    with ``exc``: what ConfigEventRejected and ``imbill config history`` say about it."""
+    if isinstance(exc, ConfigRefused):
+        return exc.reason_code, str(exc)
+    if isinstance(exc, KeyError):
+        return "invalid_config_object", f"lacks the field {exc.args[0]}" if exc.args else "lacks a field"
+    return "invalid_config_object", str(exc)
 
 
 @dataclass(frozen=True)
@@ -348,11 +364,49 @@ class ConfigState:
         environments.update((env_name, draft.build()) for env_name, draft in drafts.items())
         return ConfigState(environments, count, last)
 
+    def folded(self, records: Iterable[tuple[Any, str, Mapping[str, Any]]], on_refused: Refused) -> ConfigState:
+        """The state after ``records`` ((position, event name, record) in topic order): how every
+        reader of the config topic folds it. ``on_refused`` is told of each record that changes
+        nothing and why (``refusal.CONFIG_REASON_CODES``): an event that is no config event, a
+        record :meth:`applied` skips."""
+        at: list[Any] = [None]
+
+        def skipped(name: str, record: Mapping[str, Any], exc: Exception) -> None:
+            on_refused(at[0], *refusal_of(exc))
+
+        def config_events() -> Iterator[tuple[str, Mapping[str, Any]]]:
+            for position, name, record in records:
+                if name != "ConfigObjectRemoved" and name not in KIND_BY_EVENT:
+                    on_refused(position, "not_config_event", f"{name} is no config event")
+                    continue
+                at[0] = position
+                yield name, record
+
+        return self.applied(config_events(), on_skip=skipped)
+
+
+NAME_LIMIT = 4_096
+"""The longest text of a config object other than a description (names, keys, patterns,
+aliases): names are copied into every Charge, which must stay far below the broker's 1 MiB."""
+
+_AMOUNTS: Mapping[str, tuple[tuple[str, Decimal], ...]] = {
+    "Rate": (("unit_price", PRICE_LIMIT),),
+    "Account": (("opening_balance", BALANCE_LIMIT), ("credit_limit", BALANCE_LIMIT)),
+}
+"""The amounts of config objects and their bounds (``config apply`` refuses the same)."""
+
 
 def _checked(obj: Any) -> Any:
     """A config object as ``config apply`` would have let it through, or an error: a record
     written straight onto the topic gets the same checks (a service policy's attributes
-    against the catalogue; dialing rules check themselves)."""
+    against the catalogue; amounts within their bounds; dialing rules check themselves)."""
+    for name, limit in _AMOUNTS.get(type(obj).__name__, ()):
+        problem = amount_problem(getattr(obj, name), limit)
+        if problem:
+            raise ValueError(f"{name} {problem}")
+    for f in dataclasses.fields(obj):
+        if f.name != "description" or type(obj) is VendorConnection:  # a connection's description names it
+            _check_length(f.name, getattr(obj, f.name))
     if type(obj) is ServicePolicy:
         attributes = parse_attributes(obj.service_type, obj.attributes, policy=obj.name)
         return dataclasses.replace(obj, attributes=attributes)
@@ -378,6 +432,12 @@ def _without_password(record: Mapping[str, Any]) -> Mapping[str, Any]:
     return hashed | account_credentials(record["account_id"], realm, password)
 
 
+def _check_length(name: str, value: Any) -> None:
+    for text in value if type(value) is tuple else (value,):
+        if type(text) is str and len(text) > NAME_LIMIT:
+            raise ValueError(f"{name} is {len(text):,} characters long, over {NAME_LIMIT:,}")
+
+
 def _raise(name: str, record: Mapping[str, Any], exc: Exception) -> None:
     raise exc
 
@@ -389,6 +449,9 @@ def _ignore(name: str, record: Mapping[str, Any], exc: Exception) -> None:
 def _draft_of(drafts: dict[str, _Draft], environments: Mapping[str, EnvironmentConfig], name: str) -> _Draft:
     if type(name) is not str:
         raise TypeError(f"environment name must be a string, not {type(name).__name__}")
+    if not name.strip() or KEY_SEPARATOR in name or len(name) > NAME_LIMIT:
+        raise ValueError(f"environment name {name[:80]!r} must not be empty, longer than {NAME_LIMIT:,} "
+                         f"characters nor contain {KEY_SEPARATOR!r}")
     draft = drafts.get(name)
     if draft is None:
         draft = drafts[name] = _Draft(environments.get(name) or EnvironmentConfig(name))
@@ -404,18 +467,38 @@ class _Draft:
         self.copied: dict[str, dict[str, Any]] = {}
 
     def apply(self, name: str, record: Mapping[str, Any]) -> bool:
+        """Apply one event; raise (one of SKIPPABLE, changing nothing) if it is refused."""
         if name == "ConfigObjectRemoved":
-            kind = KIND_BY_NAME[record["kind"]]
-            self._collection(kind).pop(record["key"], None)
+            kind, key = KIND_BY_NAME[record["kind"]], record["key"]
+            self._check_removal(kind, key)
+            self._collection(kind).pop(key, None)
         elif name in KIND_BY_EVENT:
             kind = KIND_BY_EVENT[name]
             obj = from_record(kind, record)
-            key = kind.key(obj)
-            self._collection(kind)[key] = obj
+            self._check_references(kind, obj)
+            self._collection(kind)[kind.key(obj)] = obj
         else:
             return False
         self.version += 1
         return True
+
+    def view(self) -> Any:
+        """The environment's collections as they stand now (the draft's own: read only)."""
+        return _View(self)
+
+    def _check_references(self, kind: Kind, obj: Any) -> None:
+        problems = broken_references(self.view(), obj)
+        if problems:
+            raise ConfigRefused("broken_reference", f"{kind.name} {kind.key(obj)!r}: " + "; ".join(
+                f"{field_name}: {text}" for field_name, text in problems))
+
+    def _check_removal(self, kind: Kind, key: Any) -> None:
+        if type(key) is not str:
+            raise TypeError(f"the key of a removed object must be a string, not {type(key).__name__}")
+        users = referrers(self.view(), kind.name, key)
+        if users:
+            raise ConfigRefused("still_referenced", f"{kind.name} {key!r} cannot be removed: "
+                                f"{', '.join(users[:5])}{' ...' if len(users) > 5 else ''} still refer to it")
 
     def _collection(self, kind: Kind) -> dict[str, Any]:
         found = self.copied.get(kind.collection)
@@ -425,6 +508,17 @@ class _Draft:
 
     def build(self) -> EnvironmentConfig:
         return dataclasses.replace(self.base, version=self.version, _derived={}, **self.copied)
+
+
+class _View:
+    """A draft's collections by name, as an EnvironmentConfig has them (no copy)."""
+
+    def __init__(self, draft: _Draft) -> None:
+        self._draft = draft
+
+    def __getattr__(self, name: str) -> Any:
+        copied = self._draft.copied
+        return copied[name] if name in copied else getattr(self._draft.base, name)
 
 
 def fold(events: Iterable[tuple[str, Mapping[str, Any]]], until: datetime | None = None, *,

@@ -12,24 +12,29 @@ here is a bug in a rule: the caller must not turn it into a decision a customer 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
+from decimal import Decimal
+from types import SimpleNamespace
+from typing import Any, Mapping
 
 from imbill.domain.balance import AccountState, Event, bill, open_account, payment_rejected, top_up
-from imbill.domain.config import ConfigState
+from imbill.domain.config import KIND_BY_EVENT, KIND_BY_NAME, ConfigState
 from imbill.domain.dedup import UNSEEN, Sighting, verdict
-from imbill.domain.events import Charge, MessageAttempt, Payment, PaymentRejected, Rejection, rejection_id_of
+from imbill.domain.events import (Charge, ConfigEventRejected, MessageAttempt, Payment, PaymentRejected, Rejection,
+                                  config_rejection_id_of, rejection_id_of)
 from imbill.domain.keys import account_key
 from imbill.domain.money import BALANCE_LIMIT, PAYMENT_LIMIT, ZERO
-from imbill.domain.rating import REASON_CODES, Rated, Refusal, account_push_events, charge_of, rate_attempt, rejection_of
+from imbill.domain.rating import CLOCK_SKEW, MAX_TEXT_CHARS, REASON_CODES, text_chars, Rated, Refusal, account_push_events, charge_of, rate_attempt, rejection_of
 
-__all__ = ["Decision", "decide_attempt", "decide_payment", "opened_account", "undecodable_attempt",
-           "undecodable_payment", "PAYMENT_REASON_CODES"]
+__all__ = ["Decision", "Limits", "DEFAULT_LIMITS", "decide_attempt", "decide_payment", "opened_account", "undecodable_attempt",
+           "undecodable_payment", "config_event_rejected", "PAYMENT_REASON_CODES"]
 
 PAYMENT_REASON_CODES = {
     "malformed_payment": "The record is no Payment (garbage, an unknown schema, a missing field).",
     "key_mismatch": "The record key is not the account the payment names.",
     "invalid_amount": "The amount is zero, negative or not a number.",
-    "amount_too_large": "The amount is over the single-payment limit (money.PAYMENT_LIMIT).",
+    "amount_too_large": "The amount is over the single-payment maximum (IMBILL_PAYMENT_MAXIMUM, at most "
+                        "money.PAYMENT_LIMIT).",
     "unknown_account": "The account does not exist in the environment.",
     "currency_mismatch": "The payment is in another currency than the account's balance.",
     "balance_limit": "The payment would take the balance past money.BALANCE_LIMIT.",
@@ -43,6 +48,28 @@ UNREMEMBERED = (*SKIPPED, "outside_dedup_window")
 
 
 @dataclass(frozen=True, slots=True)
+class Limits:
+    """The bounds a deployment sets on its inputs (``imbill/settings.py`` reads them; the domain
+    constants are the defaults and the largest values the events' types hold)."""
+
+    payment_maximum: Decimal = PAYMENT_LIMIT
+    """The largest single payment applied (amount_too_large above it)."""
+    clock_skew: timedelta = CLOCK_SKEW
+    """How far after the rating clock an attempt may be dated (implausible_attempt beyond)."""
+
+    def __post_init__(self) -> None:
+        if not ZERO < self.payment_maximum <= PAYMENT_LIMIT:
+            raise ValueError(f"payment maximum: must be over 0 and at most {PAYMENT_LIMIT}, "
+                             f"not {self.payment_maximum}")
+        if not timedelta(0) <= self.clock_skew <= timedelta(days=1):
+            raise ValueError(f"attempt clock skew: must be 0 to 86400 seconds, not "
+                             f"{self.clock_skew.total_seconds():g}")
+
+
+DEFAULT_LIMITS = Limits()
+
+
+@dataclass(frozen=True, slots=True)
 class Decision:
     """The account's state after a record (None: the key is no account), the events the
     record causes, and whether its id joins the account's dedup memory (:mod:`.dedup`)."""
@@ -53,10 +80,13 @@ class Decision:
 
 
 def decide_attempt(state: AccountState | None, attempt: MessageAttempt, config: ConfigState, *,
-                   key: bytes | None, offset: int, now: datetime, sighting: Sighting = UNSEEN) -> Decision:
+                   key: bytes | None, offset: int, now: datetime, sighting: Sighting = UNSEEN,
+                   limits: Limits = DEFAULT_LIMITS) -> Decision:
     """Rate and bill ``attempt`` (the record at ``offset`` under ``key``) for its sender;
     ``sighting`` is what the account's dedup memory knows of its attempt id."""
-    rated = rate_attempt(attempt, config, rated_at=now)
+    if text_chars(attempt) > MAX_TEXT_CHARS:
+        return Decision(state, (_oversized(attempt, now),))
+    rated = rate_attempt(attempt, config, rated_at=now, clock_skew=limits.clock_skew)
     if type(rated) is Refusal:
         return Decision(state, (rejection_of(attempt, rated, now),))
     if rated.direction != "outgoing":  # free, billed to the recipient, whose balance is elsewhere
@@ -69,6 +99,17 @@ def decide_attempt(state: AccountState | None, attempt: MessageAttempt, config: 
                   occurred_at=now, sighting=verdict(sighting, offset=offset, at=min(attempt.received_at, now)))
     return Decision(result.state, _outcome(attempt, rated, result.outcome, now) + tuple(result.events),
                     remember=result.outcome not in UNREMEMBERED)
+
+
+def _oversized(attempt: MessageAttempt, now: datetime) -> Rejection:
+    """The implausible_attempt Rejection of an attempt longer than a SIP datagram: recorded
+    against no account (the input record's key), its texts cut, so that it stays small."""
+    attempt_id = _text(attempt.attempt_id) or ""
+    return Rejection(rejection_id=rejection_id_of(attempt_id), attempt_id=attempt_id, environment="", account="",
+                     attempted_at=attempt.received_at, rejected_at=now, reason_code="implausible_attempt",
+                     message=f"its text fields hold {text_chars(attempt):,} characters, more than a SIP datagram "
+                             f"({MAX_TEXT_CHARS:,})",
+                     to_user=_text(attempt.to_user) or "", to_domain=_text(attempt.to_domain) or "")
 
 
 def _outcome(attempt: MessageAttempt, rated: Rated, outcome: str, now: datetime) -> tuple[Charge | Rejection, ...]:
@@ -88,11 +129,15 @@ def _opened(config: ConfigState, rated: Rated) -> AccountState:
 
 
 def decide_payment(state: AccountState | None, payment: Payment, config: ConfigState, *, key: bytes | None,
-                   offset: int, now: datetime, sighting: Sighting = UNSEEN) -> Decision:
+                   offset: int, now: datetime, sighting: Sighting = UNSEEN,
+                   limits: Limits = DEFAULT_LIMITS) -> Decision:
     """Apply ``payment`` (the record at ``offset`` under ``key``) to its account's balance;
     ``sighting`` is what the account's dedup memory knows of its payment id."""
     environment, account = payment.environment, payment.account
-    refused = _implausible_payment(payment, key)
+    unfit = _unfit_payment(payment, now)
+    if unfit is not None:
+        return Decision(state, (unfit,))
+    refused = _implausible_payment(payment, key, limits.payment_maximum)
     if refused is not None:
         return Decision(state, (payment_rejected(payment, *refused, now),))
     state = state or opened_account(config, environment, account)
@@ -109,7 +154,7 @@ def decide_payment(state: AccountState | None, payment: Payment, config: ConfigS
     return Decision(state, tuple(events), remember=remember)
 
 
-def _implausible_payment(payment: Payment, key: bytes | None) -> tuple[str, str] | None:
+def _implausible_payment(payment: Payment, key: bytes | None, maximum: Decimal) -> tuple[str, str] | None:
     """(reason code, words) of a payment that is refused whatever the account's state."""
     amount = payment.amount
     if account_key(payment.environment, payment.account) != key:
@@ -117,9 +162,33 @@ def _implausible_payment(payment: Payment, key: bytes | None) -> tuple[str, str]
                                 f"({payment.environment}/{payment.account})")
     if not amount.is_finite() or amount <= 0:
         return "invalid_amount", f"payment {payment.payment_id} of {amount} is not a positive amount"
-    if amount > PAYMENT_LIMIT:
-        return "amount_too_large", f"payment {payment.payment_id} of {amount} is over the limit {PAYMENT_LIMIT}"
+    if amount > maximum:
+        return "amount_too_large", f"payment {payment.payment_id} of {amount} is over the maximum {maximum}"
     return None
+
+
+PAYMENT_TEXT_LIMIT = 16_384
+"""The most characters a payment's texts hold together (ids, account, currency, reference):
+``imbill payment`` writes far less; more cannot be repeated in a PaymentRejected and a key."""
+_AMOUNT_BOUND = Decimal(10) ** 18
+"""What the events' decimal(24, 6) holds: |amount| below it."""
+
+
+def _unfit_payment(payment: Payment, now: datetime) -> PaymentRejected | None:
+    """The PaymentRejected of a payment too large to repeat (texts past PAYMENT_TEXT_LIMIT, an
+    amount past decimal(24, 6)): recorded against no account (the input record's key), its
+    texts cut and its amount 0, so that the rejection stays small and encodable."""
+    chars = (len(payment.payment_id) + len(payment.environment) + len(payment.account) + len(payment.currency)
+             + len(payment.reference))
+    if chars > PAYMENT_TEXT_LIMIT:
+        code, why = "malformed_payment", f"its texts hold {chars:,} characters, over {PAYMENT_TEXT_LIMIT:,}"
+    elif not payment.amount.is_finite() or abs(payment.amount) >= _AMOUNT_BOUND:
+        code, why = "invalid_amount", f"the amount {str(payment.amount)[:40]} does not fit decimal(24, 6)"
+    else:
+        return None
+    return PaymentRejected(payment_id=_text(payment.payment_id) or "", environment="", account="", amount=ZERO,
+                           currency="", received_at=payment.received_at, rejected_at=now, reason_code=code,
+                           message=f"payment {_text(payment.payment_id)}: {why}")
 
 
 def undecodable_payment(payment_id: str, why: str, now: datetime) -> PaymentRejected:
@@ -145,3 +214,40 @@ def undecodable_attempt(attempt_id: str, why: str, now: datetime) -> Rejection:
     return Rejection(rejection_id=rejection_id_of(attempt_id), attempt_id=attempt_id, environment="", account="",
                      attempted_at=now, rejected_at=now, reason_code="malformed_attempt", message=why,
                      to_user="", to_domain="")
+
+
+_TEXT_LIMIT = 1_000
+"""The longest text a ConfigEventRejected repeats from the record it refuses (then "...")."""
+
+
+def config_event_rejected(topic: str, partition: int, offset: int, name: str | None, record: Mapping[str, Any],
+                          reason_code: str, message: str, now: datetime) -> ConfigEventRejected:
+    """The ConfigEventRejected of the config record at ``topic[partition]@offset`` (``name`` and
+    ``record``: what could be decoded of it, None and {} if nothing): what is known of it,
+    each text cut to a bounded length, so a hostile record cannot make a large rejection."""
+    kind = KIND_BY_EVENT[name] if name in KIND_BY_EVENT else None
+    if name == "ConfigObjectRemoved" and record.get("kind") in KIND_BY_NAME:
+        kind = KIND_BY_NAME[record["kind"]]
+    return ConfigEventRejected(
+        rejection_id=config_rejection_id_of(topic, partition, offset), config_topic=topic,
+        config_partition=partition, config_offset=offset, event_id=_text(record.get("event_id")), event=_text(name),
+        environment=_text(record.get("environment")), kind=kind.name if kind is not None else None,
+        key=_text(_key_of(kind, name, record)), reason_code=reason_code, message=_text(message) or "",
+        rejected_at=now)
+
+
+def _key_of(kind: Any, name: str | None, record: Mapping[str, Any]) -> Any:
+    if name == "ConfigObjectRemoved":
+        return record.get("key")
+    if kind is None or kind.singleton:
+        return None
+    try:
+        return kind.key(SimpleNamespace(**record))
+    except Exception:  # noqa: BLE001 - a hostile record may lack or mistype any field
+        return None
+
+
+def _text(value: Any) -> str | None:
+    if type(value) is not str:
+        return None
+    return value if len(value) <= _TEXT_LIMIT else value[:_TEXT_LIMIT] + "..."

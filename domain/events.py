@@ -11,7 +11,7 @@ Config events are :class:`ConfigObjectDefined` (an envelope around one config ob
 
 Ids are stable, derived from the cause, so reprocessing never doubles an effect:
 ``chg-<attempt id>``, ``rej-<attempt id>``, ``bal-<charge or payment id>``,
-``st-<cause id>-<status>``.
+``st-<cause id>-<status>``, ``cfgrej-<config topic>-<partition>-<offset>``.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Any
 from imbill.domain.config import KIND_BY_CLASS
 
 __all__ = ["MessageAttempt", "Charge", "Rejection", "Payment", "PaymentRejected", "BalanceChanged",
-           "ServiceStatusChanged", "ConfigObjectDefined", "ConfigObjectRemoved", "Event", "ConfigEvent",
+           "ServiceStatusChanged", "ConfigObjectDefined", "ConfigEventRejected", "config_rejection_id_of", "ConfigObjectRemoved", "Event", "ConfigEvent",
            "ACCOUNT_EVENTS", "event_name", "field_names", "charge_id_of", "rejection_id_of"]
 
 
@@ -202,8 +202,28 @@ class ConfigObjectRemoved:
     key: str
 
 
+@dataclass(frozen=True, slots=True)
+class ConfigEventRejected:
+    """A config record every reader skips (``refusal.CONFIG_REASON_CODES``), said once where
+    everyone sees it. The processor worker that owns attempts partition 0 emits it (see
+    ``streams/config_rejections.py``); its id is derived from where the record is."""
+
+    rejection_id: str
+    config_topic: str
+    config_partition: int
+    config_offset: int
+    event_id: str | None
+    event: str | None
+    environment: str | None
+    kind: str | None
+    key: str | None
+    reason_code: str
+    message: str
+    rejected_at: datetime
+
+
 Event = (MessageAttempt | Charge | Rejection | Payment | PaymentRejected | BalanceChanged | ServiceStatusChanged
-         | ConfigObjectDefined | ConfigObjectRemoved)
+         | ConfigObjectDefined | ConfigObjectRemoved | ConfigEventRejected)
 ConfigEvent = ConfigObjectDefined | ConfigObjectRemoved
 ACCOUNT_EVENTS = (Charge, Rejection, PaymentRejected, BalanceChanged, ServiceStatusChanged)
 """The processor's outputs: each belongs to one account of one environment."""
@@ -231,3 +251,7 @@ def charge_id_of(attempt_id: str) -> str:
 
 def rejection_id_of(attempt_id: str) -> str:
     return "rej-" + attempt_id
+
+
+def config_rejection_id_of(topic: str, partition: int, offset: int) -> str:
+    return f"cfgrej-{topic}-{partition}-{offset}"

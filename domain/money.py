@@ -19,7 +19,7 @@ from typing import Mapping
 
 from iso4217 import Currency
 
-__all__ = ["MINOR_UNITS", "DEFAULT_MINOR_UNITS", "ZERO", "PAYMENT_LIMIT", "PRICE_LIMIT", "BALANCE_LIMIT", "minor_units", "quantum", "round_amount", "billing_units", "money_text"]
+__all__ = ["MINOR_UNITS", "DEFAULT_MINOR_UNITS", "ZERO", "PAYMENT_LIMIT", "PRICE_LIMIT", "BALANCE_LIMIT", "minor_units", "quantum", "round_amount", "billing_units", "amount_problem", "money_text"]
 
 ZERO = Decimal(0)
 DEFAULT_MINOR_UNITS = 2
@@ -71,6 +71,23 @@ def money_text(amount: Decimal, currency: str | None) -> str:
     if exact.as_tuple().exponent >= -places:  # type: ignore[operator]
         return f"{amount.quantize(Decimal(1).scaleb(-places)):f}"
     return f"{exact:f}"
+
+
+_MICRO = Decimal("0.000001")
+
+
+def amount_problem(amount: object, limit: Decimal) -> str:
+    """Why ``amount`` is no config amount ("" when it is one): a Decimal, finite, not negative,
+    at most ``limit`` (PRICE_LIMIT, BALANCE_LIMIT) and with at most 6 decimals."""
+    if type(amount) is not Decimal or not amount.is_finite():
+        return f"must be a finite decimal amount, got {str(amount)[:40]}"
+    if amount < 0:
+        return f"must not be negative, got {amount}"
+    if amount > limit:
+        return f"is over the limit {limit:,}, got {str(amount)[:40]}"
+    if amount != amount.quantize(_MICRO):
+        return f"has more than 6 decimals, got {amount}"
+    return ""
 
 
 def billing_units(body_chars: int, unit_size: int | None) -> int:

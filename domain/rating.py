@@ -45,10 +45,15 @@ from imbill.domain.tariff_rates import ANY_NUMBER, MSGN
 MAX_BODY_CHARS = 100_000
 """The longest message body rated (Unicode code points): a SIP datagram holds at most 65,535
 bytes, and a body past this is a bug or an attack, not a message (implausible_attempt)."""
+MAX_TEXT_CHARS = 65_535 + 1_024
+"""The most characters an attempt's text fields hold together: what one SIP datagram
+(65,535 bytes) carries, plus the edge's own fields (ids, address). More is implausible, and
+kept out of the events the processor writes (which must stay far below the broker's 1 MiB)."""
 CLOCK_SKEW = timedelta(minutes=5)
-"""How far in the future of the rating clock an attempt may be dated (clocks differ)."""
+"""How far in the future of the rating clock an attempt may be dated (clocks differ): the
+default of the setting ``IMBILL_ATTEMPT_CLOCK_SKEW`` (passed in as ``clock_skew``)."""
 
-__all__ = ["MAX_BODY_CHARS", "CLOCK_SKEW", "Rated", "Refusal", "REASON_CODES", "MSGN", "ANY_NUMBER", "rate_attempt", "charge_of", "rejection_of",
+__all__ = ["MAX_BODY_CHARS", "MAX_TEXT_CHARS", "CLOCK_SKEW", "text_chars", "Rated", "Refusal", "REASON_CODES", "MSGN", "ANY_NUMBER", "rate_attempt", "charge_of", "rejection_of",
            "account_push_events"]
 
 
@@ -89,11 +94,12 @@ class Rated(NamedTuple):
     """The sender (CLI) as translated by the policy's userpart_e164_translation."""
 
 
-def rate_attempt(attempt: MessageAttempt, config: ConfigState, *, rated_at: datetime) -> Rated | Refusal:
+def rate_attempt(attempt: MessageAttempt, config: ConfigState, *, rated_at: datetime,
+                 clock_skew: timedelta = CLOCK_SKEW) -> Rated | Refusal:
     """Rate one attempt against the config snapshot ``config`` (see the module doc for the
     steps); the environment's rating index is derived from the snapshot and kept with it."""
     name, direction = attempt.environment, attempt.direction
-    implausible = _implausible(attempt, rated_at)
+    implausible = _implausible(attempt, rated_at, clock_skew)
     if implausible:
         return Refusal("implausible_attempt", implausible,
                        attempt.to_user if direction == "incoming" else attempt.from_user)
@@ -113,15 +119,26 @@ def rate_attempt(attempt: MessageAttempt, config: ConfigState, *, rated_at: date
     return Refusal("malformed_attempt", f"direction {direction!r} is neither outgoing nor incoming", attempt.from_user)
 
 
-def _implausible(attempt: MessageAttempt, rated_at: datetime) -> str:
+def _implausible(attempt: MessageAttempt, rated_at: datetime, clock_skew: timedelta) -> str:
     """Why an attempt cannot be real ("" when it can): its lengths are out of range, or it is
     dated after the moment it is rated (beyond :data:`CLOCK_SKEW`)."""
     if not 0 <= attempt.body_chars <= MAX_BODY_CHARS or not 0 <= attempt.body_bytes <= 4 * MAX_BODY_CHARS:
         return (f"a body of {attempt.body_chars} characters ({attempt.body_bytes} bytes) is out of range "
                 f"(0 to {MAX_BODY_CHARS:,} characters)")
-    if attempt.received_at > rated_at + CLOCK_SKEW:
+    chars = text_chars(attempt)
+    if chars > MAX_TEXT_CHARS:
+        return f"its text fields hold {chars:,} characters, more than a SIP datagram ({MAX_TEXT_CHARS:,})"
+    if attempt.received_at > rated_at + clock_skew:
         return f"the attempt is dated {attempt.received_at.isoformat()}, after it was rated ({rated_at.isoformat()})"
     return ""
+
+
+def text_chars(attempt: MessageAttempt) -> int:
+    """The characters of an attempt's text fields together (see MAX_TEXT_CHARS)."""
+    return (len(attempt.attempt_id) + len(attempt.environment) + len(attempt.direction) + len(attempt.call_id)
+            + len(attempt.from_user) + len(attempt.from_domain) + len(attempt.to_user) + len(attempt.to_domain)
+            + len(attempt.request_uri) + len(attempt.user_agent or "") + len(attempt.content_type or "")
+            + len(attempt.source_ip) + len(attempt.transport) + len(attempt.edge_id))
 
 
 def _outgoing(index: Index, sender: str, to_user: str, to_domain: str, chars: int,

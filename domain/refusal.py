@@ -9,11 +9,12 @@ from __future__ import annotations
 from types import MappingProxyType
 from typing import Mapping, NamedTuple
 
-__all__ = ["Refusal", "REASON_CODES"]
+__all__ = ["Refusal", "REASON_CODES", "CONFIG_REASON_CODES"]
 
 REASON_CODES: Mapping[str, str] = MappingProxyType({
     "malformed_attempt": "The attempt event cannot be decoded or lacks a field rating needs.",
-    "implausible_attempt": "The attempt cannot be real: a body length out of range, or dated in the future.",
+    "implausible_attempt": "The attempt cannot be real: a body length out of range, more text than a SIP datagram, "
+                           "or dated in the future.",
     "unknown_environment": "The virtual environment has no instant messaging setup (no service types).",
     "service_disabled": "Messaging is not enabled in the environment (BillingEngine ServiceTypes).",
     "unknown_recipient": "An incoming message's recipient is no account or alias of the environment.",
@@ -31,6 +32,19 @@ REASON_CODES: Mapping[str, str] = MappingProxyType({
     "outside_dedup_window": "The attempt is dated more than 24 hours before the newest attempt billed to its "
                             "account: a first copy of it may be forgotten, so it is not charged (domain/dedup.py).",
 })
+
+CONFIG_REASON_CODES: Mapping[str, str] = MappingProxyType({
+    "undecodable_config": "The record is no Avro event of ours (garbage, an unknown schema fingerprint, a corrupt body).",
+    "not_config_event": "A decodable event that is no config event (a Payment on the config topic).",
+    "invalid_config_object": "The event describes no valid object: a missing field, a wrong type, values config apply "
+                             "refuses (impossible dialing rules, a service policy attribute the catalogue refuses, "
+                             "an environment name with /).",
+    "broken_reference": "The object refers to one that is not in force, or of the wrong sort (an account's product, "
+                        "a usage charge's tariff, a rate's tariff or destination, a service policy).",
+    "still_referenced": "The removal of an object another object in force still refers to (rates aside).",
+})
+"""Why a config record is not applied: the reason codes of ConfigEventRejected, and what
+``imbill config history`` shows for it."""
 
 
 class Refusal(NamedTuple):

@@ -272,12 +272,24 @@ def edge(ctx: click.Context, host: str | None, port: int | None) -> None:
 @click.option("--session-timeout", type=float, default=6.0, show_default=True,
               help="Seconds before the group gives up on a worker that died.")
 @click.option("--log-level", default="info", show_default=True, help="debug, info, warning or error.")
+@click.option("--payment-maximum", default=None,
+              help="Largest single payment applied (default 1000000, IMBILL_PAYMENT_MAXIMUM).")
+@click.option("--attempt-clock-skew", type=float, default=None,
+              help="Seconds an attempt may be dated ahead of the clock (default 300, IMBILL_ATTEMPT_CLOCK_SKEW).")
 @click.pass_context
 def process(ctx: click.Context, worker_id: str | None, data_dir: Path | None, batch_size: int,
-            session_timeout: float, log_level: str) -> None:
+            session_timeout: float, log_level: str, payment_maximum: str | None,
+            attempt_clock_skew: float | None) -> None:
     """Run a processor worker: policy, destination, units, rating, balance -> charges."""
-    wiring.processor_worker(_settings(ctx).with_overrides(data_dir=data_dir), worker_id, batch_size=batch_size,
-                            session_timeout=session_timeout, loglevel=log_level)
+    try:
+        maximum = Decimal(payment_maximum) if payment_maximum is not None else None
+    except InvalidOperation:
+        raise click.BadParameter(f"not a decimal amount: {payment_maximum!r}", param_hint="--payment-maximum") from None
+    settings = _settings(ctx).with_overrides(data_dir=data_dir, payment_maximum=maximum,
+                                             attempt_clock_skew=attempt_clock_skew)
+    settings.limits  # noqa: B018 - refuse a setting out of range in one line, before starting
+    wiring.processor_worker(settings, worker_id, batch_size=batch_size, session_timeout=session_timeout,
+                            loglevel=log_level)
 
 
 @cli.command()

@@ -9,9 +9,15 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field, fields, replace
+from datetime import timedelta
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from imbill.domain.decide import Limits
+from imbill.domain.errors import ConfigError
+from imbill.domain.money import PAYMENT_LIMIT
+from imbill.domain.rating import CLOCK_SKEW
 from imbill.schemas.topics import Topics
 
 __all__ = ["Settings", "load_settings", "child_environment", "DEFAULT_EXAMPLE"]
@@ -33,6 +39,11 @@ class Settings:
     replication_factor: int = 1
     edge_vendor_peers: tuple[str, ...] = ()
     """Source IPs of vendor connections; MESSAGEs from them are incoming (free by default)."""
+    payment_maximum: Decimal = PAYMENT_LIMIT
+    """The largest single payment applied; larger ones get a PaymentRejected amount_too_large
+    (at most ``money.PAYMENT_LIMIT``, the default)."""
+    attempt_clock_skew: float = CLOCK_SKEW.total_seconds()
+    """Seconds an attempt may be dated after the processor's clock (implausible_attempt beyond)."""
     external_broker: bool = False
     """The bootstrap servers were given (flag or IMBILL_BOOTSTRAP_SERVERS): ``imbill run``
     uses that broker instead of starting the embedded one."""
@@ -40,6 +51,14 @@ class Settings:
     @property
     def topics(self) -> Topics:
         return Topics(self.topic_prefix)
+
+    @property
+    def limits(self) -> Limits:
+        """The bounds the processor puts on its inputs; ConfigError names a setting out of range."""
+        try:
+            return Limits(Decimal(self.payment_maximum), timedelta(seconds=float(self.attempt_clock_skew)))
+        except ValueError as exc:
+            raise ConfigError(f"settings: {exc}") from None
 
     def with_overrides(self, **values: object) -> "Settings":
         return replace(self, **{k: v for k, v in values.items() if v is not None})
@@ -55,6 +74,7 @@ def _peers(text: str) -> tuple[str, ...]:
 
 _FROM_TEXT: Mapping[str, Callable[[str], Any]] = {
     "edge_port": int, "broker_port": int, "replication_factor": int, "data_dir": Path, "edge_vendor_peers": _peers,
+    "payment_maximum": Decimal, "attempt_clock_skew": float,
     "external_broker": lambda text: text.lower() in ("1", "true", "yes"),
 }
 _TO_TEXT: Mapping[str, Callable[[Any], str]] = {"edge_vendor_peers": ",".join}
@@ -67,12 +87,18 @@ def _variable(name: str) -> str:
 def load_settings(environ: Mapping[str, str] | None = None, **flags: object) -> Settings:
     """Defaults, overridden by IMBILL_* variables, overridden by flags that are not None."""
     environ = os.environ if environ is None else environ
-    values = {f.name: _FROM_TEXT.get(f.name, str)(environ[_variable(f.name)])
-              for f in fields(Settings) if _variable(f.name) in environ}
+    values = {f.name: _parsed(f.name, environ[_variable(f.name)]) for f in fields(Settings) if _variable(f.name) in environ}
     settings = Settings().with_overrides(**values).with_overrides(**flags)
     if "bootstrap_servers" in values or flags.get("bootstrap_servers") is not None:
         settings = settings.with_overrides(external_broker=True)
     return settings
+
+
+def _parsed(name: str, text: str) -> Any:
+    try:
+        return _FROM_TEXT.get(name, str)(text)
+    except (ValueError, InvalidOperation):
+        raise ConfigError(f"{_variable(name)}: cannot read {text!r}") from None
 
 
 def child_environment(settings: Settings) -> dict[str, str]:

@@ -22,7 +22,6 @@ from imbill.domain.config import Account, ConfigState, EnvironmentConfig
 from imbill.domain.errors import BrokerError, ConfigError, ImbillError
 from imbill.domain.events import Payment
 from imbill.domain.keys import account_key
-from imbill.domain.money import PAYMENT_LIMIT
 from imbill.domain.policy import Explanation, explain
 from imbill.domain.rating import Rated, Refusal, rate_attempt
 from imbill.domain.reconcile import AttemptSeen, Reconciliation, Topics as TopicEvents, reconcile as compare
@@ -98,6 +97,11 @@ def _account(settings: Settings, account_id: str) -> tuple[EnvironmentConfig, Ac
     return env, account
 
 
+REFERENCE_LIMIT = 4_096
+"""The longest payment reference ``imbill payment`` appends (the processor refuses a payment
+whose texts together pass ``decide.PAYMENT_TEXT_LIMIT``)."""
+
+
 @dataclass(frozen=True)
 class TopUp:
     """A payment appended, and what the processor made of it (None: nothing within the wait)."""
@@ -115,8 +119,12 @@ def top_up(settings: Settings, account_id: str, amount: Decimal, currency: str |
     (or PaymentRejected) from the processor."""
     if not amount.is_finite() or amount <= 0:
         raise ConfigError(f"account {account_id}: a payment must be positive, got {amount}")
-    if amount > PAYMENT_LIMIT:
-        raise ConfigError(f"account {account_id}: a payment may be at most {PAYMENT_LIMIT:,}, got {amount}")
+    maximum = settings.limits.payment_maximum
+    if amount > maximum:
+        raise ConfigError(f"account {account_id}: a payment may be at most {maximum:,}, got {amount}")
+    if len(reference) > REFERENCE_LIMIT:
+        raise ConfigError(f"account {account_id}: a payment reference has at most {REFERENCE_LIMIT:,} characters, "
+                          f"got {len(reference):,}")
     if amount != amount.quantize(MICRO):
         raise ConfigError(f"account {account_id}: a payment has at most 6 decimals, got {amount}")
     env, account = _account(settings, account_id)

@@ -121,7 +121,7 @@ def processor_worker(settings: Settings, worker_id: str | None = None, *, loglev
     under ``settings.data_dir / "processor" / worker_id``."""
     run_worker(settings.bootstrap_servers, settings.topics, app_id=settings.topic_prefix + settings.processor_id,
                data_dir=settings.data_dir, worker_id=worker_id, loglevel=loglevel, batch_size=batch_size,
-               session_timeout=session_timeout)
+               session_timeout=session_timeout, limits=settings.limits)
 
 
 def projectors(settings: Settings, once: bool, say: Say, *, max_poll_records: int = 500) -> None:

@@ -22,7 +22,8 @@ The file is the whole truth: an object missing from it is removed when the file 
 (rates excepted, see :mod:`imbill.producers.config_publisher`), and a missing section means
 "none". :func:`load_config_file` reads it in three steps: YAML (duplicate keys refused), the
 shape (pydantic models, unknown fields refused), then the rules that tie objects together
-(references, duplicates, currencies, policy attributes from the catalogue, dialing rules).
+(references, duplicates, currencies, policy attributes from the catalogue, dialing rules);
+the references are checked by ``domain.references``, the rule the config fold applies too.
 Every problem found is reported, one per line, as ``file: object "name": field: problem``;
 :class:`ConfigFileError` is a :class:`~imbill.domain.errors.ConfigError`.
 
@@ -40,7 +41,8 @@ from datetime import date, datetime, time, timezone
 from decimal import ROUND_DOWN, Decimal, InvalidOperation
 from os import PathLike
 from pathlib import Path
-from typing import Annotated, Any, Literal, Mapping, get_args
+from types import SimpleNamespace
+from typing import Annotated, Any, Iterable, Literal, Mapping, get_args
 
 import yaml
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
@@ -50,10 +52,11 @@ from imbill.domain.errors import ConfigError
 from imbill.domain.keys import KEY_SEPARATOR
 from imbill.domain.money import BALANCE_LIMIT, PRICE_LIMIT
 from imbill.domain.config import (KIND_BY_CLASS, Account, Customer, Destination,
-                                   EnvironmentConfig, Product, Rate, ServicePolicy, ServiceTypes, SipSettings,
-                                   Tariff, UsageCharge, Vendor, VendorConnection, account_credentials)
+                                   EnvironmentConfig, NAME_LIMIT, Product, Rate, ServicePolicy, ServiceTypes,
+                                   SipSettings, Tariff, UsageCharge, Vendor, VendorConnection, account_credentials)
 from imbill.domain.catalogue import InvalidPolicyAttribute, check_applicability, parse_attributes
 from imbill.domain.e164 import DialingRules, InvalidDialingRules
+from imbill.domain.references import account_currency, policy_use, rate_code, tariff_use, unknown
 
 __all__ = ["ConfigFileError", "DesiredConfig", "EPOCH", "load_config_file", "parse_config", "desired_config"]
 
@@ -89,10 +92,18 @@ def _refuse(message: str, **context: Any) -> PydanticCustomError:
     return PydanticCustomError("imbill", message, context)
 
 
-def _text(value: Any) -> Any:
-    """Text; YAML reads ``id: 1001`` or ``rate_code: 44`` as an int, taken as its digits."""
+def _digits(value: Any) -> Any:
+    """YAML reads ``id: 1001`` or ``rate_code: 44`` as an int: taken as its digits."""
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
+    return value
+
+
+def _text(value: Any) -> Any:
+    """Text of at most NAME_LIMIT characters (names reach every Charge)."""
+    value = _digits(value)
+    if isinstance(value, str) and len(value) > NAME_LIMIT:
+        raise _refuse("is {length} characters long, over {limit}", length=f"{len(value):,}", limit=f"{NAME_LIMIT:,}")
     return value
 
 
@@ -123,7 +134,7 @@ def _at_most(limit: Decimal) -> Any:
 
 
 def _empty_text(value: Any) -> Any:
-    return "" if value is None else _text(value)
+    return "" if value is None else _digits(value)
 
 
 def _empty_list(value: Any) -> Any:
@@ -410,7 +421,8 @@ _ITEMS = {  # list section -> (object word, identifying fields)
 
 
 def _label(word: str, name: Any) -> str:
-    return f'{word} "{name}"'
+    text = str(name)
+    return f'{word} "{text if len(text) <= 60 else text[:57] + "..."}"'
 
 
 def _item_label(section: str, item: Any, index: int) -> str:
@@ -521,6 +533,9 @@ class _Checker:
         self._first("vendor", model.vendors, "name")
         self._first("customer", model.customers, "name")
         self.destinations = self._first("destination", model.destinations, "prefix")
+        self.named = SimpleNamespace(tariffs=self.tariffs, service_policies=self.policies, products=self.products,
+                                     destinations=self.destinations)
+        """The file's objects by name, as ``domain.references`` reads an environment."""
 
     def problems(self) -> list[str]:
         self._check_dialing_rules()
@@ -552,25 +567,25 @@ class _Checker:
                 first[name] = item
         return first
 
+    def _problems(self, where: str, problems: Iterable[tuple[str, str]]) -> bool:
+        """Record ``domain.references``' problems at ``where``; whether there were any."""
+        found = False
+        for field_name, text in problems:
+            self._problem(where, field_name, text)
+            found = True
+        return found
+
     def _reference(self, where: str, field_name: str, word: str, name: str, known: Mapping[str, Any]) -> Any:
         if name in known:
             return known[name]
-        defined = ", ".join(f'"{n}"' for n in known) or "none"
-        self._problem(where, field_name, f'unknown {word} "{name}" (defined: {defined})')
+        self._problem(where, field_name, unknown(word, name, known))
         return None
 
     def _use_policy(self, where: str, name: str | None, usages: Mapping[str, set[str]],
                     service_type: str | None = None) -> None:
-        if name is None:
+        if name is None or self._problems(where, policy_use(self.named, name, service_type)):
             return
-        policy = self._reference(where, "service_policy", "service policy", name, self.policies)
-        if policy is None:
-            return
-        if service_type is not None and policy.service_type != service_type:
-            self._problem(where, "service_policy",
-                          f'"{name}" is a {policy.service_type} policy, not a {service_type} one')
-            return
-        self.usages[name] |= usages[policy.service_type]
+        self.usages[name] |= usages[self.policies[name].service_type]
 
     def _check_dialing_rules(self) -> None:
         if self.model.dialing_rules is None:
@@ -611,10 +626,7 @@ class _Checker:
                 self._problem(rate_where, "effective_from",
                               f"{rate.effective_from.isoformat()} is defined twice for rate code {rate.rate_code}")
             seen.add((rate.rate_code, rate.effective_from))
-            code = rate.rate_code
-            if code != "|" and not code.isdigit() and code not in self.destinations:
-                self._problem(rate_where, "rate_code",
-                              f'unknown destination "{code}" (a rate code is digits, | or a destination prefix)')
+            self._problems(rate_where, rate_code(self.named, rate.rate_code))
 
     def _check_vendor(self, vendor: VendorModel) -> None:
         where = _label("vendor", vendor.name)
@@ -630,14 +642,7 @@ class _Checker:
                              {"messaging": {"connection"}, "voice": {"connection"}}, connection.service_type)
 
     def _check_tariff_use(self, where: str, name: str, applied_to: str, user: str, service: str) -> None:
-        tariff = self._reference(where, "tariff", "tariff", name, self.tariffs)
-        if tariff is None:
-            return
-        if tariff.applied_to != applied_to:
-            self._problem(where, "tariff",
-                          f'"{name}" is a {tariff.applied_to} tariff; {user} needs a {applied_to} tariff')
-        elif tariff.service != service:
-            self._problem(where, "tariff", f'"{name}" is a {tariff.service} tariff, not a {service} one')
+        self._problems(where, tariff_use(self.named, name, applied_to, user, service))
 
     def _check_product(self, product: ProductModel) -> None:
         where = _label("product", product.name)
@@ -671,12 +676,8 @@ class _Checker:
 
     def _check_account(self, where: str, customer: CustomerModel, account: AccountModel) -> None:
         product = self._reference(where, "product", "product", account.product, self.products)
-        for charge in product.usage_charges if product else ():
-            tariff = self.tariffs.get(charge.tariff)
-            if tariff is not None and tariff.applied_to == "customer" and tariff.currency != customer.currency:
-                self._problem(where, "product",
-                              f'"{product.name}" charges {charge.service} with tariff "{tariff.name}" in '
-                              f"{tariff.currency}, not in the customer's currency {customer.currency}")
+        if product is not None:
+            self._problems(where, account_currency(self.named, customer, product))
         if account.balance_model == "prepaid" and account.credit_limit:
             self._problem(where, "credit_limit", "only a postpaid account has a credit limit")
         self._use_policy(where, account.service_policy, _ACCOUNT_USAGES)

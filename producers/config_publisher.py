@@ -33,17 +33,17 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from os import PathLike
-from typing import Any, Callable, Iterable, Mapping, NamedTuple
+from typing import Any, Callable, Iterable, Iterator, Mapping, NamedTuple
 
 from imbill.bus import Envelope, EventProducer, read_to_end
 from imbill.producers.config_file import ConfigFileError, DesiredConfig, load_config_file
-from imbill.domain.errors import SchemaError
-from imbill.schemas.codec import encode, event_of
-from imbill.domain.config import (KIND_BY_EVENT, KIND_BY_NAME, ConfigState, EnvironmentConfig, Kind, fold, from_record, to_record)
+from imbill.schemas.codec import encode
+from imbill.domain.config import (KIND_BY_EVENT, KIND_BY_NAME, SKIPPABLE, ConfigState, EnvironmentConfig, Kind, fold,
+                                  from_record, refusal_of, to_record)
 from imbill.schemas.topics import Topics
 
 __all__ = ["PLAN_ORDER", "NEVER_REMOVED", "ApplyResult", "HistoryEntry", "plan_changes",
-           "apply_config", "current_state", "config_history", "tariff_currencies", "event_label"]
+           "apply_config", "current_state", "config_history", "config_refusals", "tariff_currencies", "event_label"]
 
 PLAN_ORDER: tuple[Kind, ...] = tuple(KIND_BY_NAME[name] for name in (
     "service_types", "dialing_rules", "sip_settings", "destination", "tariff", "rate", "service_policy", "vendor",
@@ -108,7 +108,21 @@ def plan_changes(desired: DesiredConfig, current: EnvironmentConfig | None, *, n
     events += [event("ConfigObjectRemoved", {"kind": kind.name, "key": key})
                for kind in reversed(PLAN_ORDER) if kind.name not in NEVER_REMOVED
                for key in sorted(current.collection(kind)) if key not in desired.config.collection(kind)]
+    _check_folds(desired, current, events)
     return events
+
+
+def _check_folds(desired: DesiredConfig, current: EnvironmentConfig, events: list[Event]) -> None:
+    """Fold the plan over the environment in force, in order, with the readers' own fold:
+    a plan one of its events would be refused from (a reference the fold does not find, the
+    removal of an object still referred to) is refused whole, with the same reason."""
+    state = ConfigState({current.name: current})
+    for name, record in events:
+        try:
+            state = state.apply(name, record)
+        except SKIPPABLE as exc:
+            reason, words = refusal_of(exc)
+            raise ConfigFileError(desired.source, [f"{_label_of(name, record)}: {words} ({reason})"]) from None
 
 
 def _check_currencies(desired: DesiredConfig, current: EnvironmentConfig,
@@ -172,23 +186,41 @@ class HistoryEntry(NamedTuple):
     """``event_label`` of the object defined or removed (or why the record is unreadable)."""
 
 
-def _history_entry(envelope: Envelope) -> HistoryEntry:
+def config_refusals(envelopes: Iterable[Envelope]) -> dict[int, tuple[str, str]]:
+    """Offset -> (reason code, words) of every config record every reader skips: what
+    ConfigEventRejected says of it (``refusal.CONFIG_REASON_CODES``)."""
+    refused: dict[int, tuple[str, str]] = {}
+
+    def records() -> Iterator[tuple[int, str, Mapping[str, Any]]]:
+        for envelope in envelopes:
+            if envelope.record is None:
+                refused[envelope.offset] = ("undecodable_config", envelope.error or "")
+            else:
+                yield envelope.offset, envelope.name or "", envelope.record
+
+    ConfigState().folded(records(), lambda offset, reason, words: refused.__setitem__(offset, (reason, words)))
+    return refused
+
+
+def _history_entry(envelope: Envelope, refusal: tuple[str, str] | None) -> HistoryEntry:
     record = envelope.record
     if record is None:
-        return HistoryEntry(envelope.offset, None, "(undecodable)", "", envelope.error or "")
-    try:
-        event_of(envelope.name or "", record)
-    except SchemaError as exc:  # decodable, but no valid config object: skipped by every reader
-        return HistoryEntry(envelope.offset, record.get("occurred_at"), f"(refused {envelope.name})",
-                            record.get("environment", ""), str(exc))
+        return HistoryEntry(envelope.offset, None, "(undecodable)", "", f"undecodable_config: {envelope.error or ''}")
+    occurred_at = record.get("occurred_at")
+    environment = record.get("environment") if type(record.get("environment")) is str else ""
+    if refusal is not None:  # decodable, but skipped by every reader
+        return HistoryEntry(envelope.offset, occurred_at if isinstance(occurred_at, datetime) else None,
+                            f"(refused {envelope.name})", environment, f"{refusal[0]}: {refusal[1]}")
     name = envelope.name or ""
-    return HistoryEntry(envelope.offset, record.get("occurred_at"), name, record.get("environment", ""),
-                        _label_of(name, record))
+    return HistoryEntry(envelope.offset, occurred_at, name, environment, _label_of(name, record))
 
 
 def config_history(bootstrap_servers: str, topics: Topics, environment: str | None = None) -> list[HistoryEntry]:
-    """Every config event in topic order (of one environment, if given)."""
-    entries = [_history_entry(e) for e in _config_events(bootstrap_servers, topics)]
+    """Every config event in topic order (of one environment, if given); a record every
+    reader skips is shown as ``(undecodable)`` or ``(refused <event>)`` with its reason code."""
+    envelopes = _config_events(bootstrap_servers, topics)
+    refused = config_refusals(envelopes)
+    entries = [_history_entry(e, refused.get(e.offset)) for e in envelopes]
     return [e for e in entries if environment is None or e.environment in (environment, "")]
 
 

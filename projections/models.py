@@ -29,8 +29,8 @@ from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = ["Base", "metadata", "Money", "UtcDateTime", "Xdr", "RejectedAttempt", "BalanceEvent",
-           "ServiceStatusEvent", "ConfigEvent", "ConfigObject", "ProjectionOffset",
-           "migrate", "alembic_config", "connect", "to_json", "MIGRATIONS", "VIEWS"]
+           "ServiceStatusEvent", "RejectedPayment", "RejectedConfigEvent", "ConfigEvent", "ConfigObject",
+           "ProjectionOffset", "migrate", "alembic_config", "connect", "to_json", "MIGRATIONS", "VIEWS"]
 
 MIGRATIONS = "imbill.projections:migrations"
 VIEWS = ("daily_customer_totals", "daily_net_traffic", "vendor_destination_margin", "daily_rejections",
@@ -166,6 +166,43 @@ class RejectedAttempt(_Source, Base):
     message: Mapped[str] = mapped_column(sa.Text)
     to_user: Mapped[str]
     to_domain: Mapped[str]
+
+
+class RejectedPayment(_Source, Base):
+    """One row per PaymentRejected: a payment not applied, and why (one per payment and reason:
+    a rejection re-emitted after a crash is the same row)."""
+
+    __tablename__ = "rejected_payment"
+    __table_args__ = (sa.Index("ix_rejected_payment_account_rejected_at", "account", "rejected_at"),)
+
+    payment_id: Mapped[str] = mapped_column(primary_key=True)
+    reason_code: Mapped[str] = mapped_column(primary_key=True)
+    environment: Mapped[str]
+    account: Mapped[str]
+    amount: Mapped[Decimal]
+    currency: Mapped[str]
+    received_at: Mapped[datetime]
+    rejected_at: Mapped[datetime]
+    message: Mapped[str] = mapped_column(sa.Text)
+
+
+class RejectedConfigEvent(_Source, Base):
+    """One row per ConfigEventRejected: a config record every reader skips, and why."""
+
+    __tablename__ = "rejected_config_event"
+
+    rejection_id: Mapped[str] = mapped_column(primary_key=True)
+    config_topic: Mapped[str]
+    config_partition: Mapped[int]
+    config_offset: Mapped[int] = mapped_column(sa.BigInteger)
+    event_id: Mapped[str | None]
+    event: Mapped[str | None]
+    environment: Mapped[str | None]
+    kind: Mapped[str | None]
+    key: Mapped[str | None]
+    reason_code: Mapped[str]
+    message: Mapped[str] = mapped_column(sa.Text)
+    rejected_at: Mapped[datetime]
 
 
 class BalanceEvent(_Source, Base):

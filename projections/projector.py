@@ -14,9 +14,13 @@ ON CONFLICT DO NOTHING``, which keeps the first; so they do when a text holds a 
 (a hostile User-Agent), which PostgreSQL text cannot hold: it becomes U+FFFD. SQLite gets the
 INSERT directly (one executemany per table) and keeps texts as they are.
 
-A record that cannot be decoded, or whose event type the projector does not map, is
-skipped: logged with its topic, partition and offset, counted in ``skipped``, and its
-offset advanced with the rest.
+A record that cannot be decoded, whose event type the projector does not map, or that
+the processor cannot have written (:mod:`.plausible`) is skipped: logged with its topic,
+partition, offset and why, counted in ``skipped``, and its offset advanced with the rest.
+The config projector folds the config topic as every reader does
+(:meth:`ConfigState.folded`): a config record the processor skips is not projected either,
+and its ConfigEventRejected (from the config-rejections topic) is a row of
+``rejected_config_event``.
 
 ``XdrProjector`` (charges, rejections, balance and service-status events) and
 ``ConfigProjector`` (config events and the config in force) share one loop; each event
@@ -43,11 +47,13 @@ from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError, OffsetOutOfRangeError
 from sqlalchemy.dialects import postgresql, sqlite
 
-from imbill.bus import Envelope, partitions_of
+from imbill.bus import Envelope, partitions_of, read_to_end
 from imbill.domain.errors import BrokerError, LogReset, SchemaError
 from imbill.projections.models import (BalanceEvent, ConfigEvent, ConfigObject, ProjectionOffset,
-                                       RejectedAttempt, ServiceStatusEvent, Xdr, connect, migrate, to_json)
-from imbill.domain.config import KIND_BY_EVENT, object_key, to_record
+                                       RejectedAttempt, RejectedConfigEvent, RejectedPayment, ServiceStatusEvent,
+                                       Xdr, connect, migrate, to_json)
+from imbill.projections.plausible import implausible
+from imbill.domain.config import KIND_BY_EVENT, ConfigState, object_key, to_record
 from imbill.domain.events import ConfigObjectDefined, ConfigObjectRemoved
 from imbill.schemas.codec import decode, event_of
 from imbill.projections.reset_check import check_log, fingerprint, reset_message
@@ -109,6 +115,14 @@ def rejection_row(envelope: Envelope) -> Row:
     return _columns_of(RejectedAttempt.__table__, envelope)
 
 
+def payment_rejection_row(envelope: Envelope) -> Row:
+    return _columns_of(RejectedPayment.__table__, envelope)
+
+
+def config_rejection_row(envelope: Envelope) -> Row:
+    return _columns_of(RejectedConfigEvent.__table__, envelope)
+
+
 def balance_row(envelope: Envelope) -> Row:
     return _columns_of(BalanceEvent.__table__, envelope)
 
@@ -143,11 +157,13 @@ def redacted(record: Mapping[str, Any]) -> dict[str, Any]:
 XDR_MAPPERS: Dispatch = {
     "Charge": (Xdr.__table__, charge_row),
     "Rejection": (RejectedAttempt.__table__, rejection_row),
+    "PaymentRejected": (RejectedPayment.__table__, payment_rejection_row),
     "BalanceChanged": (BalanceEvent.__table__, balance_row),
     "ServiceStatusChanged": (ServiceStatusEvent.__table__, service_status_row),
 }
-CONFIG_MAPPERS: Dispatch = {name: (ConfigEvent.__table__, config_event_row)
-                            for name in (*KIND_BY_EVENT, "ConfigObjectRemoved")}
+CONFIG_MAPPERS: Dispatch = {**{name: (ConfigEvent.__table__, config_event_row)
+                               for name in (*KIND_BY_EVENT, "ConfigObjectRemoved")},
+                            "ConfigEventRejected": (RejectedConfigEvent.__table__, config_rejection_row)}
 
 
 def _envelope(message: Any, typed: bool = True) -> Envelope:
@@ -158,7 +174,7 @@ def _envelope(message: Any, typed: bool = True) -> Envelope:
     except SchemaError as exc:
         name, record, event, error = None, None, None, str(exc)
     else:
-        error = None
+        error = implausible(name, record, message.key) or None
     return Envelope(message.topic, message.partition, message.offset, message.timestamp,
                     message.key, name, record, error, event)
 
@@ -169,7 +185,7 @@ class _TopicProjector:
     typed = True
     """Whether the mappers read domain events (else the decoded records alone)."""
 
-    def __init__(self, database_url: str, bootstrap_servers: str, topic_names: Sequence[str],
+    def __init__(self, database_url: str, bootstrap_servers: str, topics: Topics, topic_names: Sequence[str],
                  mappers: Dispatch, *, name: str, max_poll_records: int = 500,
                  migrate_schema: bool = True, schema: str | None = None) -> None:
         """``schema`` (PostgreSQL): project into the tables of that existing schema, migrated
@@ -179,6 +195,8 @@ class _TopicProjector:
         self.name = name
         self.mappers = mappers
         self.engine = connect(database_url, schema)
+        self._events_on = {spec.name: frozenset(spec.events) for spec in topics.specs()}
+        """Topic -> the events the catalogue puts on it: any other is not the processor's."""
         self.skipped = 0
         self.applied = 0
         self._max_records = max_poll_records
@@ -239,20 +257,43 @@ class _TopicProjector:
         typed = self.typed
         try:
             with self.engine.begin() as conn:
-                applied, skipped = self._apply(conn, (_envelope(m, typed) for m in messages))
+                wanted, skipped = self._sorted_out(_envelope(m, typed) for m in messages)
+                applied = self._apply(conn, wanted)
                 self._store_offsets(conn, positions, fingerprints)
         except BaseException:
             self._rewind()
             raise
         self._committed.update(positions)
         self._fingerprints.update(fingerprints)
+        self._applied_batch()
         self._log_skipped(skipped)
         self.applied += applied
         return applied
 
-    def _apply(self, conn: sa.Connection, envelopes: Iterable[Envelope]) -> tuple[int, list[Envelope]]:
-        """Write the rows of the mapped ``envelopes``; returns how many, and the skipped ones."""
-        return insert_rows(conn, envelopes, self.mappers)
+    def _sorted_out(self, envelopes: Iterable[Envelope]) -> tuple[Iterable[Envelope], list[tuple[Envelope, str]]]:
+        """The envelopes to project (decoded, mapped, on their own topic, plausible), as they
+        are decoded, and the others with why they are skipped (filled as the first are read)."""
+        skipped: list[tuple[Envelope, str]] = []
+
+        def wanted() -> Iterator[Envelope]:
+            for e in envelopes:
+                if e.error is not None:
+                    skipped.append((e, e.error))
+                elif e.name not in self.mappers:
+                    skipped.append((e, f"no {self.name} projection of {e.name} events"))
+                elif e.name not in self._events_on.get(e.topic, ()):
+                    skipped.append((e, f"{e.name} is not an event of {e.topic}"))
+                else:
+                    yield e
+
+        return wanted(), skipped
+
+    def _applied_batch(self) -> None:
+        """Told once the batch's transaction is committed."""
+
+    def _apply(self, conn: sa.Connection, envelopes: Iterable[Envelope]) -> int:
+        """Write the rows of the ``envelopes`` (all mapped); returns how many."""
+        return insert_rows(conn, envelopes, self.mappers)[0]
 
     def _store_offsets(self, conn: sa.Connection, positions: Mapping[TopicPartition, int],
                        fingerprints: Mapping[TopicPartition, str]) -> None:
@@ -264,11 +305,10 @@ class _TopicProjector:
                                "next_offset": offset, "last_record": fingerprints.get(tp)}
                               for tp, offset in positions.items()])
 
-    def _log_skipped(self, envelopes: Sequence[Envelope]) -> None:
-        for e in envelopes:
-            why = e.error or f"no {self.name} projection of {e.name} events"
-            log.warning("projector %s skipped %s[%d]@%d: %s", self.name, e.topic, e.partition, e.offset, why)
-        self.skipped += len(envelopes)
+    def _log_skipped(self, skipped: Sequence[tuple[Envelope, str]]) -> None:
+        for e, why in skipped:
+            log.warning("projector %s skipped %s[%d]@%d: %s", self.name, e.topic, e.partition, e.offset, why[:1000])
+        self.skipped += len(skipped)
 
     def caught_up(self) -> bool:
         """Every partition's position has reached the high-watermark of its last fetch."""
@@ -372,24 +412,57 @@ class XdrProjector(_TopicProjector):
 
     def __init__(self, database_url: str, bootstrap_servers: str, topics: Topics, name: str = "xdr",
                  **options: Any) -> None:
-        super().__init__(database_url, bootstrap_servers,
+        super().__init__(database_url, bootstrap_servers, topics,
                          [topics.charges, topics.rejections, topics.balances, topics.service_status],
                          XDR_MAPPERS, name=name, **options)
 
 
 class ConfigProjector(_TopicProjector):
-    """Every config event into config_event, and their fold into config_object."""
+    """Every config event in force into config_event, their fold into config_object, and the
+    rejections of the others into rejected_config_event.
+
+    It folds the config topic as every reader does (:meth:`ConfigState.folded`), from offset
+    0 at start: a record the fold refuses (a broken reference...) is skipped here too."""
 
     def __init__(self, database_url: str, bootstrap_servers: str, topics: Topics, name: str = "config",
                  **options: Any) -> None:
-        super().__init__(database_url, bootstrap_servers, [topics.config], CONFIG_MAPPERS,
-                         name=name, **options)
+        super().__init__(database_url, bootstrap_servers, topics, [topics.config, topics.config_rejections],
+                         CONFIG_MAPPERS, name=name, **options)
+        self._config_topic = topics.config
+        try:
+            self.state = self._folded_so_far(bootstrap_servers)
+        except BaseException:
+            self.close()
+            raise
+        self._next_state = self.state
 
-    def _apply(self, conn: sa.Connection, envelopes: Iterable[Envelope]) -> tuple[int, list[Envelope]]:
+    def _folded_so_far(self, bootstrap_servers: str) -> ConfigState:
+        """The fold of the config records this projector has already applied."""
+        end = self._committed.get(TopicPartition(self._config_topic, 0), 0)
+        if not end:
+            return ConfigState()
+        records = ((e.offset, e.name, e.record) for e in read_to_end(bootstrap_servers, self._config_topic)
+                   if e.offset < end and e.record is not None)
+        return ConfigState().folded(records, lambda *refused: None)
+
+    def _sorted_out(self, envelopes: Iterable[Envelope]) -> tuple[list[Envelope], list[tuple[Envelope, str]]]:
+        wanted, skipped = super()._sorted_out(envelopes)
+        wanted = list(wanted)
+        config = [e for e in wanted if e.topic == self._config_topic]
+        refused: dict[int, str] = {}
+        self._next_state = self.state.folded(((e.offset, e.name, e.record) for e in config),
+                                             lambda offset, reason, words: refused.__setitem__(offset, f"{reason}: {words}"))
+        skipped += [(e, refused[e.offset]) for e in config if e.offset in refused]
+        return [e for e in wanted if e.topic != self._config_topic or e.offset not in refused], skipped
+
+    def _applied_batch(self) -> None:
+        self.state = self._next_state
+
+    def _apply(self, conn: sa.Connection, envelopes: Iterable[Envelope]) -> int:
         envelopes = list(envelopes)
-        applied, skipped = super()._apply(conn, envelopes)
-        fold_config_objects(conn, [e for e in envelopes if e.name in self.mappers])
-        return applied, skipped
+        applied = super()._apply(conn, envelopes)
+        fold_config_objects(conn, [e for e in envelopes if e.topic == self._config_topic])
+        return applied
 
 
 def insert_rows(conn: sa.Connection, envelopes: Iterable[Envelope], mappers: Dispatch) -> tuple[int, list[Envelope]]:
@@ -398,20 +471,20 @@ def insert_rows(conn: sa.Connection, envelopes: Iterable[Envelope], mappers: Dis
 
     The envelopes are decoded as they are written: each run of rows of one table is one
     COPY on PostgreSQL, so the server stores rows while the next ones are decoded."""
-    skipped: list[Envelope] = []
+    unmapped: list[Envelope] = []
 
     def mapped() -> Iterator[tuple[sa.Table, Row]]:
         for envelope in envelopes:
             entry = mappers.get(envelope.name or "")
             if entry is None:
-                skipped.append(envelope)
+                unmapped.append(envelope)
             else:
                 yield entry[0], entry[1](envelope)
 
     applied = 0
     for table, run in groupby(mapped(), key=itemgetter(0)):
         applied += _insert_new(conn, table, (row for _, row in run))
-    return applied, skipped
+    return applied, unmapped
 
 
 def fold_config_objects(conn: sa.Connection, envelopes: Sequence[Envelope]) -> None:

@@ -95,7 +95,8 @@ def _project_everything(database_url: str, schema: str | None, bootstrap_servers
 def _records_on(bootstrap_servers: str, topics: Topics) -> int:
     """About how many records the projections read (ListOffsets: may be short by a batch
     on the local broker; the bar only shows it)."""
-    names = [topics.charges, topics.rejections, topics.balances, topics.service_status, topics.config]
+    names = [topics.charges, topics.rejections, topics.balances, topics.service_status, topics.config,
+             topics.config_rejections]
     try:
         consumer = KafkaConsumer(bootstrap_servers=bootstrap_servers, group_id=None, client_id="imbill-rebuild")
     except KafkaError as exc:

@@ -144,7 +144,7 @@ def decode_as(name: str, data: bytes) -> dict[str, Any]:
 
 _CLASSES: Mapping[str, type] = {cls.__name__: cls for cls in (
     ev.MessageAttempt, ev.Charge, ev.Rejection, ev.Payment, ev.PaymentRejected, ev.BalanceChanged,
-    ev.ServiceStatusChanged, ev.ConfigObjectRemoved)}
+    ev.ServiceStatusChanged, ev.ConfigObjectRemoved, ev.ConfigEventRejected)}
 _ENVELOPE = ("event_id", "environment", "occurred_at")
 
 

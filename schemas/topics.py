@@ -3,7 +3,8 @@
 Attempts, payments, charges, rejections, balance and service-status events are keyed by
 ``environment/account`` and have the same partition count, so one account's events stay
 in order on one partition and the processor's balance state is co-partitioned with them.
-Config is one partition so every reader folds the same total order.
+Config is one partition so every reader folds the same total order; its rejections
+(ConfigEventRejected) are one partition too, in the config topic's order.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 __all__ = ["TopicSpec", "Topics", "CATALOGUE", "ATTEMPTS", "CONFIG", "PAYMENTS", "CHARGES", "REJECTIONS",
-           "BALANCES", "SERVICE_STATUS", "ACCOUNT_STATE_CHANGELOG", "topic_names"]
+           "BALANCES", "SERVICE_STATUS", "CONFIG_REJECTIONS", "ACCOUNT_STATE_CHANGELOG", "topic_names"]
 
 FOREVER = -1
 
@@ -55,12 +56,15 @@ BALANCES = TopicSpec("imbill.balance-events", ACCOUNT_PARTITIONS, "environment/a
 SERVICE_STATUS = TopicSpec("imbill.service-status", ACCOUNT_PARTITIONS, "environment/account",
                            "delete", FOREVER, ("ServiceStatusChanged",),
                            "messaging suspended (wallet empty) and resumed (top-up)")
+CONFIG_REJECTIONS = TopicSpec("imbill.config-rejections", 1, "environment", "delete", FOREVER,
+                              ("ConfigEventRejected",),
+                              "config records every reader skips, with a reason code (one per record)")
 ACCOUNT_STATE_CHANGELOG = TopicSpec("imbill-processor-account-state-changelog", ACCOUNT_PARTITIONS,
                                     "environment/account", "compact", FOREVER, (),
                                     "the processor's balance table (faust changelog)")
 
 CATALOGUE: tuple[TopicSpec, ...] = (ATTEMPTS, CONFIG, PAYMENTS, CHARGES, REJECTIONS, BALANCES,
-                                    SERVICE_STATUS, ACCOUNT_STATE_CHANGELOG)
+                                    SERVICE_STATUS, CONFIG_REJECTIONS, ACCOUNT_STATE_CHANGELOG)
 
 
 def topic_names() -> list[str]:
@@ -101,6 +105,10 @@ class Topics:
     @property
     def service_status(self) -> str:
         return self.prefix + SERVICE_STATUS.name
+
+    @property
+    def config_rejections(self) -> str:
+        return self.prefix + CONFIG_REJECTIONS.name
 
     def specs(self) -> list[TopicSpec]:
         """The catalogue under this prefix (the faust changelog is named by the processor)."""

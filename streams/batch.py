@@ -21,13 +21,15 @@ An exception from the rules (other than a record that cannot be decoded) propaga
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Callable, Iterable, Mapping
 
 from imbill.domain.config import ConfigState
-from imbill.domain.decide import decide_attempt, decide_payment, undecodable_attempt, undecodable_payment
+from imbill.domain.decide import (DEFAULT_LIMITS, Limits, decide_attempt, decide_payment, undecodable_attempt,
+                                  undecodable_payment)
 from imbill.domain.dedup import Sighting, fingerprint, millis
 from imbill.domain.errors import SchemaError
 from imbill.domain.events import MessageAttempt, Payment
@@ -97,11 +99,24 @@ class Batch:
         return {partition: offset - 1 for partition, offset in self.next_offsets.items()}
 
 
+KEY_LIMIT = 8_192
+"""The longest input key kept as it is. A longer one names no account (account keys are an
+environment and an account id of at most 4,096 characters each): it is replaced by its digest
+in the changelog and in the outputs it keys, so no hostile key can make a record the broker
+refuses (which would stop the partition's billing)."""
+
+
 def entry_key(key: bytes | None, partition: int) -> bytes:
     """The changelog key of an input key (NUL-prefixed keys are the processor's own)."""
     if key is None:
         return b"\x00nokey/%d" % partition
+    if len(key) > KEY_LIMIT:
+        return _digest(key)
     return b"\x00raw/" + key if key[:1] == b"\x00" else key
+
+
+def _digest(key: bytes) -> bytes:
+    return b"\x00long/" + hashlib.sha256(key).hexdigest().encode()
 
 
 def _decided(committed: Mapping[bytes, Any], batch: Batch, key: bytes, offset: int, attr: str) -> bool:
@@ -111,22 +126,24 @@ def _decided(committed: Mapping[bytes, Any], batch: Batch, key: bytes, offset: i
 
 
 def bill_attempts(committed: Mapping[bytes, Any], config: ConfigState, records: Iterable[Record], *,
-                  now: datetime, expected: Mapping[int, int], memory: DedupMemory | None = None) -> Batch:
+                  now: datetime, expected: Mapping[int, int], memory: DedupMemory | None = None,
+                  limits: Limits = DEFAULT_LIMITS) -> Batch:
     """Rate and bill MessageAttempt records against ``committed`` entries and dedup
     ``memory`` (neither modified)."""
     batch = Batch("a", expected, memory=BatchMemory(memory, "a"))
-    return _decide(batch, "attempts_decided", _attempt_outcome, committed, config, records, now)
+    return _decide(batch, "attempts_decided", _attempt_outcome, committed, config, records, now, limits)
 
 
 def top_up_payments(committed: Mapping[bytes, Any], config: ConfigState, records: Iterable[Record], *,
-                    now: datetime, expected: Mapping[int, int], memory: DedupMemory | None = None) -> Batch:
+                    now: datetime, expected: Mapping[int, int], memory: DedupMemory | None = None,
+                    limits: Limits = DEFAULT_LIMITS) -> Batch:
     """Apply Payment records to the balances of ``committed`` entries (not modified)."""
     batch = Batch("p", expected, memory=BatchMemory(memory, "p"))
-    return _decide(batch, "payments_decided", _payment_outcome, committed, config, records, now)
+    return _decide(batch, "payments_decided", _payment_outcome, committed, config, records, now, limits)
 
 
 def _decide(batch: Batch, decided: str, outcome: Callable[..., Iterable[Output]], committed: Mapping[bytes, Any],
-            config: ConfigState, records: Iterable[Record], now: datetime) -> Batch:
+            config: ConfigState, records: Iterable[Record], now: datetime, limits: Limits) -> Batch:
     """Each admitted record not yet decided for its key: its outcome joins the key's outbox."""
     for partition, offset, raw_key, value in records:
         if not batch.admit(partition, offset):
@@ -137,12 +154,12 @@ def _decide(batch: Batch, decided: str, outcome: Callable[..., Iterable[Output]]
         entry = batch.touch(committed, key, partition, offset)
         setattr(entry, decided, offset)
         seen = batch.memory.of(key, entry) if batch.memory is not None else KeyMemory(None, entry)
-        entry.outbox.extend(outcome(entry, raw_key, partition, offset, value, config, now, seen))
+        entry.outbox.extend(outcome(entry, raw_key, partition, offset, value, config, now, seen, limits))
     return batch
 
 
 def _attempt_outcome(entry: Entry, key: bytes | None, partition: int, offset: int, value: bytes | None,
-                     config: ConfigState, now: datetime, seen: KeyMemory) -> list[Output]:
+                     config: ConfigState, now: datetime, seen: KeyMemory, limits: Limits) -> list[Output]:
     """A record that is no MessageAttempt (undecodable, or lacking a field) is a final
     ``malformed_attempt`` rejection. Any other exception from the rules is a bug, not a fact
     about the attempt: it propagates, the batch is not committed, and the worker stops and is
@@ -152,7 +169,8 @@ def _attempt_outcome(entry: Entry, key: bytes | None, partition: int, offset: in
     except SchemaError as exc:
         return [_output(undecodable_attempt(f"undecodable-{partition}-{offset}", str(exc), now), key)]
     sighting = seen.sighting(attempt.attempt_id)
-    decision = decide_attempt(entry.state, attempt, config, key=key, offset=offset, now=now, sighting=sighting)
+    decision = decide_attempt(entry.state, attempt, config, key=key, offset=offset, now=now, sighting=sighting,
+                              limits=limits)
     outputs = [_output(event, key) for event in decision.events]
     entry.state = decision.state  # only once every event of the decision is encoded
     content = fingerprint(attempt.direction, attempt.to_user, attempt.to_domain, attempt.body_chars)
@@ -173,14 +191,15 @@ def _remember(seen: KeyMemory, remember: bool, record_id: str, offset: int, at: 
 
 
 def _payment_outcome(entry: Entry, key: bytes | None, partition: int, offset: int, value: bytes | None,
-                     config: ConfigState, now: datetime, seen: KeyMemory) -> list[Output]:
+                     config: ConfigState, now: datetime, seen: KeyMemory, limits: Limits) -> list[Output]:
     try:
         payment = decode_event_as(Payment, value or b"")
     except SchemaError as exc:
         log.warning("payment %d@%d not applied: %s", partition, offset, exc)
         return [_output(undecodable_payment(f"undecodable-{partition}-{offset}", str(exc), now), key)]
     sighting = seen.sighting(payment.payment_id)
-    decision = decide_payment(entry.state, payment, config, key=key, offset=offset, now=now, sighting=sighting)
+    decision = decide_payment(entry.state, payment, config, key=key, offset=offset, now=now, sighting=sighting,
+                              limits=limits)
     outputs = [_output(event, key) for event in decision.events]
     entry.state = decision.state
     content = fingerprint(payment.amount, payment.currency, payment.account)
@@ -192,5 +211,6 @@ def _output(event: Any, key: bytes | None) -> Output:
     """An event of a decision, to send: its topic kind, its account's key and its bytes. A
     rejection not recorded against an account keeps the input record's key."""
     kind = TOPIC_KINDS[type(event).__name__]
-    out_key = account_key(event.environment, event.account) if event.account else key
-    return kind, out_key or b"", encode_event(event)
+    if event.account:
+        return kind, account_key(event.environment, event.account), encode_event(event)
+    return kind, (_digest(key) if key and len(key) > KEY_LIMIT else key) or b"", encode_event(event)

@@ -35,6 +35,7 @@ from datetime import datetime
 from typing import Any, Awaitable, Callable, Iterable, Mapping, MutableMapping, Protocol, Sequence
 
 from imbill.domain.config import ConfigState
+from imbill.domain.decide import DEFAULT_LIMITS, Limits
 from imbill.domain.errors import LogReset
 from imbill.schemas.topics import Topics
 from imbill.streams.batch import Batch, Record, bill_attempts, top_up_payments
@@ -95,8 +96,11 @@ class Committer:
     """One worker's commit protocol (see the module doc)."""
 
     def __init__(self, log: Log, topics: Topics, config: Callable[[], Awaitable[ConfigState]], *,
-                 clock: Callable[[], datetime], halt: Callable[[], None] | None = None) -> None:
+                 clock: Callable[[], datetime], halt: Callable[[], None] | None = None,
+                 limits: Limits = DEFAULT_LIMITS) -> None:
         self.log, self.topics, self.config, self.clock = log, topics, config, clock
+        self.limits = limits
+        """The bounds on inputs the deployment set (settings), handed to every decision."""
         self.halt = halt or (lambda: None)
         """Called when a batch could not be committed; if it returns, the error is raised."""
         self.lock = asyncio.Lock()
@@ -133,7 +137,7 @@ class Committer:
     async def _commit(self, source: str, records: Sequence[Record], decide: Callable[..., Batch]) -> None:
         config = await self.config()
         batch = decide(self.log.records, config, records, now=self.clock(), expected=self._expected(source),
-                       memory=self.memory)
+                       memory=self.memory, limits=self.limits)
         await self._write_entries(batch.entries)
         touched = self._touched_windows(source, batch.entries)
         await self._send_outboxes(batch.entries.values())

@@ -11,8 +11,10 @@ high-watermark. A config event acknowledged before an attempt was produced is th
 in force when the attempt is rated. ListOffsets "latest" is never asked: the local broker
 misreports it (PLATFORM-NOTES, quirk 1), the fetch high-watermark is right.
 
-A record that cannot be decoded is logged and skipped: config is checked when it is
-applied (``imbill config apply``), and one bad record must not stop billing.
+A record that cannot be decoded, or that the fold refuses (:meth:`ConfigState.folded`, the
+same fold as every other reader's), is logged and skipped: one bad record must not stop
+billing. Its ConfigEventRejected is kept in :attr:`ConfigReader.refused`, in topic order,
+for the worker that emits them (:mod:`.config_rejections`).
 """
 
 from __future__ import annotations
@@ -20,13 +22,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from datetime import datetime, timezone
 from typing import Any, Iterator
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from imbill.domain.config import ConfigState
+from imbill.domain.decide import config_event_rejected
 from imbill.domain.errors import BrokerError, SchemaError
+from imbill.domain.events import ConfigEventRejected
 from imbill.schemas.codec import decode
 from imbill.streams.faust_adapter import force_metadata_update
 
@@ -51,6 +56,8 @@ class ConfigReader:
         self._starting = asyncio.Lock()
         self._next_offset = 0
         self.skipped = 0
+        self.refused: list[ConfigEventRejected] = []
+        """The rejection of every record skipped, in topic order (one per record)."""
 
     async def start(self, timeout: float = 30.0) -> None:
         async with self._starting:
@@ -111,19 +118,30 @@ class ConfigReader:
             batches = await self._consumer.getmany(self._tp, timeout_ms=500, max_records=10_000)
             messages = batches.get(self._tp, ())
             if messages:
-                self.state = self.state.applied(self._decoded(messages), on_skip=self._skipped)
+                self.state = self.state.folded(self._records(messages), self._refused)
                 self._next_offset = messages[-1].offset + 1
 
-    def _decoded(self, messages: Any) -> Iterator[tuple[str, dict[str, Any]]]:
+    def _records(self, messages: Any) -> Iterator[tuple[Any, str, dict[str, Any]]]:
+        """(position, event name, record) of each decodable message; the undecodable refused."""
         for message in messages:
             try:
-                yield decode(message.value)
+                name, record = decode(message.value or b"")
             except SchemaError as exc:
-                self._skipped(f"{message.topic}[{message.partition}]@{message.offset}", {}, exc)
+                self._refused((message, None, {}), "undecodable_config", str(exc))
+                continue
+            yield (message, name, record), name, record
 
-    def _skipped(self, name: str, record: Any, exc: Exception) -> None:
+    def _refused(self, position: tuple[Any, str | None, dict[str, Any]], reason_code: str, why: str) -> None:
+        message, name, record = position
         self.skipped += 1
-        log.warning("config record %s skipped: %s", name, exc)
+        log.warning("config record %s[%d]@%d skipped (%s): %s", message.topic, message.partition, message.offset,
+                    reason_code, why[:1000])
+        self.refused.append(config_event_rejected(message.topic, message.partition, message.offset, name, record,
+                                                  reason_code, why, _now()))
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
 
 
 async def _wait_for_topic(consumer: AIOKafkaConsumer, topic: str, timeout: float) -> None:

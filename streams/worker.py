@@ -30,7 +30,10 @@ import mode.loop
 from imbill.schemas.topics import ACCOUNT_PARTITIONS, Topics
 from imbill.streams.batch import Record
 from imbill.streams.commit import STALL_SECONDS, Committer
+from imbill.domain.decide import DEFAULT_LIMITS, Limits
+from imbill.domain.errors import BrokerError
 from imbill.streams.config_reader import ConfigReader
+from imbill.streams.config_rejections import ConfigRejections
 from imbill.streams.faust_adapter import FaustLog, install_true_end_offsets, use_changelog_codec
 
 __all__ = ["TABLE_NAME", "EXIT_UNCOMMITTED", "Batches", "create_app", "run_worker"]
@@ -40,6 +43,8 @@ log = logging.getLogger(__name__)
 TABLE_NAME = "account-state"
 EXIT_UNCOMMITTED = 70
 """The worker's exit status when a batch could not be handled or committed."""
+CONFIG_REJECTIONS_SECONDS = 1.0
+"""How often the owner of attempts partition 0 emits the rejections of refused config records."""
 
 
 class Batches:
@@ -104,7 +109,7 @@ def _now() -> datetime:
 
 def create_app(bootstrap_servers: str, topics: Topics, *, app_id: str, data_dir: Path,
                worker_id: str | None = None, batch_size: int = 4000, batch_within: float = 0.2,
-               session_timeout: float = 6.0) -> faust.App:
+               session_timeout: float = 6.0, limits: Limits = DEFAULT_LIMITS) -> faust.App:
     """The processor app. ``app_id`` (``<topic prefix><processor id>``) names the consumer
     group and the table's changelog, ``<app_id>-account-state-changelog`` (the catalogue's).
 
@@ -139,11 +144,33 @@ def create_app(bootstrap_servers: str, topics: Topics, *, app_id: str, data_dir:
                       help="balance state and outbox per attempts/payments key")
     use_changelog_codec(table)
     reader = ConfigReader(bootstrap_servers.split(","), topics.config, client_id=f"imbill-config-reader-{worker_id}")
-    committer = Committer(FaustLog(app, table), topics, reader.catch_up, clock=_now, halt=_exit_now)
+    log_port = FaustLog(app, table)
+    committer = Committer(log_port, topics, reader.catch_up, clock=_now, halt=_exit_now, limits=limits)
     table.on_recover(committer.recovered)
     app.on_partitions_revoked.connect(committer.revoked)
     _wire(app, topics, committer, reader, batch_size, batch_within)
+    _wire_config_rejections(app, topics, reader, log_port, bootstrap_servers)
     return app
+
+
+def _wire_config_rejections(app: faust.App, topics: Topics, reader: ConfigReader, log_port: FaustLog,
+                            bootstrap_servers: str) -> None:
+    """The worker owning attempts partition 0 says which config records are refused, once."""
+
+    async def send(topic: str, key: bytes, value: bytes) -> None:
+        await app.producer.send_and_wait(topic, key, value, partition=0, timestamp=None, headers=None)
+
+    rejections = ConfigRejections(reader, bootstrap_servers, topics.config_rejections, send)
+
+    @app.timer(CONFIG_REJECTIONS_SECONDS)
+    async def _reject_config() -> None:
+        owner = (topics.attempts, 0) in log_port.assignment()
+        try:
+            if owner:
+                await reader.catch_up()
+            await rejections.emit(owner)
+        except Exception as exc:  # noqa: BLE001 - billing goes on; the next tick says them again
+            log.warning("config rejections not emitted yet: %s", exc, exc_info=not isinstance(exc, BrokerError))
 
 
 def _wire(app: faust.App, topics: Topics, committer: Committer, reader: ConfigReader, batch_size: int,
@@ -179,14 +206,14 @@ def _wire(app: faust.App, topics: Topics, committer: Committer, reader: ConfigRe
 
 def run_worker(bootstrap_servers: str, topics: Topics, *, app_id: str, data_dir: Path,
                worker_id: str | None = None, loglevel: str = "info", batch_size: int = 4000,
-               session_timeout: float = 6.0) -> None:
+               session_timeout: float = 6.0, limits: Limits = DEFAULT_LIMITS) -> None:
     """Run one processor worker until SIGINT/SIGTERM (several may share the partitions)."""
     try:
         mode.loop.use("uvloop")
     except ImportError:  # uvloop is optional
         pass
     app = create_app(bootstrap_servers, topics, app_id=app_id, data_dir=data_dir, worker_id=worker_id,
-                     batch_size=batch_size, session_timeout=session_timeout)
+                     batch_size=batch_size, session_timeout=session_timeout, limits=limits)
     gc.set_threshold(100_000, 50, 100)  # faust makes several objects per event: collect less often
     worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
     worker.spinner = None  # faust's spinner sets the root logger to DEBUG: every debug call costs

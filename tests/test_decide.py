@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from datetime import timedelta
 from decimal import Decimal
@@ -11,13 +12,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from imbill.domain.balance import AccountState
-from imbill.domain.decide import PAYMENT_REASON_CODES, decide_payment
+from imbill.domain.decide import DEFAULT_LIMITS, PAYMENT_REASON_CODES, decide_attempt, decide_payment
 from imbill.domain.events import PaymentRejected
 from imbill.domain.errors import ConfigError
 from imbill.domain.keys import KEY_SEPARATOR, account_key
 from imbill.domain.money import BALANCE_LIMIT, PAYMENT_LIMIT
 from imbill.producers.config_file import load_config_file
+from imbill.domain.config import NAME_LIMIT, Tariff
 from imbill.domain.rating import rate_attempt
+from imbill.schemas.codec import encode_event
+from imbill.settings import load_settings
 from tests.builders import ALICE, BOB, ENV, T0, attempt, checklist, payment
 
 NOW = T0 + timedelta(hours=3)
@@ -83,3 +87,75 @@ def test_a_hostile_config_record_is_skipped_and_billing_goes_on() -> None:
     assert state.environments[ENV].service_policies == builder.state.environments[ENV].service_policies
     rated = rate_attempt(attempt(body_chars=150), state, rated_at=NOW)
     assert rated.billing_units == 3
+
+
+# --- the bounds a deployment sets (settings -> wiring -> Limits) ------------------------------
+
+def test_a_configured_lower_payment_maximum_refuses_a_payment_above_it() -> None:
+    limits = load_settings({"IMBILL_PAYMENT_MAXIMUM": "100"}).limits
+    key = account_key(ENV, ALICE)
+    [refused] = decide_payment(None, payment("100.01"), CONFIG, key=key, offset=1, now=NOW, limits=limits).events
+    assert (type(refused), refused.reason_code) == (PaymentRejected, "amount_too_large")
+    assert "maximum 100" in refused.message
+    applied = decide_payment(None, payment("100"), CONFIG, key=key, offset=1, now=NOW, limits=limits)
+    assert applied.state.balance == Decimal("101.00")
+
+
+def test_a_configured_clock_skew_refuses_an_attempt_dated_past_it() -> None:
+    limits = load_settings({"IMBILL_ATTEMPT_CLOCK_SKEW": "10"}).limits
+    key = account_key(ENV, ALICE)
+    early = attempt(received_at=NOW + timedelta(seconds=11))
+    [rejected] = decide_attempt(None, early, CONFIG, key=key, offset=1, now=NOW, limits=limits).events
+    assert rejected.reason_code == "implausible_attempt"
+    within = decide_attempt(None, attempt(received_at=NOW + timedelta(seconds=9)), CONFIG, key=key, offset=1, now=NOW,
+                            limits=limits).events
+    assert type(within[0]).__name__ == "Charge"
+    assert type(decide_attempt(None, early, CONFIG, key=key, offset=1, now=NOW).events[0]).__name__ == "Charge"
+
+
+@pytest.mark.parametrize(("environ", "flags", "words"), [
+    ({"IMBILL_PAYMENT_MAXIMUM": "abc"}, {}, "IMBILL_PAYMENT_MAXIMUM: cannot read 'abc'"),
+    ({"IMBILL_PAYMENT_MAXIMUM": "0"}, {}, "payment maximum: must be over 0 and at most 1000000"),
+    ({}, {"payment_maximum": Decimal("1000000.01")}, "payment maximum: must be over 0"),
+    ({"IMBILL_ATTEMPT_CLOCK_SKEW": "-1"}, {}, "attempt clock skew: must be 0 to 86400 seconds, not -1"),
+])
+def test_a_setting_out_of_range_is_refused_in_one_line(environ, flags, words) -> None:
+    with pytest.raises(ConfigError, match=re.escape(words)):
+        load_settings(environ, **flags).limits
+
+
+def test_flags_beat_the_environment_which_beats_the_defaults() -> None:
+    assert load_settings({}).limits == DEFAULT_LIMITS
+    assert DEFAULT_LIMITS.payment_maximum == PAYMENT_LIMIT
+    settings = load_settings({"IMBILL_PAYMENT_MAXIMUM": "50"}, payment_maximum=Decimal("70"))
+    assert settings.limits.payment_maximum == Decimal("70")
+    assert load_settings({"IMBILL_PAYMENT_MAXIMUM": "50"}).as_environment()["IMBILL_PAYMENT_MAXIMUM"] == "50"
+
+
+def test_an_attempt_longer_than_a_sip_datagram_is_refused_small_and_against_no_account() -> None:
+    huge = attempt(to_user="9" * 400_000, to_domain="d" * 400_000, from_user="1" * 100_000)
+    [rejected] = decide_attempt(None, huge, CONFIG, key=account_key(ENV, ALICE), offset=1, now=NOW).events
+    assert (rejected.reason_code, rejected.account, rejected.environment) == ("implausible_attempt", "", "")
+    assert len(encode_event(rejected)) < 5_000  # far below the broker's 1 MiB, whatever came in
+
+
+def test_config_names_are_bounded_in_a_file_and_at_the_fold(tmp_path) -> None:
+    long_name = "T" * (NAME_LIMIT + 1)
+    with pytest.raises(ValueError, match="name is 4,097 characters long, over 4,096"):
+        checklist().define(Tariff(long_name, "USD"))
+    path = tmp_path / "long.yaml"
+    path.write_text(f"environment: e\ntariffs: [{{name: {long_name}, currency: USD}}]\n")
+    with pytest.raises(ConfigError, match=r'long.yaml: tariff "T{57}\.\.\.": name: is 4,097 characters long, over 4,096'):
+        load_config_file(path)
+
+
+@pytest.mark.parametrize(("paid", "code"), [
+    (replace(payment("1.00"), account="1" * 900_000), "malformed_payment"),
+    (replace(payment("1.00"), reference="r" * 900_000), "malformed_payment"),
+    (payment("1e30"), "invalid_amount"),
+    (payment("-1e30"), "invalid_amount"),
+])
+def test_a_payment_too_large_to_repeat_is_refused_small_and_against_no_account(paid, code) -> None:
+    [refused] = decide_payment(None, paid, CONFIG, key=account_key(ENV, ALICE), offset=1, now=NOW).events
+    assert (refused.reason_code, refused.account, refused.amount) == (code, "", Decimal(0))
+    assert len(encode_event(refused)) < 5_000

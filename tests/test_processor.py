@@ -203,11 +203,12 @@ def test_the_cli_documents_its_flags():
 class Worker:
     """``python -m imbill process`` as a subprocess, its log in a file."""
 
-    def __init__(self, bootstrap: str, topics: Topics, tmp_path: Path, name: str, session_timeout: float = 6.0):
+    def __init__(self, bootstrap: str, topics: Topics, tmp_path: Path, name: str, session_timeout: float = 6.0,
+                 flags: tuple[str, ...] = ()):
         self.log_path = tmp_path / f"{name}.log"
         command = [sys.executable, "-m", "imbill", "--bootstrap-servers", bootstrap, "--topic-prefix", topics.prefix,
                    "process", "--worker-id", name, "--data-dir", str(tmp_path / "data"),
-                   "--session-timeout", str(session_timeout)]
+                   "--session-timeout", str(session_timeout), *flags]
         self.process = subprocess.Popen(command, stdout=open(self.log_path, "wb"), stderr=subprocess.STDOUT)
 
     def log(self) -> str:

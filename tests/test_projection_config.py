@@ -33,7 +33,7 @@ HISTORY = [
     ("default", Rate("Messaging EUR", "MSGN", Decimal("0.05"), T0)),
     ("default", Rate("Messaging EUR", "MSGN", Decimal("0.04"), T0 + timedelta(days=30))),
     ("default", Vendor("Internal", internal=True)),
-    ("default", VendorConnection("Internal", "SIP-UA", "Internal cost", internal=True, use_for="SIP-UA")),
+    ("default", Tariff("Internal cost", "EUR", applied_to="vendor")),
     ("default", Product("Messaging", ("messaging",), (UsageCharge("messaging", "SIP", "Messaging EUR"),))),
     ("default", Customer("ACME", "EUR")),
     ("default", Customer("Temp", "EUR")),

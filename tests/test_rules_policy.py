@@ -68,7 +68,6 @@ PRECEDENCE = [
     ("static attribute beats a higher dynamic one",
      with_policies(ACME, ServicePolicy("Mine", "messaging", 0, None, "", {"msg.billing_unit_size": 70}),
                    static="Mine"), "Mine", DOMAIN, "Acme domain", "Mine", 70, "Mine"),
-    ("unknown static policy is ignored", with_policies(static="Gone"), "Gone", DOMAIN, POLICY, None, 60, POLICY),
     ("voice static policy does not apply to messaging", with_policies(VOICE, static="Phones"), "Phones", DOMAIN,
      POLICY, None, 60, POLICY),
     ("nothing matches: catalogue default", checklist().remove("service_policy", POLICY), None, DOMAIN, None, None,

@@ -12,7 +12,7 @@ SQLite, a later migration that must rebuild (batch-alter) a table a view reads d
 views first.
 
 Revision ID: 0004
-Revises: 0002
+Revises: 0003
 Create Date: 2026-12-04 15:00:00
 
 """
@@ -24,7 +24,7 @@ from alembic import op
 from imbill.projections.dialects import money_difference, money_sum, utc_day
 
 revision: str = "0004"
-down_revision: Union[str, Sequence[str], None] = "0002"
+down_revision: Union[str, Sequence[str], None] = "0003"
 branch_labels: Union[str, Sequence[str], None] = None
 depends_on: Union[str, Sequence[str], None] = None
 
