@@ -16,7 +16,10 @@ units) are preloaded onto the attempts topic before anything is timed.
     billing every attempt: charges, balance events and the balance table's changelog.
 
 Rates are attempts / second between the first and the last output record's timestamps
-(start-up and group join excluded; the wall time including them is printed too).
+(start-up and group join excluded; the wall time including them is printed too). Beside
+them, CPU time per attempt: of the raw loop's process, and of the worker from its first
+output to its last (the broker's is in neither); it moves less than rates when other work
+shares the machine.
 Target: >= 5,000 attempts/s for one worker.
 """
 
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import socket
 import subprocess
 import sys
@@ -140,9 +144,20 @@ async def raw_loop(bootstrap: str, topics: Topics, out_topic: str, n: int) -> fl
         await producer.stop()
 
 
-async def count_outputs(bootstrap: str, topics: Topics, n: int, timeout: float) -> tuple[int, int, int]:
-    """Read charges + rejections until ``n`` records: (count, first ts, last ts). Records are
-    counted, not decoded, so the reader takes little of the CPU the worker runs on."""
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc; 0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def count_outputs(bootstrap: str, topics: Topics, n: int, timeout: float,
+                        worker_pid: int = 0) -> tuple[int, int, int, float]:
+    """Read charges + rejections until ``n`` records: (count, first ts, last ts, the worker's
+    CPU seconds from the first output to the last). Records are counted, not decoded, so the
+    reader takes little of the CPU the worker runs on."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
                                 fetch_max_wait_ms=100, max_partition_fetch_bytes=4 * 1024 * 1024)
     await consumer.start()
@@ -153,14 +168,16 @@ async def count_outputs(bootstrap: str, topics: Topics, n: int, timeout: float) 
         consumer.assign(tps)
         for tp in tps:
             consumer.seek(tp, 0)
-        count, first, last = 0, None, 0
+        count, first, last, cpu_at_first = 0, None, 0, 0.0
         deadline = time.monotonic() + timeout
         while count < n and time.monotonic() < deadline:
             for messages in (await consumer.getmany(timeout_ms=500, max_records=10_000)).values():
+                if first is None:
+                    cpu_at_first = cpu_seconds(worker_pid)
                 count += len(messages)
                 first = min(m.timestamp for m in messages) if first is None else first
                 last = max(last, messages[-1].timestamp)
-        return count, first or 0, last
+        return count, first or 0, last, cpu_seconds(worker_pid) - cpu_at_first
     finally:
         await consumer.stop()
 
@@ -204,14 +221,18 @@ def main() -> None:
         loaded = asyncio.run(preload(bootstrap, topics, n, args.accounts))
         print(f"preloaded {n:,} attempts for {args.accounts:,} accounts in {loaded:.1f}s")
 
+        cpu = time.process_time()
         raw = asyncio.run(raw_loop(bootstrap, topics, scratch.name, n))
-        print(f"(a) raw consume->decode->encode->produce: {n / raw:,.0f} attempts/s ({raw:.1f}s)")
+        raw_cpu = (time.process_time() - cpu) / n * 1e6
+        print(f"(a) raw consume->decode->encode->produce: {n / raw:,.0f} attempts/s ({raw:.1f}s; "
+              f"{raw_cpu:.0f} us CPU each)")
 
         started = time.monotonic()
         worker = run_worker(bootstrap, "bench.", work / "data", work / "worker.log", args.profile,
                             args.batch_size)
         try:
-            count, first, last = asyncio.run(count_outputs(bootstrap, topics, n, timeout=600))
+            count, first, last, worker_cpu = asyncio.run(count_outputs(bootstrap, topics, n, timeout=600,
+                                                                       worker_pid=worker.pid))
             wall = time.monotonic() - started
         finally:
             stop(worker)
@@ -219,7 +240,8 @@ def main() -> None:
             sys.exit(f"the worker decided {count:,} of {n:,} attempts; see {work / 'worker.log'}")
         span = max(last - first, 1) / 1000
         print(f"(b) imbill worker (rate + bill + changelog): {n / span:,.0f} attempts/s "
-              f"({span:.1f}s from first to last output; {wall:.1f}s wall with start-up and join)")
+              f"({span:.1f}s from first to last output; {wall:.1f}s wall with start-up and join; "
+              f"{worker_cpu / n * 1e6:.0f} us CPU each)")
         print(f"ratio imbill / raw: {(n / span) / (n / raw):.2f}")
         if args.profile:
             print(f"profile: python -c \"import pstats; pstats.Stats('{args.profile}')"

@@ -75,21 +75,16 @@ def bill(state: AccountState, rated: Rated, *, attempt_id: str, offset: int, occ
     is the attempt id's :func:`.dedup.verdict` (new, copy or stale)."""
     if offset <= state.last_attempt_offset:
         return BillResult(state, "already_applied", [])
-    seen = replace(state, last_attempt_offset=offset)
     if sighting != "new":
-        return BillResult(seen, "duplicate" if sighting == "copy" else "outside_dedup_window", [])
+        outcome = "duplicate" if sighting == "copy" else "outside_dedup_window"
+        return BillResult(_seen(state, offset, state.balance, state.suspended), outcome, [])
     amount, prepaid = rated.amount, rated.balance_model == "prepaid"
-    if state.suspended and prepaid:
-        return BillResult(seen, "service_suspended", [])
-    if amount and rated.currency != state.currency:
-        return BillResult(seen, "currency_mismatch", [])
-    if _cannot_pay(state.balance, amount, prepaid, rated.credit_limit):
-        if not prepaid:
-            return BillResult(seen, "insufficient_funds", [])
+    refused = _refused(state, rated, amount, prepaid)
+    if refused == "insufficient_funds" and prepaid:
         status = _status(rated, "suspended", "insufficient funds", rejection_id_of(attempt_id), occurred_at)
-        return BillResult(replace(seen, suspended=True), "insufficient_funds", [status])
-    if not amount:
-        return BillResult(seen, "charged", [])
+        return BillResult(_seen(state, offset, state.balance, True), refused, [status])
+    if refused or not amount:
+        return BillResult(_seen(state, offset, state.balance, state.suspended), refused or "charged", [])
     charge_id = charge_id_of(attempt_id)
     balance = state.balance - amount
     events = [_balance_changed(rated.environment, rated.account, "charge", charge_id, -amount, balance,
@@ -97,7 +92,25 @@ def bill(state: AccountState, rated: Rated, *, attempt_id: str, offset: int, occ
     suspend = prepaid and balance <= 0
     if suspend:
         events.append(_status(rated, "suspended", "wallet empty", charge_id, occurred_at))
-    return BillResult(replace(seen, balance=balance, suspended=suspend), "charged", events)
+    return BillResult(_seen(state, offset, balance, suspend), "charged", events)
+
+
+def _seen(state: AccountState, offset: int, balance: Decimal, suspended: bool) -> AccountState:
+    """``state`` after billing the attempt at ``offset``: built directly, not with
+    ``dataclasses.replace`` (three times dearer), as every attempt passes here."""
+    return AccountState(balance=balance, currency=state.currency, suspended=suspended, last_attempt_offset=offset,
+                        last_payment_offset=state.last_payment_offset)
+
+
+def _refused(state: AccountState, rated: Rated, amount: Decimal, prepaid: bool) -> str:
+    """Why ``amount`` cannot be charged to the account ("" when it can)."""
+    if state.suspended and prepaid:
+        return "service_suspended"
+    if amount and rated.currency != state.currency:
+        return "currency_mismatch"
+    if _cannot_pay(state.balance, amount, prepaid, rated.credit_limit):
+        return "insufficient_funds"
+    return ""
 
 
 def _cannot_pay(balance: Decimal, amount: Decimal, prepaid: bool, credit_limit: Decimal) -> bool:

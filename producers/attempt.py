@@ -49,15 +49,14 @@ def body_chars(body: bytes, content_type: str | None) -> int:
 def attempt_from_request(request: SipRequest, *, environment: str, received_at: datetime, source_ip: str,
                          source_port: int, transport: str = "UDP", edge_id: str,
                          direction: str = "outgoing") -> MessageAttempt:
-    """The attempt of an accepted SIP MESSAGE."""
-    return new_attempt(
-        call_id=request.call_id, cseq=request.cseq, cseq_method=request.cseq_method, environment=environment,
-        direction=direction, from_user=request.from_user, from_domain=request.from_domain,
-        to_user=request.to_user, to_domain=request.to_domain, request_uri=request.request_uri,
-        user_agent=request.user_agent, content_type=request.content_type,
-        body_chars=body_chars(request.body, request.content_type), body_bytes=len(request.body),
-        source_ip=source_ip, source_port=source_port, transport=transport, edge_id=edge_id,
-        received_at=received_at)
+    """The attempt of an accepted SIP MESSAGE (once per MESSAGE: its fields go to
+    :func:`_attempt` in order, not by name through :func:`new_attempt`)."""
+    body, content_type = request.body, request.content_type
+    return _attempt(
+        request.call_id, request.cseq, request.cseq_method, received_at, environment, direction,
+        request.from_user, request.from_domain, request.to_user, request.to_domain, request.request_uri,
+        request.user_agent, content_type, body_chars(body, content_type), len(body), source_ip, source_port,
+        transport, edge_id)
 
 
 def synthetic_attempt(environment: str, sender: str, to_user: str, *, body_chars: int, call_id: str,
@@ -77,14 +76,23 @@ def new_attempt(*, call_id: str, cseq: int, cseq_method: str, environment: str, 
                 content_type: str | None, body_chars: int, body_bytes: int, source_ip: str, source_port: int,
                 transport: str, edge_id: str, received_at: datetime) -> MessageAttempt:
     """The one place an attempt is made: its stable id from Call-ID and CSeq, UTC time."""
+    return _attempt(call_id, cseq, cseq_method, received_at, environment, direction, from_user, from_domain, to_user,
+                    to_domain, request_uri, user_agent, content_type, body_chars, body_bytes, source_ip, source_port,
+                    transport, edge_id)
+
+
+def _attempt(call_id: str, cseq: int, cseq_method: str, received_at: datetime, environment: str, direction: str,
+             from_user: str, from_domain: str, to_user: str, to_domain: str, request_uri: str,
+             user_agent: str | None, content_type: str | None, body_chars: int, body_bytes: int, source_ip: str,
+             source_port: int, transport: str, edge_id: str) -> MessageAttempt:
+    """:func:`new_attempt` by position: the MessageAttempt's fields in its order, after the
+    three its id is made of (the edge makes one per MESSAGE: no names to match twice)."""
     if direction not in DIRECTIONS:
         raise ValueError(f"direction must be one of {DIRECTIONS}, not {direction!r}")
     return MessageAttempt(
-        attempt_id=attempt_id_for(call_id, cseq, cseq_method), received_at=_utc(received_at),
-        environment=environment, direction=direction, call_id=call_id, cseq=cseq, from_user=from_user,
-        from_domain=from_domain, to_user=to_user, to_domain=to_domain, request_uri=request_uri,
-        user_agent=user_agent, content_type=content_type, body_chars=body_chars, body_bytes=body_bytes,
-        source_ip=source_ip, source_port=int(source_port), transport=transport, edge_id=edge_id)
+        attempt_id_for(call_id, cseq, cseq_method), _utc(received_at), environment, direction, call_id, cseq,
+        from_user, from_domain, to_user, to_domain, request_uri, user_agent, content_type, body_chars, body_bytes,
+        source_ip, int(source_port), transport, edge_id)
 
 
 def attempt_key(attempt: MessageAttempt) -> bytes:

@@ -15,7 +15,8 @@ import struct
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
-from typing import Any, Mapping
+from operator import attrgetter, itemgetter
+from typing import Any, Callable, Mapping
 
 import fastavro
 from fastavro.schema import to_parsing_canonical_form
@@ -23,6 +24,7 @@ from fastavro.schema import to_parsing_canonical_form
 from imbill.domain import events as ev
 from imbill.domain.config import KIND_BY_EVENT, from_record, to_record
 from imbill.domain.errors import ConfigError, SchemaError, UnknownSchema
+from imbill.schemas.physical import PhysicalWriter
 
 __all__ = ["MAGIC", "Schema", "schema", "schemas", "encode", "decode", "decode_as", "fingerprint",
            "encode_event", "decode_event", "decode_event_as", "record_of", "event_of"]
@@ -59,12 +61,14 @@ class Schema:
     name: str
     parsed: Any
     header: bytes
+    raw: Mapping[str, Any]
+    """The schema's JSON, as read."""
 
-    def encode(self, record: Mapping[str, Any]) -> bytes:
+    def encode(self, record: Mapping[str, Any], *, tuple_notation: bool = True) -> bytes:
         out = io.BytesIO()
         out.write(self.header)
         try:
-            fastavro.schemaless_writer(out, self.parsed, record)
+            fastavro.schemaless_writer(out, self.parsed, record, disable_tuple_notation=not tuple_notation)
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
             raise SchemaError(f"cannot encode {self.name}: {exc}") from exc
         return out.getvalue()
@@ -74,7 +78,7 @@ def _load(text: str) -> Schema:
     raw = json.loads(text)
     parsed = fastavro.parse_schema(raw)
     header = MAGIC + fingerprint(to_parsing_canonical_form(parsed))
-    return Schema(raw["name"], parsed, header)
+    return Schema(raw["name"], parsed, header, raw)
 
 
 @cache
@@ -145,6 +149,41 @@ def decode_as(name: str, data: bytes) -> dict[str, Any]:
 _CLASSES: Mapping[str, type] = {cls.__name__: cls for cls in (
     ev.MessageAttempt, ev.Charge, ev.Rejection, ev.Payment, ev.PaymentRejected, ev.BalanceChanged,
     ev.ServiceStatusChanged, ev.ConfigObjectRemoved, ev.ConfigEventRejected)}
+_ARRAYS: Mapping[type, tuple[str, ...]] = {ev.Charge: ("policies",)}
+"""The tuple fields of each event class (Avro arrays, decoded as lists)."""
+
+
+@dataclass(frozen=True)
+class _Shape:
+    """How one event class meets its record, worked out once: the field names in class
+    order, a getter of all of them at once (from an event or from a record) and the
+    tuple fields. The processor converts two or three events per attempt: this is its
+    hot path (README, "Benchmarks")."""
+
+    cls: type
+    names: tuple[str, ...]
+    arrays: tuple[str, ...]
+    values: Callable[[Any], tuple[Any, ...]]
+    """The event's field values, in class order (one C call: operator.attrgetter)."""
+    items: Callable[[Mapping[str, Any]], tuple[Any, ...]]
+    """A record's values of the class's fields, in class order (operator.itemgetter)."""
+
+
+def _shape(cls: type) -> _Shape:
+    names = ev.field_names(cls)
+    return _Shape(cls, names, _ARRAYS.get(cls, ()), _all_of(attrgetter, names), _all_of(itemgetter, names))
+
+
+def _all_of(getter: Callable[..., Callable[[Any], Any]], names: tuple[str, ...]) -> Callable[[Any], tuple[Any, ...]]:
+    """``getter(*names)`` that always returns a tuple (the operator getters return the bare
+    value for one name)."""
+    get = getter(*names)
+    return get if len(names) > 1 else lambda obj: (get(obj),)
+
+
+_SHAPES: Mapping[type, _Shape] = {cls: _shape(cls) for cls in _CLASSES.values()}
+_SHAPE_BY_NAME: Mapping[str, _Shape] = {name: _SHAPES[cls] for name, cls in _CLASSES.items()
+                                        if name not in KIND_BY_EVENT}
 _ENVELOPE = ("event_id", "environment", "occurred_at")
 
 
@@ -172,6 +211,28 @@ def _with_defaults(name: str, record: dict[str, Any]) -> dict[str, Any]:
 
 def event_of(name: str, record: Mapping[str, Any]) -> ev.Event:
     """The domain event of a decoded Avro record called ``name`` (arrays become tuples)."""
+    shape = _SHAPE_BY_NAME.get(name)
+    if shape is not None and len(record) == len(shape.names):
+        try:
+            values = shape.items(record)
+            if shape.arrays:
+                values = _with_tuples(shape, values)
+        except (KeyError, TypeError):
+            pass  # a field missing (another one extra), or no array: said by the general path
+        else:
+            return shape.cls(*values)  # exactly the class's fields: positionally, in class order
+    return _event_of(name, record)
+
+
+def _with_tuples(shape: _Shape, values: tuple[Any, ...]) -> list[Any]:
+    values = list(values)
+    for name in shape.arrays:
+        index = shape.names.index(name)
+        values[index] = tuple(values[index])
+    return values
+
+
+def _event_of(name: str, record: Mapping[str, Any]) -> ev.Event:
     kind = KIND_BY_EVENT.get(name)
     cls = _CLASSES.get(name)
     if kind is None and cls is None:
@@ -194,13 +255,28 @@ def event_of(name: str, record: Mapping[str, Any]) -> ev.Event:
         raise SchemaError(f"{name} is not a valid event: {exc}") from None
 
 
-_ARRAYS: Mapping[type, tuple[str, ...]] = {ev.Charge: ("policies",)}
-"""The tuple fields of each event class (Avro arrays, decoded as lists)."""
-
-
 def encode_event(event: Any) -> bytes:
     """Single-object encode a domain event with its schema."""
-    return encode(ev.event_name(event), record_of(event))
+    shape = _SHAPES.get(type(event))
+    if shape is None:
+        return encode(ev.event_name(event), record_of(event))
+    # Tuples stay tuples (fastavro writes them as arrays); with the tuple notation of unions
+    # off, a tuple where no array belongs is refused, as the list record_of makes of it is.
+    values = shape.values(event)
+    writer = _WRITERS.get(shape.cls) or _writer(shape.cls)
+    data = writer.encode(dict(zip(shape.names, values)))
+    if data is None:  # a value fastavro's own path must judge (and, most likely, refuse)
+        return schema(shape.cls.__name__).encode(dict(zip(shape.names, values)), tuple_notation=False)
+    return data
+
+
+_WRITERS: dict[type, PhysicalWriter] = {}
+
+
+def _writer(cls: type) -> PhysicalWriter:
+    found = schema(cls.__name__)
+    writer = _WRITERS[cls] = PhysicalWriter(found.raw, found.header)
+    return writer
 
 
 def decode_event(data: bytes) -> ev.Event:

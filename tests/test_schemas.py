@@ -2,11 +2,16 @@
 
 import hashlib
 import json
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from imbill.domain.errors import SchemaError, UnknownSchema
+from imbill.domain.events import BalanceChanged
 from imbill.schemas.codec import (MAGIC, _by_fingerprint, decode, decode_as, decode_event, encode, encode_event, event_of, fingerprint,
                                   record_of, register_writer, schemas)
 from tests.builders import DROP, attempt_record
@@ -133,3 +138,43 @@ def test_unknown_writer_is_reported_by_fingerprint():
     data = MAGIC + b"\x01" * 8 + b"\x00"
     with pytest.raises(UnknownSchema, match="0101010101010101"):
         decode(data)
+
+
+# -- encode_event writes converted logical values with the physical schema: the same bytes -------
+
+EVENT_SAMPLES = sorted(name for name in SAMPLES if type(event_of(name, SAMPLES[name])).__name__ == name)
+
+
+@pytest.mark.parametrize("name", EVENT_SAMPLES)
+def test_an_event_encodes_to_the_bytes_of_its_record(name):
+    event = event_of(name, SAMPLES[name])
+    assert encode_event(event) == encode(name, record_of(event))
+
+
+_moments = st.datetimes(min_value=datetime(1900, 1, 1), max_value=datetime(2200, 1, 1),
+                        timezones=st.sampled_from([timezone.utc, timezone(timedelta(hours=5, minutes=30)),
+                                                   timezone(timedelta(hours=-8))]))
+_amounts = st.decimals(min_value=-10**17, max_value=10**17, places=6, allow_nan=False, allow_infinity=False) | \
+    st.sampled_from([Decimal("-0"), Decimal("-0.000"), Decimal("0.15"), Decimal("0.150"), Decimal("1E+3"),
+                     Decimal("-128"), Decimal("127.999999"), Decimal("-0.000001")])
+
+
+@given(delta=_amounts, balance=_amounts, moment=_moments)
+def test_logical_values_encode_as_fastavro_writes_them(delta, balance, moment):
+    """Twice each, as decimals are remembered by their text."""
+    for _ in range(2):
+        event = BalanceChanged("bal-1", "default", "1001", "charge", "chg-1", delta, balance, "USD", moment)
+        assert encode_event(event) == encode("BalanceChanged", record_of(event))
+
+
+@pytest.mark.parametrize("field, value", [
+    ("delta", Decimal("NaN")), ("delta", Decimal("1.0000001")), ("delta", Decimal("1" * 25)), ("delta", 1.5),
+    ("occurred_at", "2026-01-15"), ("account", None), ("account", ("string", "1001")),
+])
+def test_a_value_fastavro_refuses_is_refused_with_its_words(field, value):
+    event = event_of("BalanceChanged", {**SAMPLES["BalanceChanged"], field: value})
+    with pytest.raises(SchemaError) as expected:
+        encode("BalanceChanged", record_of(event))
+    with pytest.raises(SchemaError) as got:
+        encode_event(event)
+    assert str(got.value) == str(expected.value)

@@ -1,0 +1,84 @@
+"""Encoding a record with its logical values converted first: the same bytes, less work.
+
+fastavro converts a logical value (``timestamp-millis``, ``decimal``) while it writes: for
+every such value it works out the field's logical type from the schema, looks its converter
+up in ``fastavro.write.LOGICAL_WRITERS`` and calls it. A Charge has six such values and
+the processor writes a Charge and a BalanceChanged per attempt (README, "Benchmarks").
+
+A :class:`PhysicalWriter` calls the same converters itself, from a list made once per
+schema, and writes the converted record with the schema's *physical* form (each logical
+field replaced by its underlying ``long`` or ``bytes``): Avro's binary encoding of a
+logical value is that of its underlying type, so the bytes are the ones fastavro writes
+(tests/test_schemas.py compares them). Decimals repeat (prices, amounts, deltas): their
+converted bytes are remembered by the decimal's exact text (bounded).
+
+Whatever fastavro would refuse or treat otherwise is left to fastavro: :meth:`encode`
+returns None, and the caller encodes the record the usual way, with the usual error.
+"""
+
+from __future__ import annotations
+
+import io
+from decimal import Decimal
+from typing import Any, Callable, Mapping
+
+import fastavro
+from fastavro.write import LOGICAL_WRITERS
+
+__all__ = ["PhysicalWriter"]
+
+_MEMO_SIZE = 4096
+"""Decimal conversions remembered per field before the memo starts again."""
+
+Convert = Callable[[Any, Mapping[str, Any]], Any]
+
+
+class PhysicalWriter:
+    """Writes records of one record schema (``raw``: its JSON, ``header``: the bytes
+    before the body)."""
+
+    def __init__(self, raw: Mapping[str, Any], header: bytes) -> None:
+        self.header = header
+        fields, self.logical = [], []
+        for field in raw["fields"]:
+            kind = field["type"]
+            if isinstance(kind, dict) and "logicalType" in kind:
+                convert = LOGICAL_WRITERS.get(f"{kind['type']}-{kind['logicalType']}")
+                if convert is not None:
+                    memo = _remembered(convert) if kind["logicalType"] == "decimal" else convert
+                    self.logical.append((field["name"], memo, kind))
+                    field = {**field, "type": kind["type"]}
+            fields.append(field)
+        self.parsed = fastavro.parse_schema({**raw, "fields": fields})
+
+    def encode(self, record: dict[str, Any]) -> bytes | None:
+        """The encoded record (its logical values converted in place), or None when
+        fastavro's own path must say what becomes of it."""
+        try:
+            for name, convert, kind in self.logical:
+                record[name] = convert(record[name], kind)
+            out = io.BytesIO()
+            out.write(self.header)
+            fastavro.schemaless_writer(out, self.parsed, record, disable_tuple_notation=True)
+        except Exception:  # noqa: BLE001 - the caller's usual encode raises the usual error
+            return None
+        return out.getvalue()
+
+
+def _remembered(convert: Convert) -> Convert:
+    """``convert`` for decimals, remembering its result by the decimal's exact text (one
+    text per sign, digits and exponent: ``0.15`` and ``0.150`` are kept apart)."""
+    memo: dict[str, Any] = {}
+
+    def converted(value: Any, kind: Mapping[str, Any]) -> Any:
+        if type(value) is not Decimal:
+            return convert(value, kind)
+        key = str(value)
+        found = memo.get(key)
+        if found is None:
+            if len(memo) >= _MEMO_SIZE:
+                memo.clear()
+            found = memo[key] = convert(value, kind)
+        return found
+
+    return converted
