@@ -186,8 +186,6 @@ def _rated(index: Index, account: Account, plan: Plan, policy: Policy, units: in
         cost, route and route.currency,  # vendor_cost, vendor_currency
         account.balance_model, account.credit_limit, account.opening_balance,  # balance_model ... opening_balance
         plan.push_events, routing,  # push_events, routing
-    ))
-        plan.push_events, routing,  # push_events, routing
         plan.node, _description(index, price.rate_code), cli_translated,  # node, destination_description, cli_translated
     ))
 
