@@ -50,10 +50,13 @@ def test_send_and_payment_print_what_the_processor_made_of_them(engine_env, boot
             "charged 0.05 USD to 1001: 1 billing unit, on-net to 1002 (rate code MSGN, tariff On-net messaging, "
             "0.05 USD per unit)"]
 
-        rejected = imbill(env, "send", "--from", "9999", "--to", "1002", "--wait", "30", "who am I?")
+        rejected = imbill(env, "send", "--from", "1001", "--to", "01133123456789", "--wait", "30", "Bonjour")
         assert rejected.exit_code == 1
         assert rejected.output.splitlines()[0] == "202 Accepted"
-        assert rejected.output.splitlines()[1].startswith("rejected: unknown_account: ")
+        assert rejected.output.splitlines()[1].startswith("rejected: no_rate: "), rejected.output
+
+        stranger = imbill(env, "send", "--from", "9999", "--to", "1002", "--wait", "30", "who am I?")
+        assert (stranger.exit_code, stranger.output.splitlines()) == (1, ["401 Unauthorized"])  # no account, no password
 
         paid = imbill(env, "payment", "--account", "1001", "--amount", "5", "--wait", "30")
         assert paid.exit_code == 0, paid.output
@@ -79,9 +82,11 @@ def test_send_and_payment_print_what_the_processor_made_of_them(engine_env, boot
     one = imbill(env, "balance", "--account", "1001")
     assert one.exit_code == 0 and "14.95" in one.output and "1002" not in one.output
 
-    reasons = json.loads(imbill(env, "rejections", "--reason", "unknown_account", "--format", "json").output)
-    assert [(r["account"], r["reason_code"]) for r in reasons] == [("9999", "unknown_account")]
-    assert "unknown_account" in imbill(env, "rejections", "--account", "9999").output
+    reasons = json.loads(imbill(env, "rejections", "--reason", "no_rate", "--format", "json").output)
+    assert [(r["account"], r["reason_code"], r["to_user"]) for r in reasons] == [("1001", "no_rate", "01133123456789")]
+    assert "no_rate" in imbill(env, "rejections", "--account", "1001").output
+    stranger_rejections = imbill(env, "rejections", "--account", "9999", "--format", "json").output
+    assert json.loads(stranger_rejections) == []  # refused at the edge: nothing published, nothing rejected later
 
     accounts = list(csv.DictReader(io.StringIO(imbill(env, "accounts", "--format", "csv").output)))
     assert [(a["account"], a["customer"], a["product"], a["balance_model"], a["opening_balance"]) for a in accounts] \
