@@ -162,12 +162,15 @@ _UNWRAPPED = frozenset({"rate_code", "unit_price", "effective_from"})
 
 
 def config_when(at: datetime | None, as_of: datetime | None) -> str:
-    """`` at T as of R``: the valid time and the record time a config is shown for."""
-    return (f" at {_utc(at)}" if at else "") + (f" as of {_utc(as_of)}" if as_of else "")
+    """`` at T as of R UTC``: the valid time and the record time a config is shown for
+    (to the millisecond when it has one: record times are that close)."""
+    when = (f" at {_utc(at)}" if at else "") + (f" as of {_utc(as_of)}" if as_of else "")
+    return f"{when} UTC" if when else ""
 
 
 def _utc(moment: datetime) -> str:
-    return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds" if moment.microsecond else "seconds")
+    return moment.astimezone(timezone.utc).replace(tzinfo=None).isoformat(
+        sep=" ", timespec="milliseconds" if moment.microsecond else "seconds")
 
 
 def _currency(env: EnvironmentConfig, obj: Any) -> str | None:
