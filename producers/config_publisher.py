@@ -123,18 +123,17 @@ def plan_changes(desired: DesiredConfig, current: EnvironmentConfig | None, *, n
     return events
 
 
-def _check_folds(desired: DesiredConfig | str, current: EnvironmentConfig, events: list[Event]) -> None:
+def _check_folds(desired: DesiredConfig, current: EnvironmentConfig, events: list[Event]) -> None:
     """Fold the plan over the environment in force, in order, with the readers' own fold:
     a plan one of its events would be refused from (a reference the fold does not find, the
     removal of an object still referred to) is refused whole, with the same reason."""
-    source = desired if isinstance(desired, str) else desired.source
     state = ConfigState({current.name: current})
     for name, record in events:
         try:
             state = state.apply(name, record)
         except SKIPPABLE as exc:
             reason, words = refusal_of(exc)
-            raise ConfigFileError(source, [f"{_label_of(name, record)}: {words} ({reason})"]) from None
+            raise ConfigFileError(desired.source, [f"{_label_of(name, record)}: {words} ({reason})"]) from None
 
 
 def _check_currencies(desired: DesiredConfig, current: EnvironmentConfig,
@@ -324,7 +323,11 @@ def set_rate(environment: str, rate: Rate, *, bootstrap_servers: str, topics: To
     now = now or _utc_now()
     event = ("RateDefined", {"event_id": new_event_id(), "environment": environment, "occurred_at": now,
                              **to_record(rate)})
-    _check_folds(source, current, [event])
+    try:
+        ConfigState({environment: current}).apply(*event)
+    except SKIPPABLE as exc:
+        reason, words = refusal_of(exc)
+        raise ConfigError(f"{source}: {words} ({reason})") from None
     if len(encode(*event)) > MAX_EVENT_BYTES:
         raise ConfigError(f"{source}: the RateDefined event would be over {MAX_EVENT_BYTES:,} bytes "
                           f"(shorten its description)")

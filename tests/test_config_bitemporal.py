@@ -80,9 +80,10 @@ def test_a_correction_replaces_the_rate_of_its_key_and_keeps_one_rate_per_key() 
 def test_as_of_is_a_prefix_of_the_topic_whatever_the_later_timestamps() -> None:
     """A record stamped earlier than one before it (another writer's clock) is not known before
     the record ahead of it: every as-of state is one a reader of the topic really had."""
-    records = [(R0, "a"), (R0 + timedelta(hours=2), "b"), (R0 + timedelta(hours=1), "c"), (R0 + timedelta(hours=3), "d")]
-    assert list(known_as_of(records, R0 + timedelta(hours=1))) == ["a"]
-    assert list(known_as_of(records, R0 + timedelta(hours=2))) == ["a", "b", "c"]
+    hour = timedelta(hours=1)
+    records = [(R0, "a"), (R0 + 2 * hour, "b"), (R0 + hour, "c"), (R0 + 3 * hour, "d")]
+    assert list(known_as_of(records, R0 + hour)) == ["a"]
+    assert list(known_as_of(records, R0 + 2 * hour)) == ["a", "b", "c"]
     assert list(known_as_of(records, None)) == ["a", "b", "c", "d"]
 
 
