@@ -262,7 +262,9 @@ class ApplyResult:
 
 def notes_of(current: EnvironmentConfig | None, events: Iterable[Event], now: datetime) -> dict[str, str]:
     """What each RateDefined of ``events`` means for the past: the correction of a known rate
-    (the price it replaces), or a rate in force from before ``now`` (retroactive)."""
+    (the price it replaces), or a rate of a known tariff in force from before ``now``
+    (retroactive: attempts may have been rated by that tariff since; a new tariff's rates
+    from the past change no attempt, and are not said)."""
     notes = {}
     for name, record in events:
         if name != "RateDefined":
@@ -272,7 +274,7 @@ def notes_of(current: EnvironmentConfig | None, events: Iterable[Event], now: da
         if corrected is not None:
             notes[_label_of(name, record)] = (f"correction: unit_price was {corrected.unit_price.normalize():f} "
                                               f"for what was recorded before")
-        elif rate.effective_from < now:
+        elif rate.effective_from < now and current is not None and rate.tariff in current.tariffs:
             notes[_label_of(name, record)] = "retroactive: in force from before it was recorded"
     return notes
 

@@ -10,6 +10,7 @@ from decimal import Decimal
 
 import pytest
 from click.testing import CliRunner
+from hypothesis import given, strategies as st
 from rich.console import Console
 
 from imbill.cli import cli
@@ -20,6 +21,7 @@ from imbill.domain.rating import rate_attempt
 from imbill.presentation import config_history_listing, config_tables, listing_table
 from imbill.producers.config_file import rate_of
 from imbill.producers.config_publisher import HistoryEntry, notes_of
+from imbill.domain.tariff_rates import TariffRates
 from tests.builders import ENV, T0, attempt, checklist
 
 R0 = datetime(2026, 12, 1, 9, 0, tzinfo=timezone.utc)
@@ -95,6 +97,20 @@ def test_rates_in_force_keep_the_latest_start_per_tariff_and_code_and_leave_out_
     assert rates_in_force(rates, T0 - SECOND) == {}
 
 
+@given(st.dictionaries(st.tuples(st.sampled_from(["MSGN", "|", "44", "4"]), st.integers(0, 30)),
+                       st.decimals(0, 1, places=6), min_size=1, max_size=12),
+       st.integers(-1, 32))
+def test_the_rates_shown_in_force_at_a_time_are_those_rating_chooses_then(prices, day) -> None:
+    rates = [Rate("B", code, price, T0 + timedelta(days=start)) for (code, start), price in prices.items()]
+    when = T0 + timedelta(days=day, hours=12)
+    shown = {rate.rate_code: rate for rate in rates_in_force(rates, when).values()}
+    index = TariffRates(rates, Decimal("0.01"))
+    histories = {**index.prefixes, "|": index.any, "MSGN": index.msgn}
+    chosen = {code: price.rate for code, history in histories.items()
+              if history is not None and (price := history.at(when)) is not None}
+    assert shown == chosen
+
+
 def test_objects_without_a_valid_time_are_shown_at_any_time() -> None:
     env = known(None).environments[ENV]
     then = in_force_at(env, T0 - timedelta(days=365))
@@ -122,12 +138,19 @@ def test_a_correction_is_a_known_key_with_another_value() -> None:
     assert correction_of(None, old) is None
 
 
-def test_apply_says_which_rates_correct_the_past_and_which_start_before_they_are_recorded() -> None:
+def test_a_first_config_has_no_corrections_and_no_retroactive_rates() -> None:
+    events = [event for _, event in history()]
+    assert notes_of(None, events, R0 + timedelta(days=1)) == {}
+
+
+def test_apply_says_which_rates_correct_the_past_and_which_are_retroactive() -> None:
+    """Retroactive: a rate of a tariff already known, in force from before it is recorded."""
     env = known(R0).environments[ENV]
     now = R0 + timedelta(hours=1)
     events = [rate_event(Rate("B", "MSGN", Decimal("0.04"), T0), "1"),
               rate_event(Rate("B", "MSGN", Decimal("0.07"), T0 + timedelta(days=10)), "2"),
               rate_event(Rate("B", "MSGN", Decimal("0.09"), now + timedelta(days=1)), "3"),
+              rate_event(Rate("C", "MSGN", Decimal("0.09"), T0), "5"),    # a tariff new in the plan
               ("TariffDefined", {"event_id": "4", "environment": ENV, "occurred_at": now, "name": "C",
                                  "currency": "USD", "service": "messaging", "applied_to": "customer",
                                  "routing": False, "managed_by": "administrator", "description": ""})]
