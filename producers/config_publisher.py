@@ -40,6 +40,7 @@ import logging
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from decimal import Decimal
 from os import PathLike
 from typing import Any, Callable, Iterable, Iterator, Mapping, NamedTuple
 
@@ -272,11 +273,18 @@ def notes_of(current: EnvironmentConfig | None, events: Iterable[Event], now: da
         rate = from_record(KIND_BY_NAME["rate"], record)
         corrected = correction_of(current, rate)
         if corrected is not None:
-            notes[_label_of(name, record)] = (f"correction: unit_price was {corrected.unit_price.normalize():f} "
-                                              f"for what was recorded before")
+            was = ", ".join(f"{field_name} was {_shown(getattr(corrected, field_name))}"
+                            for field_name in ("unit_price", "rating_mode", "description")
+                            if getattr(corrected, field_name) != getattr(rate, field_name))
+            notes[_label_of(name, record)] = f"correction: {was} for what was recorded before"
         elif rate.effective_from < now and current is not None and rate.tariff in current.tariffs:
             notes[_label_of(name, record)] = "retroactive: in force from before it was recorded"
     return notes
+
+
+def _shown(value: Any) -> str:
+    """A rate field in a note: a price as written (0.05), a text quoted."""
+    return f"{value.normalize():f}" if isinstance(value, Decimal) else repr(value)
 
 
 def _utc_now() -> datetime:

@@ -150,14 +150,16 @@ def test_apply_says_which_rates_correct_the_past_and_which_are_retroactive() -> 
     events = [rate_event(Rate("B", "MSGN", Decimal("0.04"), T0), "1"),
               rate_event(Rate("B", "MSGN", Decimal("0.07"), T0 + timedelta(days=10)), "2"),
               rate_event(Rate("B", "MSGN", Decimal("0.09"), now + timedelta(days=1)), "3"),
-              rate_event(Rate("C", "MSGN", Decimal("0.09"), T0), "5"),    # a tariff new in the plan
               ("TariffDefined", {"event_id": "4", "environment": ENV, "occurred_at": now, "name": "C",
                                  "currency": "USD", "service": "messaging", "applied_to": "customer",
-                                 "routing": False, "managed_by": "administrator", "description": ""})]
+                                 "routing": False, "managed_by": "administrator", "description": ""}),
+              rate_event(Rate("C", "MSGN", Decimal("0.09"), T0), "5"),    # a tariff new in the plan
+              rate_event(Rate("A", "|", Decimal(0), T0, description="free"), "6")]
     notes = notes_of(env, events, now)
     assert notes == {
         "rate:B|MSGN|" + T0.isoformat(): "correction: unit_price was 0.05 for what was recorded before",
-        "rate:B|MSGN|" + (T0 + timedelta(days=10)).isoformat(): "retroactive: in force from before it was recorded"}
+        "rate:B|MSGN|" + (T0 + timedelta(days=10)).isoformat(): "retroactive: in force from before it was recorded",
+        "rate:A|||" + T0.isoformat(): "correction: description was '' for what was recorded before"}
 
 
 @pytest.mark.parametrize(("tariff", "price", "when", "words"), [
