@@ -4,8 +4,8 @@ Config is never edited in place. Each object of the operator's checklist (servic
 dialing rules, destinations, service policies, tariffs and their rates, vendors and
 vendor connections, products, customers, accounts) is defined by an event that carries
 its whole new value, and removed by ``ConfigObjectRemoved``. Folding the events of a topic
-in order gives the config in force; folding those up to an instant gives the config in
-force then (:func:`fold` with ``until``).
+in order gives the config in force. Rates have a valid time (``effective_from``); what was
+in force at an instant, as known at another, is :mod:`.bitemporal`'s.
 
 Every object is a frozen dataclass whose fields are exactly the fields of its Avro event
 (less the envelope: event_id, environment, occurred_at), so a desired object read from a
@@ -521,9 +521,7 @@ class _View:
         return copied[name] if name in copied else getattr(self._draft.base, name)
 
 
-def fold(events: Iterable[tuple[str, Mapping[str, Any]]], until: datetime | None = None, *,
-         on_skip: Skipped | None = None) -> ConfigState:
-    """The config state after ``events`` (only those that occurred at or before ``until``)."""
-    if until is not None:
-        events = ((name, record) for name, record in events if record["occurred_at"] <= until)
+def fold(events: Iterable[tuple[str, Mapping[str, Any]]], *, on_skip: Skipped | None = None) -> ConfigState:
+    """The config state after ``events``, in order (those known as of a record time:
+    :func:`.bitemporal.known_as_of` first)."""
     return ConfigState().applied(events, on_skip=on_skip)

@@ -224,25 +224,33 @@ def config() -> None:
 @click.pass_context
 def config_apply(ctx: click.Context, file: Path) -> None:
     """Append the events that bring the environment to FILE's config (nothing if equal)."""
-    result = usecases.apply_config_file(_settings(ctx), file)
+    _say_appended(usecases.apply_config_file(_settings(ctx), file))
+
+
+def _say_appended(result: usecases.ApplyResult) -> None:
     say(f"environment {result.environment}: {len(result.events)} event(s) appended")
     for name, key in result.events:
-        say(f"  {name} {key}")
+        note = result.notes.get(key)
+        say(f"  {name} {key}" + (f" ({note})" if note else ""))
 
 
 @config.command("show")
-@click.option("--at", "when", type=TIME, help="Show the config in force at this ISO 8601 time (UTC unless zoned).")
+@click.option("--at", "when", type=TIME,
+              help="Valid time: only the rates in force at this ISO 8601 time (UTC unless zoned).")
+@click.option("--as-of", "as_of", type=TIME,
+              help="Record time: the config as it was known at this time (default: now, everything recorded).")
 @_format_option()
 @click.pass_context
-def config_show(ctx: click.Context, when: datetime | None, fmt: str) -> None:
-    """Print the current config state of the environment (or as it was --at a time); csv and
-    json give one row per object field (kind, object, field, value)."""
+def config_show(ctx: click.Context, when: datetime | None, as_of: datetime | None, fmt: str) -> None:
+    """Print the config of the environment as known now (or --as-of a record time), every
+    rate or only those in force --at a valid time; csv and json give one row per object
+    field (kind, object, field, value)."""
     settings = _settings(ctx)
-    state = usecases.config_at(settings, when)
+    state = usecases.config_at(settings, when, as_of)
     if fmt != "table":
-        _show(presentation.config_listing(state, settings.environment), fmt)
+        _show(presentation.config_listing(state, settings.environment, when, as_of), fmt)
         return
-    for table in presentation.config_tables(state, settings.environment, when):
+    for table in presentation.config_tables(state, settings.environment, when, as_of):
         say(table)
 
 
@@ -250,9 +258,38 @@ def config_show(ctx: click.Context, when: datetime | None, fmt: str) -> None:
 @_format_option()
 @click.pass_context
 def config_history(ctx: click.Context, fmt: str) -> None:
-    """List the config events of the environment, oldest first."""
+    """List the config events of the environment, oldest first, with their record time."""
     settings = _settings(ctx)
-    _show(presentation.config_history_listing(usecases.config_events(settings), settings.environment), fmt)
+    entries = usecases.config_events(settings)
+    _show(presentation.config_history_listing(entries, settings.environment, occurred=fmt != "table"), fmt)
+
+
+@cli.group()
+def rate() -> None:
+    """Set one rate of a tariff (a new price, or the correction of a past one)."""
+
+
+@rate.command("set")
+@click.option("--tariff", required=True, help="Tariff name, e.g. \"On-net messaging\".")
+@click.option("--code", required=True, help="Rate code: MSGN, | (any number) or a destination prefix.")
+@click.option("--price", required=True, help="Unit price, e.g. 0.04 (at most 6 decimals).")
+@click.option("--effective-from", "effective_from", required=True,
+              help="Valid from this ISO 8601 time (UTC unless zoned); the effective_from of a known rate "
+                   "corrects that rate.")
+@click.option("--description", default=None, help="Description (default: the corrected rate's, or none).")
+@click.option("--environment", default=None, help="Virtual environment (default: the global --environment).")
+@click.pass_context
+def rate_set(ctx: click.Context, tariff: str, code: str, price: str, effective_from: str,
+             description: str | None, environment: str | None) -> None:
+    """Append one RateDefined, checked as `config apply` checks a file's rate."""
+    settings = _settings(ctx)
+    if environment is not None:
+        settings = settings.with_overrides(environment=environment)
+    result = usecases.set_rate(settings, tariff=tariff, code=code, price=price, effective_from=effective_from,
+                               description=description)
+    _say_appended(result)
+    if result.events:
+        say("  (a config file with another price for this rate corrects it again when applied: update it)")
 
 
 @cli.command()

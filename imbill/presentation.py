@@ -39,7 +39,7 @@ from imbill.schemas.topics import CATALOGUE
 __all__ = ["TextStyle", "CONFIG", "EXPLAIN", "EXPORT", "text", "money", "FORMATS", "Listing", "render",
            "listing_table", "listing_csv", "listing_json", "arrow_table", "write_parquet",
            "topics_listing", "schemas_listing", "attributes_listing", "config_tables", "config_rows",
-           "config_listing", "config_history_listing", "SUMMARY_COLUMNS", "XDR_KINDS", "xdr_listing",
+           "config_listing", "config_when", "config_history_listing", "SUMMARY_COLUMNS", "XDR_KINDS", "xdr_listing",
            "xdr_aggregate_listing", "format_xdrs", "balance_listing", "rejection_listing", "account_listing",
            "explanation", "outcome_text", "RECONCILE_COLUMNS", "reconcile_listing", "reconcile_summary"]
 
@@ -119,35 +119,58 @@ class KindRows:
     rows: tuple[tuple[str, ...], ...]
 
 
-def config_rows(state: ConfigState, environment: str | None = None) -> list[KindRows]:
+def config_rows(state: ConfigState, environment: str | None = None, *, table: bool = False) -> list[KindRows]:
     """The config in force per kind (PLAN_ORDER), one row per object, first column the
     environment; only kinds with objects. ``environment`` limits it to one. What is kept of
     an account's service password (its realm and HA1s) is one column, ``service_password``:
-    ``***`` when there is one."""
+    ``***`` when there is one. ``table``: times in UTC to the second, as tables show them."""
     names = sorted(state.environments) if environment is None else [environment]
     envs = [state.environments[n] for n in names if n in state.environments]
     found = []
     for kind in PLAN_ORDER:
         columns = ("environment", *_config_columns(kind.cls))
-        rows = tuple((env.name, *(_config_cell(obj, c, _currency(env, obj)) for c in columns[1:]))
+        rows = tuple((env.name, *(_config_cell(obj, c, _currency(env, obj), table) for c in columns[1:]))
                      for env in envs for obj in env.collection(kind).values())
         if rows:
             found.append(KindRows(kind.name, columns, rows))
     return found
 
 
-def config_tables(state: ConfigState, environment: str, at: datetime | None) -> list[Table | str]:
+def config_tables(state: ConfigState, environment: str, at: datetime | None,
+                  as_of: datetime | None = None) -> list[Table | str]:
     """One table per kind in force (a service password shown as ``***``), or why there is none."""
-    when = f" at {at.isoformat()}" if at else ""
+    when = config_when(at, as_of)
     if state.environment(environment) is None:
         return [f"environment {environment} has no config{when} (imbill config apply FILE)"]
     tables: list[Table | str] = []
-    for kind in config_rows(state, environment):
-        table = Table(*kind.columns, title=f"{kind.kind} ({environment}{when})")
+    for kind in config_rows(state, environment, table=True):  # the environment is in the title
+        table = Table(title=f"{kind.kind} ({environment}{when})")
+        for column in kind.columns[1:]:
+            table.add_column(_CONFIG_HEADERS.get(column, column), no_wrap=column in _UNWRAPPED,
+                             overflow="fold",  # a word longer than its column is folded, never cut
+                             justify="right" if column == "unit_price" else "left")
         for row in kind.rows:
-            table.add_row(*row)
+            table.add_row(*row[1:])
         tables.append(table)
     return tables
+
+
+_CONFIG_HEADERS = {"rate_code": "code", "unit_price": "price", "effective_from": "valid from", "rating_mode": "mode"}
+"""Shorter headers of the config tables (CSV and JSON keep the field names)."""
+_UNWRAPPED = frozenset({"rate_code", "unit_price", "effective_from"})
+"""Config table columns never wrapped (a price or a time cut in two is misread)."""
+
+
+def config_when(at: datetime | None, as_of: datetime | None) -> str:
+    """`` at T as of R UTC``: the valid time and the record time a config is shown for
+    (to the millisecond when it has one: record times are that close)."""
+    when = (f" at {_utc(at)}" if at else "") + (f" as of {_utc(as_of)}" if as_of else "")
+    return f"{when} UTC" if when else ""
+
+
+def _utc(moment: datetime) -> str:
+    return moment.astimezone(timezone.utc).replace(tzinfo=None).isoformat(
+        sep=" ", timespec="milliseconds" if moment.microsecond else "seconds")
 
 
 def _currency(env: EnvironmentConfig, obj: Any) -> str | None:
@@ -164,7 +187,7 @@ def _config_columns(cls: type) -> list[str]:
     return names
 
 
-def _config_cell(obj: Any, column: str, currency: str | None = None) -> str:
+def _config_cell(obj: Any, column: str, currency: str | None = None, table: bool = False) -> str:
     """A config field as text: balances in their currency's minor units, unit prices as
     configured but never with fewer decimals than the currency has (0.05, 0.0125, 0.50); a
     service password only as whether there is one."""
@@ -173,25 +196,32 @@ def _config_cell(obj: Any, column: str, currency: str | None = None) -> str:
     value = getattr(obj, column)
     if isinstance(value, Decimal) and currency:
         return money(value, currency)
+    if isinstance(value, datetime) and table:
+        return value.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
     return text(value, CONFIG)
 
 
 _DIGEST_FIELDS = ("digest_realm", "ha1_md5", "ha1_sha256")
 
 
-def config_listing(state: ConfigState, environment: str) -> Listing:
+def config_listing(state: ConfigState, environment: str, at: datetime | None = None,
+                   as_of: datetime | None = None) -> Listing:
     """The config in force as one row per object field (kind, object, field, value): the
     CSV and JSON form of ``imbill config show``."""
     rows = [{"kind": kind.kind, "object": row[1] if len(row) > 1 else "", "field": column, "value": value}
             for kind in config_rows(state, environment) for row in kind.rows
             for column, value in zip(kind.columns[1:], row[1:])]
-    return Listing(f"Config ({environment})", ("kind", "object", "field", "value"), rows)
+    return Listing(f"Config ({environment}{config_when(at, as_of)})", ("kind", "object", "field", "value"), rows)
 
 
-def config_history_listing(entries: Iterable[HistoryEntry], environment: str) -> Listing:
-    rows = [{"offset": e.offset, "occurred_at": e.occurred_at, "event": e.event, "object": e.key} for e in entries]
-    return Listing(f"Config history ({environment}, times in UTC)", ("offset", "occurred_at", "event", "object"),
-                   rows, {"offset": "integer", "occurred_at": "timestamp"})
+def config_history_listing(entries: Iterable[HistoryEntry], environment: str, occurred: bool = True) -> Listing:
+    """The config events, each with its record time (``recorded_at``, what ``config show
+    --as-of`` compares) and, with ``occurred``, the time its publisher gave it."""
+    rows = [{"offset": e.offset, "recorded_at": e.recorded_at, "occurred_at": e.occurred_at, "event": e.event,
+             "object": e.key} for e in entries]
+    columns = ("offset", "recorded_at", *(("occurred_at",) if occurred else ()), "event", "object")
+    return Listing(f"Config history ({environment}, times in UTC)", columns, rows,
+                   {"offset": "integer", "recorded_at": "timestamp", "occurred_at": "timestamp"})
 
 
 # --- listings: one value, four formats ----------------------------------------------------

@@ -27,9 +27,10 @@ from imbill.domain.rating import Rated, Refusal, rate_attempt
 from imbill.domain.reconcile import AttemptSeen, Reconciliation, Topics as TopicEvents, reconcile as compare
 from imbill.producers.attempt import attempt_id_for, attempt_key, synthetic_attempt
 from imbill.producers.sip_client import Credentials, SipAnswer, send_message
-from imbill.producers.config_file import load_config_file
+from imbill.domain.bitemporal import state_in_force_at
+from imbill.producers.config_file import load_config_file, rate_of
 from imbill.producers.config_publisher import (ApplyResult, HistoryEntry, apply_config, config_history,
-                                               current_state)
+                                               current_state, set_rate as apply_rate)
 from imbill.projections.models import connect
 from imbill.projections.queries import (XdrFilter, aggregate_xdrs, latest_balances, query_balances,
                                         query_rejections, query_xdrs)
@@ -38,7 +39,7 @@ from imbill.schemas.codec import event_of
 from imbill.settings import Settings
 
 __all__ = ["EdgeUnreachable", "DatabaseUnavailable", "PolicyExplanation", "Outcome", "Sent", "TopUp",
-           "create_all_topics", "apply_config_file", "config_at", "config_events", "top_up", "send",
+           "create_all_topics", "apply_config_file", "config_at", "set_rate", "config_events", "top_up", "send",
            "generate_traffic", "explain_policy", "xdrs", "xdr_totals", "rejections", "balances", "accounts", "report",
            "ReconcileReport", "reconcile"]
 
@@ -77,10 +78,21 @@ def apply_config_file(settings: Settings, path: Path) -> ApplyResult:
     return apply_config(path, bootstrap_servers=settings.bootstrap_servers, topics=settings.topics)
 
 
-def config_at(settings: Settings, at: datetime | None = None) -> ConfigState:
-    """The config of every environment in force now (or at ``at``)."""
+def config_at(settings: Settings, at: datetime | None = None, as_of: datetime | None = None) -> ConfigState:
+    """The config of every environment as known now (or ``as_of`` a record time); with
+    ``at``, only the rates in force at that valid time (one per tariff and rate code)."""
     check_reachable(settings.bootstrap_servers)
-    return current_state(settings.bootstrap_servers, settings.topics, until=at)
+    return state_in_force_at(current_state(settings.bootstrap_servers, settings.topics, as_of=as_of), at)
+
+
+def set_rate(settings: Settings, *, tariff: str, code: str, price: str, effective_from: str,
+             description: str | None = None) -> ApplyResult:
+    """Append one RateDefined in the settings' environment (``imbill rate set``): a new rate
+    or the correction of a known one, checked as a config file's rate is."""
+    rate = rate_of(tariff, code, price, effective_from, description or "", source="rate set")
+    check_reachable(settings.bootstrap_servers)
+    return apply_rate(settings.environment, rate, bootstrap_servers=settings.bootstrap_servers,
+                      topics=settings.topics, description=description)
 
 
 def config_events(settings: Settings) -> list[HistoryEntry]:

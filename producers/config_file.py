@@ -58,7 +58,8 @@ from imbill.domain.catalogue import InvalidPolicyAttribute, check_applicability,
 from imbill.domain.e164 import DialingRules, InvalidDialingRules
 from imbill.domain.references import account_currency, policy_use, rate_code, tariff_use, unknown
 
-__all__ = ["ConfigFileError", "DesiredConfig", "EPOCH", "load_config_file", "parse_config", "desired_config"]
+__all__ = ["ConfigFileError", "DesiredConfig", "EPOCH", "load_config_file", "parse_config", "desired_config",
+           "rate_of"]
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 """Default ``effective_from`` of a rate: in force since always."""
@@ -402,6 +403,31 @@ def desired_config(data: Any, source: str = "<config>") -> DesiredConfig:
         raise ConfigFileError(source, problems)
     return DesiredConfig(source, model.environment, _build(model, checker),
                          {name: frozenset(usages) for name, usages in checker.usages.items()})
+
+
+def rate_of(tariff: Any, rate_code: Any, unit_price: Any, effective_from: Any, description: Any = "",
+            source: str = "rate") -> Rate:
+    """One rate as a file's tariff would define it, checked with the same rules (a price of
+    at most 6 decimals within PRICE_LIMIT, a whole-millisecond time, UTC unless zoned);
+    raises :class:`ConfigFileError` naming ``source`` and every problem, on one line."""
+    data = {"rate_code": rate_code, "unit_price": unit_price, "effective_from": effective_from,
+            "description": description}
+    problems = [f"tariff: {_message(e)}" for e in _tariff_name_errors(tariff)]
+    try:
+        model = RateModel.model_validate(data)
+    except ValidationError as exc:
+        problems += [f"{'/'.join(str(p) for p in e['loc'])}: {_message(e)}" for e in exc.errors()]
+    if problems:
+        raise ConfigFileError(source, ["; ".join(problems)])
+    return Rate(tariff, model.rate_code, model.unit_price, model.effective_from, model.rating_mode, model.description)
+
+
+def _tariff_name_errors(name: Any) -> list[Any]:
+    try:
+        TariffModel.model_validate({"name": name, "currency": "USD", "applied_to": "customer"})
+    except ValidationError as exc:
+        return exc.errors()
+    return []
 
 
 # --- where a shape problem is: `tariff "B": rate "MSGN": unit_price` -------------------------

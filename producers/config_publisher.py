@@ -9,9 +9,16 @@ appends only the events that change it, so applying the same file twice appends 
 - one ``ConfigObjectRemoved`` per object of the environment that the file no longer has,
   **except rates**: rates are history (the rate in force at the moment of an attempt
   applies, and re-rating needs the old ones), so a rate missing from the file stays; a
-  price changes by a new rate with a later ``effective_from`` (or, to correct history, by
-  the same rate code and ``effective_from`` with another price). Rates of a removed tariff
+  price changes by a new rate with a later ``effective_from``. Rates of a removed tariff
   stay too, which is why a tariff name keeps its first currency forever (below).
+
+A rate of the file with the ``effective_from`` of a known rate and another price is a
+**correction** of the past (:mod:`imbill.domain.bitemporal`): its RateDefined is appended
+like any change, and replaces the old price for what is known from then on, while the
+old price still answers "as of" any earlier record time. A rate whose ``effective_from``
+is before the moment it is applied is **retroactive**: attempts rated in between kept the
+rate in force when they were processed. Both are said in :attr:`ApplyResult.notes`, never
+refused. ``imbill rate set`` (:func:`set_rate`) appends one rate through the same checks.
 
 Events are ordered so that an object comes after every object it refers to (:data:`PLAN_ORDER`:
 service types, dialing rules, SIP settings, destinations, tariffs, rates, service policies, vendors,
@@ -28,22 +35,27 @@ config partition). If the broker fails half way, applying the file again appends
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from decimal import Decimal
 from os import PathLike
 from typing import Any, Callable, Iterable, Iterator, Mapping, NamedTuple
 
 from imbill.bus import Envelope, EventProducer, read_to_end
 from imbill.producers.config_file import ConfigFileError, DesiredConfig, load_config_file
 from imbill.schemas.codec import encode
-from imbill.domain.config import (KIND_BY_EVENT, KIND_BY_NAME, SKIPPABLE, ConfigState, EnvironmentConfig, Kind, fold,
-                                  from_record, refusal_of, to_record)
+from imbill.domain.bitemporal import correction_of, known_as_of
+from imbill.domain.config import (KIND_BY_EVENT, KIND_BY_NAME, SKIPPABLE, ConfigState, EnvironmentConfig, Kind, Rate,
+                                  fold, from_record, object_key, refusal_of, to_record)
+from imbill.domain.errors import ConfigError
 from imbill.schemas.topics import Topics
 
-__all__ = ["PLAN_ORDER", "NEVER_REMOVED", "ApplyResult", "HistoryEntry", "plan_changes",
-           "apply_config", "current_state", "config_history", "config_refusals", "tariff_currencies", "event_label"]
+__all__ = ["PLAN_ORDER", "NEVER_REMOVED", "ApplyResult", "HistoryEntry", "plan_changes", "notes_of",
+           "apply_config", "set_rate", "current_state", "recorded_at", "config_history", "config_refusals",
+           "tariff_currencies", "event_label"]
 
 PLAN_ORDER: tuple[Kind, ...] = tuple(KIND_BY_NAME[name] for name in (
     "service_types", "dialing_rules", "sip_settings", "destination", "tariff", "rate", "service_policy", "vendor",
@@ -169,16 +181,25 @@ def _skipped(name: str, record: Mapping[str, Any], exc: Exception) -> None:
     log.warning("config event %s %s skipped: %s", name, record.get("event_id", ""), exc)
 
 
-def current_state(bootstrap_servers: str, topics: Topics, until: datetime | None = None) -> ConfigState:
-    """The config of every environment in force now (or at ``until``), folded from the topic
-    with the same rules as every other reader (:meth:`ConfigState.applied`)."""
-    return fold(_decoded(_config_events(bootstrap_servers, topics)), until=until, on_skip=_skipped)
+def recorded_at(envelope: Envelope) -> datetime:
+    """The record time of a config record: its Kafka timestamp (see domain.bitemporal)."""
+    return datetime.fromtimestamp(envelope.timestamp_ms / 1000, timezone.utc)
+
+
+def current_state(bootstrap_servers: str, topics: Topics, as_of: datetime | None = None) -> ConfigState:
+    """The config of every environment as known now (or ``as_of`` a record time: the topic's
+    prefix appended by then), folded with the same rules as every other reader
+    (:meth:`ConfigState.applied`)."""
+    envelopes = _config_events(bootstrap_servers, topics)
+    return fold(_decoded(known_as_of(((recorded_at(e), e) for e in envelopes), as_of)), on_skip=_skipped)
 
 
 class HistoryEntry(NamedTuple):
     """One event of the config topic, for ``imbill config history``."""
 
     offset: int
+    recorded_at: datetime
+    """The record time: when the broker took it (``--as-of`` of ``imbill config show``)."""
     occurred_at: datetime | None
     event: str
     environment: str
@@ -205,14 +226,17 @@ def config_refusals(envelopes: Iterable[Envelope]) -> dict[int, tuple[str, str]]
 def _history_entry(envelope: Envelope, refusal: tuple[str, str] | None) -> HistoryEntry:
     record = envelope.record
     if record is None:
-        return HistoryEntry(envelope.offset, None, "(undecodable)", "", f"undecodable_config: {envelope.error or ''}")
+        return HistoryEntry(envelope.offset, recorded_at(envelope), None, "(undecodable)", "",
+                            f"undecodable_config: {envelope.error or ''}")
     occurred_at = record.get("occurred_at")
     environment = record.get("environment") if type(record.get("environment")) is str else ""
     if refusal is not None:  # decodable, but skipped by every reader
-        return HistoryEntry(envelope.offset, occurred_at if isinstance(occurred_at, datetime) else None,
+        return HistoryEntry(envelope.offset, recorded_at(envelope),
+                            occurred_at if isinstance(occurred_at, datetime) else None,
                             f"(refused {envelope.name})", environment, f"{refusal[0]}: {refusal[1]}")
     name = envelope.name or ""
-    return HistoryEntry(envelope.offset, occurred_at, name, environment, _label_of(name, record))
+    return HistoryEntry(envelope.offset, recorded_at(envelope), occurred_at, name, environment,
+                        _label_of(name, record))
 
 
 def config_history(bootstrap_servers: str, topics: Topics, environment: str | None = None) -> list[HistoryEntry]:
@@ -228,10 +252,39 @@ def config_history(bootstrap_servers: str, topics: Topics, environment: str | No
 
 @dataclass(frozen=True)
 class ApplyResult:
-    """What ``imbill config apply`` appended: (event name, ``event_label``) in order."""
+    """What ``imbill config apply`` appended: (event name, ``event_label``) in order, and
+    what an operator should know of some of them (``event_label`` -> words): a correction
+    of a known rate, a retroactive rate."""
 
     environment: str
     events: tuple[tuple[str, str], ...]
+    notes: Mapping[str, str] = field(default_factory=dict)
+
+
+def notes_of(current: EnvironmentConfig | None, events: Iterable[Event], now: datetime) -> dict[str, str]:
+    """What each RateDefined of ``events`` means for the past: the correction of a known rate
+    (the price it replaces), or a rate of a known tariff in force from before ``now``
+    (retroactive: attempts may have been rated by that tariff since; a new tariff's rates
+    from the past change no attempt, and are not said)."""
+    notes = {}
+    for name, record in events:
+        if name != "RateDefined":
+            continue
+        rate = from_record(KIND_BY_NAME["rate"], record)
+        corrected = correction_of(current, rate)
+        if corrected is not None:
+            was = ", ".join(f"{field_name} was {_shown(getattr(corrected, field_name))}"
+                            for field_name in ("unit_price", "rating_mode", "description")
+                            if getattr(corrected, field_name) != getattr(rate, field_name))
+            notes[_label_of(name, record)] = f"correction: {was} for what was recorded before"
+        elif rate.effective_from < now and current is not None and rate.tariff in current.tariffs:
+            notes[_label_of(name, record)] = "retroactive: in force from before it was recorded"
+    return notes
+
+
+def _shown(value: Any) -> str:
+    """A rate field in a note: a price as written (0.05), a text quoted."""
+    return f"{value.normalize():f}" if isinstance(value, Decimal) else repr(value)
 
 
 def _utc_now() -> datetime:
@@ -257,7 +310,39 @@ def apply_config(path: str | PathLike[str], *, bootstrap_servers: str, topics: T
                                                    f"{MAX_EVENT_BYTES:,} (shorten its descriptions)"])
     if plan:
         _append(bootstrap_servers, topics.config, desired.environment, plan)
-    return ApplyResult(desired.environment, tuple((name, _label_of(name, record)) for name, record in plan))
+    return ApplyResult(desired.environment, tuple((name, _label_of(name, record)) for name, record in plan),
+                       notes_of(current, plan, plan[0][1]["occurred_at"] if plan else _utc_now()))
+
+
+def set_rate(environment: str, rate: Rate, *, bootstrap_servers: str, topics: Topics, description: str | None = None,
+             now: datetime | None = None, new_event_id: Callable[[], str] = _new_event_id) -> ApplyResult:
+    """Append one RateDefined for ``rate`` in ``environment`` (a new rate, or the correction
+    of the known rate with its tariff, code and ``effective_from``), checked as ``config
+    apply`` checks a file's rate: the environment has config, the tariff is known (the fold's
+    reference check), the event fits the broker. ``description`` None keeps the known rate's
+    description. Nothing is appended when the rate is known with this price already."""
+    source = "rate set"
+    current = fold(_decoded(_config_events(bootstrap_servers, topics)), on_skip=_skipped).environment(environment)
+    if current is None:
+        raise ConfigError(f"{source}: environment {environment} has no config (imbill config apply FILE)")
+    known = current.rates.get(object_key(rate)[1])
+    rate = dataclasses.replace(rate, description=description if description is not None
+                               else known.description if known is not None else "")
+    if known == rate:
+        return ApplyResult(environment, ())
+    now = now or _utc_now()
+    event = ("RateDefined", {"event_id": new_event_id(), "environment": environment, "occurred_at": now,
+                             **to_record(rate)})
+    try:
+        ConfigState({environment: current}).apply(*event)
+    except SKIPPABLE as exc:
+        reason, words = refusal_of(exc)
+        raise ConfigError(f"{source}: {words} ({reason})") from None
+    if len(encode(*event)) > MAX_EVENT_BYTES:
+        raise ConfigError(f"{source}: the RateDefined event would be over {MAX_EVENT_BYTES:,} bytes "
+                          f"(shorten its description)")
+    _append(bootstrap_servers, topics.config, environment, [event])
+    return ApplyResult(environment, (("RateDefined", _label_of(*event)),), notes_of(current, [event], now))
 
 
 def _append(bootstrap_servers: str, topic: str, key: str, plan: list[Event]) -> None:

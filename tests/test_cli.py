@@ -14,7 +14,7 @@ from imbill.cli import cli
 from imbill.domain.errors import BrokerError
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "instant-messaging.yaml"
-SUBCOMMANDS = ["accounts", "balance", "broker", "config", "edge", "payment", "policy", "process", "project",
+SUBCOMMANDS = ["accounts", "balance", "broker", "config", "edge", "payment", "policy", "process", "project", "rate",
                "rejections", "run", "schemas", "send", "topics", "traffic", "xdr"]
 
 
@@ -70,8 +70,8 @@ def test_topics_and_config_round_trip(bootstrap, topics):
     assert "On-net messaging" in shown and "MSGN" in shown and "alice-secret" not in shown
     history = invoke("config", "history", **env).output
     assert "TariffDefined" in history and "AccountDefined" in history
-    before = invoke("config", "show", "--at", "2000-01-01T00:00:00Z", **env).output
-    assert "has no config at 2000-01-01" in before
+    before = invoke("config", "show", "--as-of", "2000-01-01T00:00:00Z", **env).output
+    assert "has no config as of 2000-01-01" in before
 
 
 @pytest.mark.integration
