@@ -23,6 +23,7 @@ from imbill.broker import DurableBroker, start_broker
 from imbill.producers.attempt_publisher import AttemptPublisher
 from imbill.producers.edge import serve_edge
 from imbill.producers.sip_auth import DigestAuthenticator
+from imbill.producers.sip_guard import GuessingGuard
 from imbill.projections.projector import ConfigProjector, XdrProjector
 from imbill.projections.rebuild import rebuild
 from imbill.run import DataDirLock, run_engine
@@ -87,7 +88,8 @@ def edge(settings: Settings, say: Say) -> None:
                               client_id="imbill-edge-config")
         try:
             await config.catch_up(timeout=30.0)
-            authentication = DigestAuthenticator(lambda: config.state, settings.environment)
+            authentication = DigestAuthenticator(lambda: config.state, settings.environment,
+                                                 guard=GuessingGuard(settings.guard))
             async with AttemptPublisher(settings.bootstrap_servers, settings.topics.attempts) as publisher:
                 await serve_edge(publisher, environment=settings.environment, edge_id=edge_id,
                                  host=settings.edge_host, port=settings.edge_port, on_started=started,

@@ -62,7 +62,7 @@ class Authentication(Protocol):
 
     def required(self) -> bool: ...
 
-    def check(self, request: SipRequest, claimed: str) -> Refusal | None: ...
+    def check(self, request: SipRequest, claimed: str, source: str = "") -> Refusal | None: ...
 
 
 class Submit(Protocol):
@@ -272,7 +272,7 @@ class SipEdge(asyncio.DatagramProtocol):
             self._counters.unsupported_scheme += 1
             self._answer(request.headers, 416, addr)
             return True
-        refusal = self._auth.check(request, _claimed(request)) if self._auth is not None else None
+        refusal = self._auth.check(request, _claimed(request), addr[0]) if self._auth is not None else None
         if refusal is None:
             return False
         self._counters.unauthenticated += 1
