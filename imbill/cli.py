@@ -515,7 +515,7 @@ def send(ctx: click.Context, from_user, to_user, domain, host, port, password, w
     settings = _settings(ctx).with_overrides(edge_host=host, edge_port=port)
     sent = usecases.send(settings, from_user=from_user, to_user=to_user, text=text, domain=domain, wait=wait,
                          password=password)
-    say(f"{sent.answer.status} {sent.answer.reason}")
+    say(presentation.sip_answer_text(sent.answer.status, sent.answer.reason, sent.answer.raw))
     accepted = 200 <= sent.answer.status < 300
     if sent.outcome is not None:
         say(presentation.outcome_text(sent.outcome.event, sent.outcome.record))

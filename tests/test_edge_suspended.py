@@ -19,6 +19,7 @@ from imbill.domain.service_status import SuspendedAccounts
 from imbill.producers.config_file import parse_config
 from imbill.producers.config_publisher import apply_config
 from imbill.producers.sip_client import SipAnswer, response_headers, send_message
+from imbill.presentation import sip_answer_text
 from imbill.settings import load_settings
 from imbill.usecases import top_up
 from tests.test_end_to_end import EXAMPLE, as_, free_port_udp, spawn, stop, wait_for_edge
@@ -128,7 +129,8 @@ def test_a_suspended_account_is_refused_at_the_edge_until_a_top_up(bootstrap, to
         assert payment.outcome is not None and payment.outcome.event == "BalanceChanged"
         wait_until(lambda: ("1001", "active", "top-up") in statuses(bootstrap, topics), 30, "the resumption")
         resumed = wait_until(lambda: (a := send("1001")).status == 202 and a, 10, "a 202 after the top-up")
-        resumed_late = send("1001", late_port)
+        resumed_late = wait_until(lambda: (a := send("1001", late_port)).status == 202 and a, 10,
+                                  "a 202 from the edge started later")  # it follows the topic too
         wait_until(lambda: len(list(read_to_end(bootstrap, topics.charges))) >= 4, 60,
                    lambda: f"the charges (answers {[(k, [a.status for a in v]) for k, v in answers.items()]}, "
                            f"charges {[e.record['account'] for e in read_to_end(bootstrap, topics.charges)]}, "
@@ -150,3 +152,16 @@ def test_a_suspended_account_is_refused_at_the_edge_until_a_top_up(bootstrap, to
     assert len(charged) == 3  # the one that emptied the wallet, and the two after the top-up
     rejected = [e.record["reason_code"] for e in read_to_end(bootstrap, topics.rejections)]
     assert set(rejected) <= {"service_suspended"}  # only a MESSAGE that raced the suspension to the edge
+
+
+@pytest.mark.parametrize(("raw", "expected"), [
+    (b'SIP/2.0 403 Forbidden\r\nWarning: 399 imbill-sip-edge "the messaging service of account 1001 is suspended '
+     b'(wallet empty): top up the account"\r\nContent-Length: 0\r\n\r\n',
+     "403 Forbidden: the messaging service of account 1001 is suspended (wallet empty): top up the account"),
+    (b'SIP/2.0 403 Forbidden\r\nWarning: 399 edge "a \\"quoted\\" word"\r\n\r\n', '403 Forbidden: a "quoted" word'),
+    (b"SIP/2.0 403 Forbidden\r\nWarning: 399 edge\r\n\r\n", "403 Forbidden"),
+    (b"SIP/2.0 202 Accepted\r\nContent-Length: 0\r\n\r\n", "202 Accepted"),
+])
+def test_imbill_send_prints_why_the_edge_refused(raw: bytes, expected: str) -> None:
+    status, reason = raw.split(b"\r\n", 1)[0].decode().split(" ", 2)[1:]
+    assert sip_answer_text(int(status), reason, raw) == expected
