@@ -37,8 +37,8 @@ from imbill.projections.queries import (AGGREGATE_KINDS, BALANCE_KINDS, REJECTIO
 from imbill.schemas.codec import schemas
 from imbill.schemas.topics import CATALOGUE
 
-__all__ = ["sip_answer_text", "TextStyle", "CONFIG", "EXPLAIN", "EXPORT", "text", "money", "FORMATS", "Listing", "render",
-           "listing_table", "listing_csv", "listing_json", "arrow_table", "write_parquet",
+__all__ = ["TextStyle", "CONFIG", "EXPLAIN", "EXPORT", "text", "money", "FORMATS", "Listing", "render",
+           "sip_answer_text", "listing_table", "listing_csv", "listing_json", "arrow_table", "write_parquet",
            "topics_listing", "schemas_listing", "attributes_listing", "config_tables", "config_rows",
            "config_listing", "config_history_listing", "SUMMARY_COLUMNS", "XDR_KINDS", "xdr_listing",
            "xdr_aggregate_listing", "format_xdrs", "balance_listing", "rejection_listing", "account_listing",
