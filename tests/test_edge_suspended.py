@@ -5,6 +5,7 @@ live processor resumes it. The processor stays the authority."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from datetime import UTC, datetime
@@ -18,6 +19,7 @@ from imbill.domain.events import ServiceStatusChanged
 from imbill.domain.service_status import SuspendedAccounts
 from imbill.producers.config_file import parse_config
 from imbill.producers.config_publisher import apply_config
+from imbill.producers.edge import SipEdge
 from imbill.producers.sip_client import SipAnswer, response_headers, send_message
 from imbill.presentation import sip_answer_text
 from imbill.settings import load_settings
@@ -165,3 +167,42 @@ def test_a_suspended_account_is_refused_at_the_edge_until_a_top_up(bootstrap, to
 def test_imbill_send_prints_why_the_edge_refused(raw: bytes, expected: str) -> None:
     status, reason = raw.split(b"\r\n", 1)[0].decode().split(" ", 2)[1:]
     assert sip_answer_text(int(status), reason, raw) == expected
+
+
+class Suspended:
+    """A service status where 1001 is suspended (the reader's interface)."""
+
+    def suspended(self, account: str) -> str | None:
+        return "wallet empty" if account == "1001" else None
+
+
+@pytest.mark.parametrize(("vendor_peers", "sender", "expected"), [
+    (frozenset(), "1001", 403),
+    (frozenset(), "1002", 202),
+    (frozenset({"127.0.0.1"}), "1001", 202),  # incoming from a vendor peer: the processor decides
+])
+def test_the_edge_refuses_a_suspended_sender_without_publishing(vendor_peers, sender, expected) -> None:
+    recorder, answers = [], []
+
+    async def publish(attempt) -> None:
+        recorder.append(attempt)
+
+    async def scenario() -> None:
+        edge = SipEdge(publish, environment="test", edge_id="edge-status", port=0, authentication=None,
+                       vendor_peers=vendor_peers, service_status=Suspended())
+        await edge.start()
+        try:
+            answers.append(await asyncio.to_thread(send_message, "127.0.0.1", edge.address[1], from_user=sender,
+                                                   to_user="1002", text="hi", timeout=3))
+        finally:
+            await edge.stop()
+        answers.append(edge.counters)
+
+    asyncio.run(scenario())
+    answer, counters = answers
+    assert answer.status == expected and len(recorder) == (expected == 202)
+    assert counters.suspended == (expected == 403)
+    if expected == 403:
+        assert response_headers(answer.raw, "Warning") == [
+            '399 imbill-sip-edge "the messaging service of account 1001 is suspended (wallet empty): top up the '
+            'account"']
