@@ -295,10 +295,23 @@ def rate_set(ctx: click.Context, tariff: str, code: str, price: str, effective_f
 @cli.command()
 @click.option("--host", default=None, help="UDP address to listen on (default 127.0.0.1).")
 @click.option("--port", type=int, default=None, help="UDP port (default 5060).")
+@click.option("--guard-failures", type=int, default=None,
+              help="Failed authentications from one address that block it (default 10; 0: no guard).")
+@click.option("--guard-account-failures", type=int, default=None,
+              help="Failures on one account after which each failing address is blocked at once (default 30).")
+@click.option("--guard-window", type=float, default=None, help="Seconds failures are counted over (default 60).")
+@click.option("--guard-cooldown", type=float, default=None,
+              help="Seconds a blocked address is answered 403 (default 300).")
 @click.pass_context
-def edge(ctx: click.Context, host: str | None, port: int | None) -> None:
+def edge(ctx: click.Context, host: str | None, port: int | None, guard_failures: int | None,
+         guard_account_failures: int | None, guard_window: float | None, guard_cooldown: float | None) -> None:
     """Run the SIP edge: MESSAGE -> message-attempt event -> 202 Accepted."""
-    wiring.edge(_settings(ctx).with_overrides(edge_host=host, edge_port=port), say)
+    settings = _settings(ctx).with_overrides(
+        edge_host=host, edge_port=port, edge_guard_failures=guard_failures,
+        edge_guard_account_failures=guard_account_failures, edge_guard_window=guard_window,
+        edge_guard_cooldown=guard_cooldown)
+    settings.guard  # noqa: B018 - refuse a setting out of range in one line, before starting
+    wiring.edge(settings, say)
 
 
 @cli.command()
@@ -539,7 +552,7 @@ def send(ctx: click.Context, from_user, to_user, domain, host, port, password, w
     settings = _settings(ctx).with_overrides(edge_host=host, edge_port=port)
     sent = usecases.send(settings, from_user=from_user, to_user=to_user, text=text, domain=domain, wait=wait,
                          password=password)
-    say(f"{sent.answer.status} {sent.answer.reason}")
+    say(presentation.sip_answer_text(sent.answer.status, sent.answer.reason, sent.answer.raw))
     accepted = 200 <= sent.answer.status < 300
     if sent.outcome is not None:
         say(presentation.outcome_text(sent.outcome.event, sent.outcome.record))
@@ -570,7 +583,9 @@ def traffic(ctx: click.Context, count: int, accounts: str, to_users: str, seed: 
 @click.pass_context
 def run(ctx: click.Context, example: Path | None) -> None:
     """Start broker, topics, edge, processor and projectors together; Ctrl-C stops all."""
-    sys.exit(wiring.run(_settings(ctx), example or DEFAULT_EXAMPLE, say))
+    settings = _settings(ctx)
+    settings.guard  # noqa: B018 - the edge's settings refused in one line, before anything starts
+    sys.exit(wiring.run(settings, example or DEFAULT_EXAMPLE, say))
 
 
 @cli.command()

@@ -30,6 +30,7 @@ from imbill.domain.money import money_text
 from imbill.domain.policy import Explanation
 from imbill.domain.rating import Rated, Refusal
 from imbill.producers.config_publisher import PLAN_ORDER, HistoryEntry
+from imbill.producers.sip_client import response_headers
 from imbill.projections.models import RejectedAttempt, Xdr
 from imbill.projections.queries import (AGGREGATE_KINDS, BALANCE_KINDS, REJECTION_COLUMNS, XDR_COLUMNS,
                                         column_kinds)
@@ -37,7 +38,7 @@ from imbill.schemas.codec import schemas
 from imbill.schemas.topics import CATALOGUE
 
 __all__ = ["TextStyle", "CONFIG", "EXPLAIN", "EXPORT", "text", "money", "FORMATS", "Listing", "render",
-           "listing_table", "listing_csv", "listing_json", "arrow_table", "write_parquet",
+           "sip_answer_text", "listing_table", "listing_csv", "listing_json", "arrow_table", "write_parquet",
            "topics_listing", "schemas_listing", "attributes_listing", "config_tables", "config_rows",
            "config_listing", "config_when", "config_history_listing", "SUMMARY_COLUMNS", "XDR_KINDS", "xdr_listing",
            "xdr_aggregate_listing", "format_xdrs", "balance_listing", "rejection_listing", "account_listing",
@@ -444,6 +445,14 @@ def _outcome(rated: Rated | Refusal) -> str:
 
 
 # --- what an event caused -----------------------------------------------------------------
+
+def sip_answer_text(status: int, reason: str, raw: bytes) -> str:
+    """A SIP answer as `imbill send` prints it: the status, and the text of its Warning (why
+    the edge refused: a suspended account, a blocked address, ...)."""
+    warnings = [value for value in response_headers(raw, "Warning") if value.count('"') >= 2]
+    why = warnings[0].split('"', 1)[1].rsplit('"', 1)[0].replace('\\"', '"') if warnings else ""
+    return f"{status} {reason}: {why}" if why else f"{status} {reason}"
+
 
 def outcome_text(event: str, record: Mapping[str, Any]) -> str:
     """One line for what the processor made of a message or a payment."""

@@ -18,10 +18,12 @@ from imbill.domain.decide import Limits
 from imbill.domain.errors import ConfigError
 from imbill.domain.money import PAYMENT_LIMIT
 from imbill.domain.rating import CLOCK_SKEW
+from imbill.producers.sip_guard import GuardLimits
 from imbill.schemas.topics import Topics
 
 __all__ = ["Settings", "load_settings", "child_environment", "DEFAULT_EXAMPLE"]
 
+_GUARD = GuardLimits()
 DEFAULT_EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "instant-messaging.yaml"
 
 
@@ -44,6 +46,14 @@ class Settings:
     (at most ``money.PAYMENT_LIMIT``, the default)."""
     attempt_clock_skew: float = CLOCK_SKEW.total_seconds()
     """Seconds an attempt may be dated after the processor's clock (implausible_attempt beyond)."""
+    edge_guard_failures: int = _GUARD.source_failures
+    """Failed digest responses from one source address within the window that make the edge
+    answer it 403 for the cool-down (0: no guard)."""
+    edge_guard_account_failures: int = _GUARD.account_failures
+    """Failed responses on one account within the window, from any addresses: then every address
+    that fails on it is blocked at its first failure (the account itself is never blocked)."""
+    edge_guard_window: float = _GUARD.window
+    edge_guard_cooldown: float = _GUARD.cooldown
     external_broker: bool = False
     """The bootstrap servers were given (flag or IMBILL_BOOTSTRAP_SERVERS): ``imbill run``
     uses that broker instead of starting the embedded one."""
@@ -57,6 +67,15 @@ class Settings:
         """The bounds the processor puts on its inputs; ConfigError names a setting out of range."""
         try:
             return Limits(Decimal(self.payment_maximum), timedelta(seconds=float(self.attempt_clock_skew)))
+        except ValueError as exc:
+            raise ConfigError(f"settings: {exc}") from None
+
+    @property
+    def guard(self) -> GuardLimits:
+        """The edge's guessing guard; ConfigError names a setting out of range."""
+        try:
+            return GuardLimits(int(self.edge_guard_failures), int(self.edge_guard_account_failures),
+                               float(self.edge_guard_window), float(self.edge_guard_cooldown))
         except ValueError as exc:
             raise ConfigError(f"settings: {exc}") from None
 
@@ -75,6 +94,8 @@ def _peers(text: str) -> tuple[str, ...]:
 _FROM_TEXT: Mapping[str, Callable[[str], Any]] = {
     "edge_port": int, "broker_port": int, "replication_factor": int, "data_dir": Path, "edge_vendor_peers": _peers,
     "payment_maximum": Decimal, "attempt_clock_skew": float,
+    "edge_guard_failures": int, "edge_guard_account_failures": int, "edge_guard_window": float,
+    "edge_guard_cooldown": float,
     "external_broker": lambda text: text.lower() in ("1", "true", "yes"),
 }
 _TO_TEXT: Mapping[str, Callable[[Any], str]] = {"edge_vendor_peers": ",".join}

@@ -23,11 +23,13 @@ from imbill.broker import DurableBroker, start_broker
 from imbill.producers.attempt_publisher import AttemptPublisher
 from imbill.producers.edge import serve_edge
 from imbill.producers.sip_auth import DigestAuthenticator
+from imbill.producers.sip_guard import GuessingGuard
 from imbill.projections.projector import ConfigProjector, XdrProjector
 from imbill.projections.rebuild import rebuild
 from imbill.run import DataDirLock, run_engine
 from imbill.settings import Settings
 from imbill.streams.config_reader import ConfigReader
+from imbill.streams.status_reader import ServiceStatusReader
 from imbill.streams.worker import run_worker
 
 __all__ = ["Say", "broker", "edge", "processor_worker", "projectors", "rebuild_projections", "run"]
@@ -70,7 +72,9 @@ def edge(settings: Settings, say: Say) -> None:
 
     It authenticates requests with the accounts of the config topic, read to its end before
     the edge opens and followed while it runs (the processor's own ConfigReader, polling
-    every 0.5 s: an applied config is in force at the edge within about a second).
+    every 0.5 s: an applied config is in force at the edge within about a second). The same
+    way it reads the service-status topic (every partition to its end, then followed): a
+    MESSAGE from an account whose messaging the processor suspended is answered 403.
 
     The edge runs on uvloop, and once started the objects of start-up are frozen out of the
     garbage collector's way (gc.freeze), so full collections do not walk them again."""
@@ -85,15 +89,20 @@ def edge(settings: Settings, say: Say) -> None:
     async def serve() -> None:
         config = ConfigReader(settings.bootstrap_servers, settings.topics.config, fetch_wait_ms=500,
                               client_id="imbill-edge-config")
+        statuses = ServiceStatusReader(settings.bootstrap_servers, settings.topics.service_status,
+                                       settings.environment, lambda: config.state)
         try:
             await config.catch_up(timeout=30.0)
-            authentication = DigestAuthenticator(lambda: config.state, settings.environment)
+            await statuses.catch_up(timeout=30.0)
+            authentication = DigestAuthenticator(lambda: config.state, settings.environment,
+                                                 guard=GuessingGuard(settings.guard))
             async with AttemptPublisher(settings.bootstrap_servers, settings.topics.attempts) as publisher:
                 await serve_edge(publisher, environment=settings.environment, edge_id=edge_id,
                                  host=settings.edge_host, port=settings.edge_port, on_started=started,
                                  vendor_peers=frozenset(settings.edge_vendor_peers),
-                                 authentication=authentication)
+                                 authentication=authentication, service_status=statuses)
         finally:
+            await statuses.stop()
             await config.stop()
 
     _run_until_signal(serve())

@@ -2,7 +2,8 @@
 
     MESSAGE            -> publish(attempt), then 202 Accepted (500 + Retry-After if publish raised)
                           401/407/403/400 and nothing published when digest authentication
-                          (producers/sip_auth.py) refuses it; 416 for a Request-URI not sip:/sips:
+                          (producers/sip_auth.py) refuses it; 416 for a Request-URI not sip:/sips:;
+                          403 + Warning when the sender's messaging is suspended (service status)
     REGISTER           -> with authentication on: challenged as a MESSAGE, then 200 (no binding is
                           kept: the Contact is echoed with its expiry); off: 405 as other methods
     other methods      -> 405 Method Not Allowed, Allow: MESSAGE (ACK: never answered)
@@ -46,7 +47,7 @@ from imbill.producers.sip_auth import Refusal
 from imbill.producers.sip_grammar import split_commas
 from imbill.producers.sip_responses import ALLOW, build_response
 
-__all__ = ["Authentication", "Done", "EdgeCounters", "Publish", "SipEdge", "Submit", "serve_edge"]
+__all__ = ["Authentication", "Done", "EdgeCounters", "Publish", "ServiceStatus", "SipEdge", "Submit", "serve_edge"]
 
 Publish = Callable[[dict[str, Any]], Awaitable[None]]
 Done = Callable[[BaseException | None], None]  # None: the broker acknowledged the attempt
@@ -62,7 +63,15 @@ class Authentication(Protocol):
 
     def required(self) -> bool: ...
 
-    def check(self, request: SipRequest, claimed: str) -> Refusal | None: ...
+    def check(self, request: SipRequest, claimed: str, source: str = "") -> Refusal | None: ...
+
+
+class ServiceStatus(Protocol):
+    """The service status of the environment's accounts (streams.status_reader.ServiceStatusReader)."""
+
+    def suspended(self, account: str) -> str | None:
+        """Why ``account``'s messaging is suspended (e.g. "wallet empty"), or None."""
+        ...
 
 
 class Submit(Protocol):
@@ -87,6 +96,7 @@ class EdgeCounters:
     unsupported_scheme: int = 0  # answered 416: a Request-URI neither sip: nor sips:
     unauthenticated: int = 0  # refused by authentication: 401/407 (challenged), 400 or 403
     registered: int = 0  # REGISTER authenticated, answered 200
+    suspended: int = 0  # MESSAGE from an account whose messaging is suspended, answered 403
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -164,9 +174,12 @@ class SipEdge(asyncio.DatagramProtocol):
         receive_buffer: int = 4 * 1024 * 1024,
         vendor_peers: frozenset[str] = frozenset(),
         authentication: Authentication | None,
+        service_status: ServiceStatus | None = None,
     ) -> None:
         """``authentication``: None only where every peer is trusted (tests of other parts);
-        ``imbill edge`` always passes the environment's (on unless its config turns it off)."""
+        ``imbill edge`` always passes the environment's (on unless its config turns it off).
+        ``service_status``: MESSAGEs from suspended accounts are answered 403 (``imbill edge``
+        passes the service-status topic's reader)."""
         self._publisher = publish if hasattr(publish, "submit") else _TaskPerAttempt(publish)
         self._environment, self._edge_id = environment, edge_id
         self._host, self._port, self._server, self._clock = host, port, server, clock
@@ -183,6 +196,7 @@ class SipEdge(asyncio.DatagramProtocol):
         self._vendor_peers = frozenset(vendor_peers)
         """Source addresses of vendor connections: their MESSAGEs are incoming (free by default)."""
         self._auth = authentication
+        self._service_status = service_status
 
     @property
     def counters(self) -> EdgeCounters:
@@ -272,11 +286,26 @@ class SipEdge(asyncio.DatagramProtocol):
             self._counters.unsupported_scheme += 1
             self._answer(request.headers, 416, addr)
             return True
-        refusal = self._auth.check(request, _claimed(request)) if self._auth is not None else None
+        refusal = self._auth.check(request, _claimed(request), addr[0]) if self._auth is not None else None
         if refusal is None:
             return False
         self._counters.unauthenticated += 1
         self._answer(request.headers, refusal.status, addr, warning=refusal.warning, extra=refusal.headers)
+        return True
+
+    def _suspended(self, request: SipRequest, addr: tuple[str, int]) -> bool:
+        """A MESSAGE from an account whose messaging is suspended: 403 naming why, nothing
+        published (stateless, like the other refusals). Incoming messages (vendor peers) are
+        left to the processor, which refuses a suspended recipient."""
+        if self._service_status is None or addr[0] in self._vendor_peers:
+            return False
+        reason = self._service_status.suspended(request.from_user)
+        if reason is None:
+            return False
+        self._counters.suspended += 1
+        self._answer(request.headers, 403, addr,
+                     warning=f"the messaging service of account {request.from_user} is suspended ({reason}): "
+                             "top up the account")
         return True
 
     def _on_register(self, request: SipRequest, addr: tuple[str, int]) -> None:
@@ -306,6 +335,8 @@ class SipEdge(asyncio.DatagramProtocol):
         if self._auth is not None or not request.request_uri.startswith(SIP_SCHEMES):
             if self._refused(request, addr):
                 return
+        if self._suspended(request, addr):
+            return
         if self._stopping or self._pending >= self._max_pending:
             self._counters.unavailable += 1
             self._answer(request.headers, 503, addr, retry_after=self._retry_after)

@@ -10,6 +10,8 @@ RFC 7616, RFC 8760), with the accounts and settings of the config in force.
     authenticated, but the request's
     account (From; To of a REGISTER)
     is not the user nor its alias      -> 403
+    a source address the guessing
+    guard blocked (producers/sip_guard.py) -> 403 before any digest work, for its cool-down
 
 Nonces are stateless: hex of (issue time, 8 random octets, HMAC-SHA-256 of both and the
 realm under a secret of the process), so any nonce the edge issued is recognised without
@@ -25,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import math
 import secrets
 import time
 from collections import OrderedDict
@@ -34,6 +37,7 @@ from dataclasses import dataclass
 from imbill.domain.config import DEFAULT_SIP, ConfigState, EnvironmentConfig, SipSettings
 from imbill.producers.sip import SipRequest, header_values
 from imbill.producers.sip_digest import algorithm_of, challenge, parse_digest, response
+from imbill.producers.sip_guard import GuessingGuard
 
 __all__ = ["NONCE_LIFETIME", "MAX_NONCES", "DigestAuthenticator", "NonceCounts", "Nonces", "Refusal"]
 
@@ -128,8 +132,12 @@ class DigestAuthenticator:
 
     def __init__(self, config: Callable[[], ConfigState], environment: str, *, secret: bytes | None = None,
                  lifetime: float = NONCE_LIFETIME, max_nonces: int = MAX_NONCES,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, guard: GuessingGuard | None = None) -> None:
+        """``guard``: the guessing guard (a default one when None)."""
         self._config, self._environment, self._clock = config, environment, clock
+        self.guard = guard or GuessingGuard()
+        self.digests = 0
+        """Digest responses computed (the work a guessing client costs the edge)."""
         self._nonces = Nonces(secret, lifetime)
         self._counts = NonceCounts(lifetime, max_nonces)
         self._state: ConfigState | None = None
@@ -148,16 +156,21 @@ class DigestAuthenticator:
             self._refresh(state)
         return self._sip.authentication
 
-    def check(self, request: SipRequest, claimed: str) -> Refusal | None:
+    def check(self, request: SipRequest, claimed: str, source: str = "") -> Refusal | None:
         """None when the request is authenticated as the account ``claimed`` (From's user of
-        a MESSAGE, To's of a REGISTER) or one whose alias it is; else what to answer."""
+        a MESSAGE, To's of a REGISTER) or one whose alias it is; else what to answer.
+        ``source``: the sender's address, which the guessing guard counts failures of."""
         if not self.required():
             return None
+        blocked = self.guard.blocked(source, self._clock())
+        if blocked:
+            return Refusal(403, warning=f"too many failed authentications from {source}: refused for "
+                                        f"{math.ceil(blocked)} s more")
         offered = [params for value in header_values(request.headers, self._credentials_header)
                    if (params := parse_digest(value)) is not None and params.get("realm") == self._realm]
         if not offered:
             return self._challenge(stale=False)
-        return self._verify(request, offered[0], claimed)
+        return self._verify(request, offered[0], claimed, source)
 
     @property
     def _credentials_header(self) -> str:
@@ -169,7 +182,7 @@ class DigestAuthenticator:
         self._sip = self._env.sip if self._env is not None else DEFAULT_SIP
         self._realm = self._sip.realm_of(self._environment)
 
-    def _verify(self, request: SipRequest, params: dict[str, str], claimed: str) -> Refusal | None:
+    def _verify(self, request: SipRequest, params: dict[str, str], claimed: str, source: str) -> Refusal | None:
         missing = [name for name in _REQUIRED if name not in params]
         if missing or params["qop"].lower() != "auth" or not _valid_nc(params["nc"]):
             return Refusal(400, warning=f"malformed credentials ({', '.join(missing) or 'qop or nc'})")
@@ -184,10 +197,12 @@ class DigestAuthenticator:
             return self._challenge(stale=True)
         account = self._env.accounts.get(params["username"]) if self._env is not None else None
         ha1 = account.ha1(algorithm, self._realm) if account is not None else None
+        self.digests += 1
         expected = response(algorithm, ha1 or "", nonce=params["nonce"], nc=params["nc"], cnonce=params["cnonce"],
                             qop=params["qop"], method=request.method, uri=params["uri"])
         if account is None or ha1 is None or not hmac.compare_digest(expected, params["response"].lower()):
             log.debug("digest credentials refused for user %r (%s)", params["username"], request.method)
+            self.guard.failed(source, account.account_id if account is not None else None, now)
             return self._challenge(stale=False)
         if not self._counts.use(params["nonce"], issued, int(params["nc"], 16), now):
             return self._challenge(stale=True)

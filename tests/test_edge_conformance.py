@@ -165,6 +165,7 @@ def test_edge_keeps_serving_and_counts_the_corpus(corpus_run: dict[str, Any]) ->
         "unsupported_scheme": 0,
         "unauthenticated": 0,
         "registered": 0,
+        "suspended": 0,
     }
     assert statuses[202] == 1 and sum(statuses.values()) == 44
 
