@@ -48,8 +48,8 @@ def wait_answering(port: int, timeout: float = 20.0) -> None:
         try:
             send_message("127.0.0.1", port, from_user="1001", to_user="1002", text="warm-up", timeout=1.0)
             return
-        except TimeoutError:
-            continue
+        except (TimeoutError, ConnectionRefusedError):  # not listening yet: the socket is connected
+            time.sleep(0.1)
     raise SystemExit(f"nothing answers on udp 127.0.0.1:{port}")
 
 

@@ -38,6 +38,7 @@ from imbill.domain.rating import Rated, Refusal, rate_attempt
 
 T0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
 NOW = T0 + timedelta(days=60)
+CURRENCIES = ("USD", "EUR", "GBP")
 IM = {"msg.transport_protocol": "SIP", "msg.outgoing_aaa": True, "msg.local_lookup": True,
       "msg.userpart_e164_translation": True, "msg.billing_unit_size": 60, "msg.external_routing": True}
 
@@ -57,8 +58,13 @@ class _Fold:
             self.flush()
 
     def flush(self) -> ConfigState:
-        self.state, self.events = self.state.applied(self.events), []
+        self.state, self.events = self.state.applied(self.events, on_skip=_refused_record), []
         return self.state
+
+
+def _refused_record(name: str, record: dict, error: Exception) -> None:
+    """A generated record the fold refuses makes the figures meaningless: stop at once."""
+    raise SystemExit(f"bench config invalid: {name} {record.get('event_id')} refused: {error}")
 
 
 def _rate(tariff: str, code: str, price: str, at: datetime) -> dict:
@@ -82,8 +88,10 @@ def build_config(envs: int, tariffs: int, codes: int, policies: int, accounts: i
         _policies(put, rnd, policies // envs)
         _vendors(put, rnd, codes // envs // 4)
         names = [f"B{t}" for t in range(tariffs)]
+        currency_of = {}
         for name in names:
-            put("TariffDefined", {"name": name, "currency": rnd.choice(["USD", "EUR", "GBP"]), "service": "messaging",
+            currency_of[name] = rnd.choice(CURRENCIES)
+            put("TariffDefined", {"name": name, "currency": currency_of[name], "service": "messaging",
                                   "applied_to": "customer", "routing": False, "managed_by": "administrator",
                                   "description": ""})
             put("RateDefined", _rate(name, "MSGN", "0.05", T0))
@@ -93,10 +101,12 @@ def build_config(envs: int, tariffs: int, codes: int, policies: int, accounts: i
                 put("RateDefined", _rate(name, code, f"0.{rnd.randint(1, 40):02d}", T0))
             put("ProductDefined", {"name": f"P-{name}", "services": ["voice", "messaging"], "service_policy": None,
                                    "usage_charges": [{"service": "messaging", "node": "PortaSIP", "tariff": name}]})
-        put("CustomerDefined", {"name": "Acme", "currency": "USD", "description": ""})
+        for currency in CURRENCIES:  # a customer's tariff is in the customer's currency (config apply's rule)
+            put("CustomerDefined", {"name": f"Acme {currency}", "currency": currency, "description": ""})
         for a in range(accounts // envs):
             put("AccountDefined", {
-                "account_id": f"44{7000000000 + a}", "customer": "Acme", "product": f"P-B{a % tariffs}",
+                "account_id": f"44{7000000000 + a}", "customer": f"Acme {currency_of[f'B{a % tariffs}']}",
+                "product": f"P-B{a % tariffs}",
                 "aliases": [f"user{a}"], "digest_realm": "", "ha1_md5": "", "ha1_sha256": "",
                 "service_policy": f"static{a % 50}" if a % 10 == 0 else None, "balance_model": "prepaid",
                 "opening_balance": Decimal("10.00"), "credit_limit": Decimal(0)})
