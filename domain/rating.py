@@ -121,14 +121,13 @@ def rate_attempt(attempt: MessageAttempt, config: ConfigState, *, rated_at: date
 
 
 def _implausible(attempt: MessageAttempt, rated_at: datetime, clock_skew: timedelta) -> str:
-    """Why an attempt cannot be real ("" when it can): its lengths are out of range, or it is
-    dated after the moment it is rated (beyond :data:`CLOCK_SKEW`)."""
+    """Why an attempt cannot be real ("" when it can): its body's length is out of range, or
+    it is dated after the moment it is rated (beyond :data:`CLOCK_SKEW`). Texts longer
+    together than a SIP datagram (:func:`text_chars`) are refused before rating, by
+    ``decide.decide_attempt``, which records them against no account."""
     if not 0 <= attempt.body_chars <= MAX_BODY_CHARS or not 0 <= attempt.body_bytes <= 4 * MAX_BODY_CHARS:
         return (f"a body of {attempt.body_chars} characters ({attempt.body_bytes} bytes) is out of range "
                 f"(0 to {MAX_BODY_CHARS:,} characters)")
-    chars = text_chars(attempt)
-    if chars > MAX_TEXT_CHARS:
-        return f"its text fields hold {chars:,} characters, more than a SIP datagram ({MAX_TEXT_CHARS:,})"
     if attempt.received_at > rated_at + clock_skew:
         return f"the attempt is dated {attempt.received_at.isoformat()}, after it was rated ({rated_at.isoformat()})"
     return ""
@@ -162,12 +161,23 @@ def _outgoing(index: Index, sender: str, to_user: str, to_domain: str, chars: in
     delivery = price_and_route(index, plan, policy, dialed, when, units)
     if type(delivery) is Refusal:
         return delivery.against(account.account_id)
-    return _rated(index, account, plan, policy, units, delivery, _translated(index, sender, policy))
+    return _rated(index, account, plan, policy, units, delivery, _account_cli(index, sender, policy))
 
 
 def _translated(index: Index, user: str, policy: Policy) -> str:
     """A user part (a CLI) as the policy's userpart_e164_translation translates it."""
     return (index.dialed.get(user) or index.dial(user))[policy.userpart_e164_translation][0]
+
+
+def _account_cli(index: Index, account_id: str, policy: Policy) -> str:
+    """:func:`_translated` of a local account's id, remembered per account (bounded by the
+    environment's accounts: every outgoing message needs it)."""
+    if not policy.userpart_e164_translation:
+        return account_id
+    found = index.cli.get(account_id)
+    if found is None:
+        found = index.cli[account_id] = _translated(index, account_id, policy)
+    return found
 
 
 def _description(index: Index, rate_code: str) -> str | None:

@@ -89,6 +89,8 @@ class Index:
         self.external = RoutingTable(tuple(route for internal, route in routes if not internal))
         self.policies: dict[tuple[str | None, str], Policy] = {}
         self.dialed: dict[str, tuple[Dialed, Dialed]] = {}
+        self.cli: dict[str, str] = {}
+        """Account id -> its E.164-translated CLI (``rating._translated``)."""
 
     def _plan(self, product: Product) -> Plan:
         charge = next((c for c in product.usage_charges if c.service == "messaging"), None)
