@@ -44,6 +44,7 @@ class Engine:
         self.process: subprocess.Popen | None = None
         self.output: list[str] = []
         self.accepted: set[str] = set()
+        self.refused = 0
 
     def start(self, ready: bool = True) -> subprocess.Popen:
         self.output = []
@@ -71,6 +72,9 @@ class Engine:
             answer = send_message("127.0.0.1", self.edge_port, from_user=sender, to_user="1002" if n % 2 else "1001",
                                   text=f"message {n}", call_id=call_id, timeout=10.0,
                                   credentials=Credentials(sender, EXAMPLE_PASSWORDS[sender]))
+            if answer.status == 403 and sender == "1001" and b"is suspended" in answer.raw:
+                self.refused += 1  # prepaid 1001's wallet is empty: refused at the edge, nothing published
+                continue
             assert answer.status == 202, answer
             self.accepted.add(attempt_id_for(call_id, 2 if answer.challenged else 1, "MESSAGE"))
 
@@ -165,6 +169,7 @@ def test_history_survives_a_sigkill_of_every_process_and_a_clean_stop(tmp_path):
     engine.start()
     engine.send(2000, "first")
     assert_exact(engine)
+    assert engine.refused > 0  # 1001's 10.00 pays 200 messages: the edge then refuses it (403)
     configured = engine.config_events()
     assert configured > 0
 
@@ -181,8 +186,10 @@ def test_history_survives_a_sigkill_of_every_process_and_a_clean_stop(tmp_path):
     engine.start()
     banner = "".join(engine.output)
     assert "has its config already" in banner and "applied" not in banner.replace("not applied", "")
+    refused = engine.refused
     engine.send(2000, "second")
     assert_exact(engine)
+    assert engine.refused - refused == 1000  # the restarted edge knew 1001 is suspended before answering
     assert engine.config_events() == configured
 
     assert engine.stop(signal.SIGINT) and engine.process.returncode == 0
