@@ -7,6 +7,7 @@ applied twice, and every account's balance equals its opening balance minus its 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -31,6 +32,22 @@ pytestmark = pytest.mark.integration
 OPENING = {"1001": Decimal("10.00"), "1002": Decimal("0")}  # examples/instant-messaging.yaml
 
 
+STARTED: list["Engine"] = []
+"""Every engine a test started: stopped after the test whatever it asserted."""
+
+
+@pytest.fixture(autouse=True)
+def _no_engine_left():
+    yield
+    while STARTED:
+        engine = STARTED.pop()
+        if engine.process is not None and engine.process.poll() is None:
+            for pid in reversed(engine.tree()):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            engine.process.wait(timeout=10)
+
+
 class Engine:
     """`imbill run` in a data directory of its own, on ports of its own."""
 
@@ -50,6 +67,7 @@ class Engine:
         self.output = []
         self.process = subprocess.Popen([sys.executable, "-m", "imbill", "run"], env=self.env, cwd=self.folder,
                                         text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        STARTED.append(self)
         if ready:
             self.wait_for("Ctrl-C stops it")
         return self.process
