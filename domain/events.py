@@ -16,16 +16,16 @@ Ids are stable, derived from the cause, so reprocessing never doubles an effect:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, Mapping
 
 from imbill.domain.config import KIND_BY_CLASS
 
 __all__ = ["MessageAttempt", "Charge", "Rejection", "Payment", "PaymentRejected", "BalanceChanged",
-           "ServiceStatusChanged", "ConfigObjectDefined", "ConfigEventRejected", "config_rejection_id_of", "ConfigObjectRemoved", "Event", "ConfigEvent",
-           "ACCOUNT_EVENTS", "event_name", "field_names", "charge_id_of", "rejection_id_of"]
+           "ServiceStatusChanged", "RerateRun", "ConfigObjectDefined", "ConfigEventRejected", "config_rejection_id_of", "ConfigObjectRemoved", "Event", "ConfigEvent",
+           "ACCOUNT_EVENTS", "event_name", "field_names", "charge_id_of", "rejection_id_of", "correction_id_of"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +100,15 @@ class Charge:
     """The description of the destination whose prefix is the rate code (MSGN: on-net)."""
     user_agent: str | None = None
     """The SIP User-Agent of the attempt."""
+    difference: Decimal | None = None
+    """A correction: its amount minus the superseded outcome's (a rejection's is 0); None on
+    a first charge, whose difference is its amount."""
+    rerate_run: str | None = None
+    """A correction: the re-rating run that made it."""
+    delivery: str | None = None
+    """delivered or failed when the SIP edge delivered the message itself; None otherwise."""
+    delivery_code: int | None = None
+    """The final SIP status of the edge's delivery (200, 480, 408, ...)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +186,26 @@ class ServiceStatusChanged:
 
 
 @dataclass(frozen=True, slots=True)
+class RerateRun:
+    """One state of a re-rating run (started, finished); a run's latest record is its state."""
+
+    run_id: str
+    state: str
+    requested_by: str
+    at: datetime
+    started_at: datetime
+    filter: str
+    """The filter as JSON (from, to, environment, account, customer, tariff, rate_code)."""
+    config_as_of: datetime
+    scanned: int = 0
+    rerated: int = 0
+    changed: int = 0
+    appended: int = 0
+    differences: Mapping[str, str] = field(default_factory=dict)
+    """Currency -> the sum of the corrections' differences (a decimal string)."""
+
+
+@dataclass(frozen=True, slots=True)
 class ConfigObjectDefined:
     """A config object defined or redefined (its whole new value): ``ServicePolicyDefined``,
     ``RateDefined``, ... by the object's kind."""
@@ -251,6 +280,12 @@ def charge_id_of(attempt_id: str) -> str:
 
 def rejection_id_of(attempt_id: str) -> str:
     return "rej-" + attempt_id
+
+
+def correction_id_of(attempt_id: str, revision: int) -> str:
+    """The id of revision ``revision`` (2 or more) of an attempt's outcome: a re-send of the
+    same correction has the same id, so it is never applied twice."""
+    return f"chg-{attempt_id}#{revision}"
 
 
 def config_rejection_id_of(topic: str, partition: int, offset: int) -> str:

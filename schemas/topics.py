@@ -12,7 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 __all__ = ["TopicSpec", "Topics", "CATALOGUE", "ATTEMPTS", "CONFIG", "PAYMENTS", "CHARGES", "REJECTIONS",
-           "BALANCES", "SERVICE_STATUS", "CONFIG_REJECTIONS", "ACCOUNT_STATE_CHANGELOG", "topic_names"]
+           "BALANCES", "SERVICE_STATUS", "CONFIG_REJECTIONS", "CORRECTIONS", "RERATE_RUNS",
+           "ACCOUNT_STATE_CHANGELOG", "topic_names"]
 
 FOREVER = -1
 
@@ -59,12 +60,18 @@ SERVICE_STATUS = TopicSpec("imbill.service-status", ACCOUNT_PARTITIONS, "environ
 CONFIG_REJECTIONS = TopicSpec("imbill.config-rejections", 1, "environment", "delete", FOREVER,
                               ("ConfigEventRejected",),
                               "config records every reader skips, with a reason code (one per record)")
+CORRECTIONS = TopicSpec("imbill.corrections", ACCOUNT_PARTITIONS, "environment/account", "delete", FOREVER,
+                        ("Charge",), "corrections made by re-rating runs (kind correction), for the processor to "
+                                     "apply to the balance and append to the charges topic")
+RERATE_RUNS = TopicSpec("imbill.rerate-runs", 1, "run id", "delete", FOREVER, ("RerateRun",),
+                        "re-rating runs: who, when, the filter, the config used, the counts (started, finished)")
 ACCOUNT_STATE_CHANGELOG = TopicSpec("imbill-processor-account-state-changelog", ACCOUNT_PARTITIONS,
                                     "environment/account", "compact", FOREVER, (),
                                     "the processor's balance table (faust changelog)")
 
 CATALOGUE: tuple[TopicSpec, ...] = (ATTEMPTS, CONFIG, PAYMENTS, CHARGES, REJECTIONS, BALANCES,
-                                    SERVICE_STATUS, CONFIG_REJECTIONS, ACCOUNT_STATE_CHANGELOG)
+                                    SERVICE_STATUS, CONFIG_REJECTIONS, CORRECTIONS, RERATE_RUNS,
+                                    ACCOUNT_STATE_CHANGELOG)
 
 
 def topic_names() -> list[str]:
@@ -109,6 +116,14 @@ class Topics:
     @property
     def config_rejections(self) -> str:
         return self.prefix + CONFIG_REJECTIONS.name
+
+    @property
+    def corrections(self) -> str:
+        return self.prefix + CORRECTIONS.name
+
+    @property
+    def rerate_runs(self) -> str:
+        return self.prefix + RERATE_RUNS.name
 
     def specs(self) -> list[TopicSpec]:
         """The catalogue under this prefix (the faust changelog is named by the processor)."""
