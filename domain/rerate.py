@@ -193,9 +193,17 @@ def _corrected(old: Outcome, new: Charge, revision: int, reason: str, run_id: st
     return Correction(old, correction, reason)
 
 
+_WORDS = {"billing_units": "units", "unit_price": "price", "rate_code": "rate code", "vendor_cost": "vendor cost",
+          "vendor_currency": "vendor currency"}
+
+
 def _why(old: Charge, rated: Rated, changed: list[str]) -> str:
-    """Words for a changed charge: each changed field, old -> new (money as plain decimals)."""
-    return "; ".join(f"{name} {_text(getattr(old, name))} -> {_text(getattr(rated, name))}" for name in changed)
+    """Words for a changed charge: each changed field, old -> new (money as plain decimals);
+    the amount only when neither units nor price say why it changed."""
+    if "amount" in changed and ("billing_units" in changed or "unit_price" in changed):
+        changed = [name for name in changed if name != "amount"]
+    return "; ".join(f"{_WORDS.get(name, name)} {_text(getattr(old, name))} -> {_text(getattr(rated, name))}"
+                     for name in changed)
 
 
 def _text(value: object) -> str:

@@ -9,6 +9,7 @@ status; a traceback is shown only with ``--debug``.
 from __future__ import annotations
 
 import errno
+import getpass
 import sys
 import traceback
 from datetime import date, datetime, time, timezone
@@ -18,10 +19,13 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
+from rich.text import Text as RichText
 
-from imbill import presentation, usecases, wiring
+from imbill import presentation, rerating, usecases, wiring
 from imbill.report import render_report
 from imbill.domain.errors import ImbillError
+from imbill.domain.rerate import RerateFilter
 from imbill.projections.queries import AGGREGATIONS, XDR_COLUMNS, XdrFilter
 from imbill.settings import DEFAULT_EXAMPLE, Settings, load_settings
 
@@ -606,6 +610,96 @@ def reconcile(ctx: click.Context, environment: str | None, account: str | None, 
         _show(listing, fmt)
     click.echo(summary, err=fmt != "table")
     sys.exit(1 if listing.rows else 0)
+
+
+class _BarProgress:
+    """A re-rating's progress as rich bars on stderr (attempts per second, time remaining);
+    nothing when stderr is no terminal."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+
+    def stage(self, name: str, total: int | None) -> Any:
+        task = self.progress.add_task(name, total=total)
+        return lambda done: self.progress.advance(task, done)
+
+
+class _PerSecond(ProgressColumn):
+    def render(self, task: Any) -> RichText:
+        return RichText(f"{task.speed:,.0f}/s" if task.speed else "", style="progress.data.speed")
+
+
+def _progress_bars() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _PerSecond(),
+                    TimeRemainingColumn(), console=Console(stderr=True), transient=False)
+
+
+@cli.group(invoke_without_command=True)
+@click.option("--from", "start", type=TIME, default=None, help="Re-rate attempts received at or after this time "
+                                                             "(ISO 8601, UTC unless zoned).")
+@click.option("--to", "end", type=TIME, default=None, help="... and before this time (default: now).")
+@click.option("--environment", default=None, help="Virtual environment (default: the global --environment).")
+@click.option("--account", default=None, help="Only attempts of this account.")
+@click.option("--customer", default=None, help="Only attempts of this customer's accounts.")
+@click.option("--tariff", default=None, help="Only attempts rated (before or now) with this tariff.")
+@click.option("--rate-code", "rate_code", default=None, help="Only attempts rated (before or now) with this rate code.")
+@click.option("--dry-run", "dry_run", is_flag=True, help="Only say what would change: append nothing.")
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write every changed attempt to this CSV file (- for stdout).")
+@click.option("--resume", default=None, metavar="RUN", help="Finish run RUN (its filter and config, not the options).")
+@click.option("--by", "requested_by", default=None, help="Who runs it (default: the login name).")
+@click.option("--wait", default=120.0, show_default=True, type=click.FloatRange(0),
+              help="Seconds to wait for the processor to apply the corrections.")
+@click.pass_context
+def rerate(ctx: click.Context, start, end, environment, account, customer, tariff, rate_code, dry_run, csv_path,
+           resume, requested_by, wait) -> None:
+    """Re-rate the attempts of a period with the config known now and append a correction
+    for each changed one (see `rerate list` and `rerate show`)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    settings = _settings(ctx)
+    if resume is None and start is None:
+        raise click.UsageError("give --from (and --to), or --resume RUN")
+    if resume is not None and start is not None:
+        raise click.UsageError("--resume RUN re-rates the run's own period: leave out --from/--to")
+    end = end or datetime.now(timezone.utc)
+    if start is not None and start >= end:
+        raise click.UsageError(f"--from {start.isoformat()} is not before --to {end.isoformat()}")
+    re_filter = None if resume else RerateFilter(start=start, end=end, environment=environment or settings.environment,
+                                                 account=account, customer=customer, tariff=tariff,
+                                                 rate_code=rate_code)
+    with _progress_bars() as bars:
+        report = rerating.rerate_period(settings, re_filter, dry_run=dry_run, resume=resume, wait=wait,
+                                        requested_by=requested_by or getpass.getuser(), progress=_BarProgress(bars))
+    if report.already_finished:
+        say(f"run {report.run.run_id} is finished already: nothing to do")
+        return
+    for listing in presentation.rerate_listings(report):
+        say(presentation.listing_table(listing))
+    if csv_path is not None:
+        changes = presentation.rerate_changes_listing(report.corrections, "Changed attempts")
+        if str(csv_path) == "-":
+            click.echo(presentation.listing_csv(changes), nl=False)
+        else:
+            _write_atomically(csv_path, presentation.listing_csv(changes))
+            click.echo(f"{len(report.corrections):,} changed attempts written to {csv_path}", err=True)
+
+
+@rerate.command("list")
+@_format_option()
+@click.pass_context
+def rerate_list(ctx: click.Context, fmt: str) -> None:
+    """Every re-rating run: its latest state, who ran it, what it changed."""
+    _show(presentation.rerate_runs_listing(rerating.runs(_settings(ctx))), fmt)
+
+
+@rerate.command("show")
+@click.argument("run_id", metavar="RUN")
+@_format_option()
+@click.pass_context
+def rerate_show(ctx: click.Context, run_id: str, fmt: str) -> None:
+    """One re-rating run: its filter, config record time and counts."""
+    _show(presentation.rerate_run_listing(rerating.find_run(_settings(ctx), run_id)), fmt)
 
 
 def main() -> None:

@@ -42,7 +42,9 @@ __all__ = ["TextStyle", "CONFIG", "EXPLAIN", "EXPORT", "text", "money", "FORMATS
            "topics_listing", "schemas_listing", "attributes_listing", "config_tables", "config_rows",
            "config_listing", "config_when", "config_history_listing", "SUMMARY_COLUMNS", "XDR_KINDS", "xdr_listing",
            "xdr_aggregate_listing", "format_xdrs", "balance_listing", "rejection_listing", "account_listing",
-           "explanation", "outcome_text", "RECONCILE_COLUMNS", "reconcile_listing", "reconcile_summary"]
+           "explanation", "outcome_text", "RECONCILE_COLUMNS", "reconcile_listing", "reconcile_summary",
+           "RERATE_CHANGE_COLUMNS", "rerate_changes_listing", "rerate_listings", "RERATE_RUN_COLUMNS",
+           "rerate_runs_listing", "rerate_run_listing"]
 
 
 @dataclass(frozen=True)
@@ -498,3 +500,72 @@ def reconcile_summary(result: Any, environment: str, projection: str) -> str:
 
 def _count(number: int, noun: str) -> str:
     return f"{number:,} {noun}{'' if number == 1 else 's'}"
+
+
+# --- rerate -------------------------------------------------------------------------------
+
+RERATE_CHANGE_COLUMNS = ("attempt_id", "account", "customer", "currency", "old_units", "new_units", "old_price",
+                         "new_price", "old_amount", "new_amount", "difference", "old_rate_code", "new_rate_code",
+                         "revision", "reason")
+_RERATE_KINDS = {"attempt_id": "code", "old_units": "integer", "new_units": "integer", "old_price": "price",
+                 "new_price": "price", "old_amount": "money", "new_amount": "money", "difference": "money",
+                 "revision": "integer", "old_total": "money", "new_total": "money", "scanned": "integer",
+                 "rerated": "integer", "changed": "integer", "appended": "integer", "started_at": "timestamp",
+                 "at": "timestamp", "config_as_of": "timestamp", "run_id": "code"}
+
+
+def _change_row(change: Any) -> dict[str, Any]:
+    old, new = change.old, change.new
+    return {"attempt_id": new.attempt_id, "account": new.account, "customer": new.customer, "currency": new.currency,
+            "old_units": change.old_units, "new_units": new.billing_units,
+            "old_price": getattr(old, "unit_price", None), "new_price": new.unit_price,
+            "old_amount": change.old_amount, "new_amount": new.amount, "difference": new.difference,
+            "old_rate_code": getattr(old, "rate_code", None), "new_rate_code": new.rate_code,
+            "revision": new.revision, "reason": change.reason}
+
+
+def rerate_changes_listing(changes: Iterable[Any], title: str) -> Listing:
+    """Every changed attempt of a re-rating: old and new units, price, amount and rate code."""
+    return Listing(title, RERATE_CHANGE_COLUMNS, [_change_row(c) for c in changes], _RERATE_KINDS)
+
+
+def rerate_listings(report: Any) -> list[Listing]:
+    """``imbill rerate``'s summary: the counts, the totals per customer and currency, and the
+    10 largest changes."""
+    run = report.run
+    what = "dry run, nothing appended" if report.dry_run else run.state
+    counts = Listing(f"Re-rating {run.run_id} ({what})", ("scanned", "rerated", "changed", "appended"),
+                     [{"scanned": run.scanned, "rerated": run.rerated, "changed": run.changed,
+                       "appended": report.appended}], _RERATE_KINDS)
+    totals = Listing("Totals of the re-rated attempts", ("customer", "currency", "old_total", "new_total", "difference"),
+                     [{"customer": customer, "currency": currency, "old_total": line.old, "new_total": line.new,
+                       "difference": line.difference}
+                      for (customer, currency), line in sorted(report.totals.items())], _RERATE_KINDS)
+    largest = rerate_changes_listing(report.largest(10), "The largest changes")
+    columns = ("attempt_id", "account", "old_amount", "new_amount", "difference", "reason")
+    return [counts, totals, Listing(largest.title, columns, largest.rows, _RERATE_KINDS)]
+
+
+RERATE_RUN_COLUMNS = ("run_id", "state", "requested_by", "started_at", "changed", "appended", "differences")
+
+
+def _run_row(run: Any) -> dict[str, Any]:
+    row = {name: getattr(run, name) for name in ("run_id", "state", "requested_by", "at", "started_at", "filter",
+                                                 "config_as_of", "scanned", "rerated", "changed", "appended")}
+    row["differences"] = ", ".join(f"{currency} {money(Decimal(total), currency)}"
+                                   for currency, total in sorted(run.differences.items()))
+    return row
+
+
+def rerate_runs_listing(runs: Iterable[Any]) -> Listing:
+    """``imbill rerate list``: every run as its latest state."""
+    rows = [_run_row(run) for run in runs]
+    return Listing(f"Re-rating runs ({len(rows)})", RERATE_RUN_COLUMNS, rows, _RERATE_KINDS)
+
+
+def rerate_run_listing(run: Any) -> Listing:
+    """``imbill rerate show RUN``: one run, every field."""
+    row = _run_row(run)
+    return Listing(f"Re-rating run {run.run_id}", ("field", "value"),
+                   [{"field": name, "value": _cell(Listing("", (), [], _RERATE_KINDS), row, name, export=False)}
+                    for name in row], {"field": "code"})
