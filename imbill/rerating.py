@@ -24,7 +24,7 @@ from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Callable, Iterable, Iterator, Protocol
 
-from imbill.bus import Envelope, EventProducer, check_reachable, offsets_at, read_to_end, record_count
+from imbill.bus import EventProducer, check_reachable, offsets_at, read_raw, read_to_end, record_count
 from imbill.domain.config import ConfigState
 from imbill.domain.errors import ImbillError
 from imbill.domain.events import Charge, MessageAttempt, Rejection, RerateRun
@@ -32,7 +32,7 @@ from imbill.domain.keys import account_key
 from imbill.domain.money import ZERO
 from imbill.domain.rerate import Correction, Outcome, RerateFilter, latest_outcomes, rerate, run_id_of
 from imbill.producers.config_publisher import current_state
-from imbill.schemas.codec import event_of
+from imbill.schemas.codec import decode_event
 from imbill.settings import Settings
 
 __all__ = ["SINCE_MARGIN", "Progress", "QUIET", "Totals", "RerateReport", "rerate_period", "runs", "find_run"]
@@ -196,13 +196,9 @@ def _finished(run: RerateRun, report: RerateReport, at: datetime) -> RerateRun:
 
 def _attempts(settings: Settings, re_filter: RerateFilter, since: int, progress: Progress) -> dict[str, MessageAttempt]:
     """The period's attempts by id (the first copy of each)."""
-    topic = settings.topics.attempts
-    starts = offsets_at(settings.bootstrap_servers, topic, since)
-    advance = progress.stage("reading attempts", record_count(settings.bootstrap_servers, topic, starts))
     found: dict[str, MessageAttempt] = {}
-    for envelope in _counting(read_to_end(settings.bootstrap_servers, topic, starts, timeout=READ_TIMEOUT), advance):
-        attempt = _event(envelope, MessageAttempt)
-        if attempt is not None and re_filter.takes(attempt) and attempt.attempt_id not in found:
+    for attempt in _events(settings, settings.topics.attempts, since, progress, "reading attempts"):
+        if type(attempt) is MessageAttempt and re_filter.takes(attempt) and attempt.attempt_id not in found:
             found[attempt.attempt_id] = attempt
     return found
 
@@ -210,36 +206,25 @@ def _attempts(settings: Settings, re_filter: RerateFilter, since: int, progress:
 def _outcomes(settings: Settings, since: int, progress: Progress) -> Iterator[Outcome]:
     """Every charge, correction and rejection appended since ``since`` (ms)."""
     topics = settings.topics
-    for topic in (topics.charges, topics.corrections, topics.rejections):
-        starts = offsets_at(settings.bootstrap_servers, topic, since)
-        advance = progress.stage(f"reading {topic}", record_count(settings.bootstrap_servers, topic, starts))
-        for envelope in _counting(read_to_end(settings.bootstrap_servers, topic, starts, timeout=READ_TIMEOUT),
-                                  advance):
-            outcome = _event(envelope, Charge) or _event(envelope, Rejection)
-            if outcome is not None:
-                yield outcome
+    for topic, stage in ((topics.charges, "reading charges"), (topics.corrections, "reading corrections"),
+                         (topics.rejections, "reading rejections")):
+        for event in _events(settings, topic, since, progress, stage):
+            if type(event) in (Charge, Rejection):
+                yield event
 
 
-def _counting(envelopes: Iterable[Envelope], advance: Callable[[int], None]) -> Iterator[Envelope]:
-    pending = 0
-    for envelope in envelopes:
-        pending += 1
-        if pending == 1_000:
-            advance(pending)
-            pending = 0
-        yield envelope
-    advance(pending)
-
-
-def _event(envelope: Envelope, cls: type):
-    """The envelope's event when it is one of ``cls`` (records that are none are skipped: the
-    processor and projectors said what they are where they came in)."""
-    if envelope.name != cls.__name__:
-        return None
-    try:
-        return event_of(envelope.name, envelope.record)
-    except ImbillError:
-        return None
+def _events(settings: Settings, topic: str, since: int, progress: Progress, stage: str) -> Iterator[object]:
+    """The events of ``topic`` appended since ``since`` (ms). A record that is no event is
+    left out: the processor and the projectors said what it is where it came in."""
+    starts = offsets_at(settings.bootstrap_servers, topic, since)
+    advance = progress.stage(stage, record_count(settings.bootstrap_servers, topic, starts))
+    for records in read_raw(settings.bootstrap_servers, topic, starts, timeout=READ_TIMEOUT):
+        for _, _, _, value in records:
+            try:
+                yield decode_event(value or b"")
+            except ImbillError:
+                continue
+        advance(len(records))
 
 
 def _await_applied(settings: Settings, re_filter: RerateFilter, ids: set[str], wait: float,
@@ -271,10 +256,14 @@ def runs(settings: Settings) -> list[RerateRun]:
     """Every re-rating run, as its latest state, oldest first."""
     check_reachable(settings.bootstrap_servers)
     latest: dict[str, RerateRun] = {}
-    for envelope in read_to_end(settings.bootstrap_servers, settings.topics.rerate_runs):
-        run = _event(envelope, RerateRun)
-        if run is not None:
-            latest[run.run_id] = run
+    for records in read_raw(settings.bootstrap_servers, settings.topics.rerate_runs, {}):
+        for _, _, _, value in records:
+            try:
+                run = decode_event(value or b"")
+            except ImbillError:
+                continue
+            if type(run) is RerateRun:
+                latest[run.run_id] = run
     return sorted(latest.values(), key=lambda r: (r.started_at, r.run_id))
 
 
