@@ -1,17 +1,20 @@
-"""Re-rating corrections through a live worker on the real local broker: the correction is
+"""Re-rating corrections through live workers on the real local broker: the correction is
 appended to the charges topic once and moves the balance once, also when it is sent again
-and when it is sent again to the next worker after a restart."""
+and when it is sent again to the next worker after a restart; two workers sharing the
+partitions apply each one where its account's balance is."""
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timezone
 from decimal import Decimal
 
 import pytest
 
+from imbill.domain.config import Account
 from imbill.domain.events import correction_id_of
-from tests.builders import ALICE, ENV, checklist
-from tests.test_processor import Worker, message, publish, publish_config, records_of, wait_for
+from tests.builders import ENV, checklist
+from tests.test_processor import Worker, key_of, message, partition_of, publish, publish_config, records_of, wait_for
 
 
 def corrected(charge: dict, amount: str, revision: int = 2) -> tuple[str, str, dict]:
@@ -20,7 +23,12 @@ def corrected(charge: dict, amount: str, revision: int = 2) -> tuple[str, str, d
               "corrects": charge["charge_id"], "revision": revision, "amount": Decimal(amount),
               "difference": Decimal(amount) - charge["amount"], "rerate_run": "run-1",
               "rated_at": datetime.now(timezone.utc).replace(microsecond=0)}  # timestamp-millis holds it
-    return f"{ENV}/{ALICE}", "Charge", record
+    return f"{ENV}/{charge['account']}", "Charge", record
+
+
+def assigned(worker: Worker, topic: str) -> list[str]:
+    """The partitions of ``topic`` in each assignment the worker logged, in order ("{1, 3}")."""
+    return re.findall(rf"\| {re.escape(topic)} +\| (\{{[^}}]*\}})", worker.log())
 
 
 def charged(bootstrap: str, topic: str) -> list[str]:
@@ -62,3 +70,37 @@ def test_a_correction_sent_twice_is_appended_once_and_moves_the_balance_once(boo
     assert [cause for cause, _ in balances].count("chg-a1#2") == 1
     assert balances[-1] == ("chg-a2#2", Decimal("-0.05"))
     assert not [r for r in records_of(bootstrap, topics.rejections)]
+
+
+ACCOUNTS = [f"4416329{n:05d}" for n in range(8)]
+
+
+@pytest.mark.integration
+def test_two_workers_apply_each_correction_on_the_balance_its_account_s_charges_left(bootstrap, topics, tmp_path):
+    """The corrections topic is co-partitioned with the attempts and the balance table: with
+    two workers sharing the partitions, each correction is decided by the owner of its
+    account, against the balance its charges left (not an opening balance)."""
+    builder = checklist(balance_model="prepaid")
+    for account in ACCOUNTS:
+        builder.define(Account(account, "Acme", "IM product", balance_model="prepaid", opening_balance=Decimal("3")))
+    publish_config(bootstrap, topics, builder)
+    first, second = Worker(bootstrap, topics, tmp_path, "w-a", 2.0), Worker(bootstrap, topics, tmp_path, "w-b", 2.0)
+    try:
+        first.wait_ready()
+        second.wait_ready()
+        publish(bootstrap, topics.attempts, [message(f"{account}-{n}", sender=account)
+                                             for n in range(2) for account in ACCOUNTS])
+        wait_for(lambda: len(records_of(bootstrap, topics.balances)) == 16, first, 40, "the sixteen charges")
+        live = {c["attempt_id"]: c for c in records_of(bootstrap, topics.charges)}
+        publish(bootstrap, topics.corrections, [corrected(live[f"{account}-0"], "0.05") for account in ACCOUNTS])
+        wait_for(lambda: len(records_of(bootstrap, topics.balances)) == 24, second, 40, "the eight corrections")
+    finally:
+        first.stop()
+        second.stop()
+    assert {p for p in map(partition_of, (key_of(a) for a in ACCOUNTS))} == {0, 1, 2, 3}
+    for worker in (first, second):  # every assignment gave a worker its accounts' corrections with their attempts
+        assert assigned(worker, topics.corrections) == assigned(worker, topics.attempts) != []
+    assert any(found != "{0-3}" for found in assigned(first, topics.corrections) + assigned(second, topics.corrections))
+    fixes = [b for b in records_of(bootstrap, topics.balances) if b["cause"] == "correction"]
+    assert sorted((b["account"], b["delta"], b["balance"]) for b in fixes) == [
+        (account, Decimal("0.10"), Decimal("2.80")) for account in ACCOUNTS]  # 3.00 - 2 x 0.15 + 0.10
