@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
-from operator import attrgetter
 from decimal import Decimal
+from operator import attrgetter
 from types import SimpleNamespace
 from typing import Any, Mapping
 

@@ -28,7 +28,7 @@ from typing import Iterable, Mapping
 
 from imbill.domain.balance import AccountState
 
-__all__ = ["Output", "OUTPUT_KINDS", "SOURCES", "Remembered", "Entry", "Flushed", "Seen", "flushed_key", "seen_key",
+__all__ = ["Output", "OUTPUT_KINDS", "Remembered", "Entry", "Flushed", "Seen", "flushed_key", "seen_key",
            "encode_record", "decode_record", "pending_outboxes"]
 
 Output = tuple[str, bytes, bytes]
@@ -37,13 +37,9 @@ Output = tuple[str, bytes, bytes]
 OUTPUT_KINDS = ("charges", "rejections", "balances", "service_status")
 """The topic kinds an outbox names (attributes of :class:`imbill.schemas.topics.Topics`)."""
 
-SOURCES = ("a", "p", "c")
-"""The processor's inputs, as an entry, a marker and a Seen chunk name them: attempts,
-payments, corrections."""
-
 Remembered = tuple[str, int, int, int]
-"""An id in the dedup memory: (attempt, payment or correction id, offset of its first copy, its time in
-ms since the epoch, its content fingerprint)."""
+"""An id in the dedup memory: (attempt, payment or correction id, offset of its first copy,
+its time in ms since the epoch, its content fingerprint)."""
 
 
 @dataclass(slots=True)

@@ -22,8 +22,8 @@ records at or below a key's decided offset when they are delivered again. A char
 therefore never carries two amounts. One lock around deciding and steps 1-3 keeps the
 three streams from writing state that holds another's unacknowledged decisions: the lock
 makes the worker the single writer of each account it owns, so a correction and a live
-charge of the same account never race. Any failure while committing leaves memory ahead of the changelog: the
-``halt`` callback stops the worker at once, as a crash would.
+charge of the same account never race. Any failure while committing leaves memory ahead of
+the changelog: the ``halt`` callback stops the worker at once, as a crash would.
 
 The protocol speaks to Kafka only through :class:`Log`, so it runs the same on faust
 (:class:`.faust_adapter.FaustLog`) and on an in-memory log in the tests.
@@ -34,8 +34,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from functools import partial
 from datetime import datetime
+from functools import partial
 from typing import Any, Awaitable, Callable, Iterable, Mapping, MutableMapping, Protocol, Sequence
 
 from imbill.domain.config import ConfigState
