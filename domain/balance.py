@@ -23,6 +23,10 @@ emits nothing. Whether a record is a copy of one decided earlier, at any distanc
 caller's ``sighting`` (:mod:`.dedup`): a copy is a "duplicate" and changes nothing either; a
 record too old for the dedup window is refused ``outside_dedup_window``. Event ids derive from the cause: ``bal-<charge or payment id>``,
 ``st-<cause id>-<status>``.
+
+A re-rating correction (:func:`correct`) moves the balance by minus its difference and is
+never refused for funds: the message it re-rates was delivered, so a prepaid balance may go
+below zero. It suspends and resumes the service as a charge and a top-up do.
 """
 
 from __future__ import annotations
@@ -31,11 +35,11 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from decimal import Decimal
 from imbill.domain.config import Account
-from imbill.domain.events import (BalanceChanged, Payment, PaymentRejected, ServiceStatusChanged, charge_id_of,
-                                  rejection_id_of)
+from imbill.domain.events import (BalanceChanged, Charge, Payment, PaymentRejected, ServiceStatusChanged,
+                                  charge_id_of, rejection_id_of)
 from imbill.domain.rating import Rated
 
-__all__ = ["AccountState", "BillResult", "Event", "open_account", "bill", "top_up", "payment_rejected"]
+__all__ = ["AccountState", "BillResult", "Event", "open_account", "bill", "top_up", "correct", "payment_rejected"]
 
 Event = BalanceChanged | ServiceStatusChanged | PaymentRejected
 
@@ -151,6 +155,37 @@ def top_up(state: AccountState, payment: Payment, *, offset: int, occurred_at: d
         events.append(_status_changed(environment, account, "active", "top-up", payment_id, occurred_at,
                                       push_events))
     return replace(seen, balance=balance, suspended=state.suspended and not resume), events
+
+
+def correct(state: AccountState, correction: Charge, *, prepaid: bool, occurred_at: datetime,
+            push_events: bool = False) -> tuple[AccountState, list[Event]]:
+    """Apply a re-rating correction: the balance moves by minus its ``difference`` (what the
+    message costs now minus what its superseded outcome cost), whatever the balance.
+
+    The message was delivered when it was first decided, so a correction is a fact about
+    its price, not a request the wallet may refuse: a prepaid balance may go below zero. A
+    positive difference that leaves a prepaid balance at 0 or below suspends the service
+    ("wallet empty"), as a charge does; a refund that lifts a suspended balance above 0
+    resumes it ("correction"), as a top-up does. A zero difference changes nothing.
+    ``push_events``: the account's product policy attribute, carried on a status change.
+    """
+    difference = correction.difference or 0
+    if not difference:
+        return state, []
+    environment, account, cause_id = correction.environment, correction.account, correction.charge_id
+    balance = state.balance - difference
+    events: list[Event] = [_balance_changed(environment, account, "correction", cause_id, -difference, balance,
+                                            state.currency, occurred_at)]
+    suspended = state.suspended
+    if difference > 0 and prepaid and not suspended and balance <= 0:
+        suspended = True
+        events.append(_status_changed(environment, account, "suspended", "wallet empty", cause_id, occurred_at,
+                                      push_events))
+    elif difference < 0 and suspended and balance > 0:
+        suspended = False
+        events.append(_status_changed(environment, account, "active", "correction", cause_id, occurred_at,
+                                      push_events))
+    return replace(state, balance=balance, suspended=suspended), events
 
 
 def _balance_changed(environment: str, account: str, cause: str, cause_id: str, delta: Decimal,

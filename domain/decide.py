@@ -1,4 +1,5 @@
-"""Deciding one input record of one account: "bill one attempt" and "apply one payment".
+"""Deciding one input record of one account: "bill one attempt", "apply one payment" and
+"apply one re-rating correction".
 
 These are the processor's whole decision for a record, as pure functions: the account's
 state, the record (a domain event), the config snapshot, the record's Kafka key and
@@ -6,28 +7,32 @@ offset, and the clock in; the new state and the events it causes out. The live p
 and re-rating call the same functions with other snapshots and other sources of attempts.
 
 A refusal is an event (Rejection, PaymentRejected), never an exception. An exception from
-here is a bug in a rule: the caller must not turn it into a decision a customer sees.
+here is a bug in a rule: the caller must not turn it into a decision a customer sees. A
+correction is no attempt and has no rejection event: one that is not applied is a Decision
+without events whose ``refused`` says why, for the caller to log.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from decimal import Decimal
+from operator import attrgetter
 from types import SimpleNamespace
 from typing import Any, Mapping
 
-from imbill.domain.balance import AccountState, Event, bill, open_account, payment_rejected, top_up
+from imbill.domain.balance import AccountState, Event, bill, correct, open_account, payment_rejected, top_up
 from imbill.domain.config import KIND_BY_EVENT, KIND_BY_NAME, ConfigState
 from imbill.domain.dedup import UNSEEN, Sighting, verdict
 from imbill.domain.events import (Charge, ConfigEventRejected, MessageAttempt, Payment, PaymentRejected, Rejection,
-                                  config_rejection_id_of, rejection_id_of)
+                                  charge_id_of, config_rejection_id_of, correction_id_of, rejection_id_of)
 from imbill.domain.keys import account_key
 from imbill.domain.money import BALANCE_LIMIT, PAYMENT_LIMIT, ZERO
 from imbill.domain.rating import CLOCK_SKEW, MAX_TEXT_CHARS, REASON_CODES, text_chars, Rated, Refusal, account_push_events, charge_of, rate_attempt, rejection_of
 
-__all__ = ["Decision", "Limits", "DEFAULT_LIMITS", "decide_attempt", "decide_payment", "opened_account", "undecodable_attempt",
-           "undecodable_payment", "config_event_rejected", "PAYMENT_REASON_CODES"]
+__all__ = ["Decision", "Limits", "DEFAULT_LIMITS", "decide_attempt", "decide_payment", "decide_correction",
+           "opened_account", "undecodable_attempt", "undecodable_payment", "config_event_rejected",
+           "PAYMENT_REASON_CODES", "CORRECTION_REASON_CODES", "CORRECTION_TEXT_LIMIT"]
 
 PAYMENT_REASON_CODES = {
     "malformed_payment": "The record is no Payment (garbage, an unknown schema, a missing field).",
@@ -77,6 +82,8 @@ class Decision:
     state: AccountState | None
     events: tuple[Charge | Rejection | Event, ...] = ()
     remember: bool = False
+    refused: tuple[str, str] | None = None
+    """A correction not applied: (reason code of CORRECTION_REASON_CODES, words), to be logged."""
 
 
 def decide_attempt(state: AccountState | None, attempt: MessageAttempt, config: ConfigState, *,
@@ -189,6 +196,136 @@ def _unfit_payment(payment: Payment, now: datetime) -> PaymentRejected | None:
     return PaymentRejected(payment_id=_text(payment.payment_id) or "", environment="", account="", amount=ZERO,
                            currency="", received_at=payment.received_at, rejected_at=now, reason_code=code,
                            message=f"payment {_text(payment.payment_id)}: {why}")
+
+
+CORRECTION_REASON_CODES = {
+    "not_a_correction": "The Charge on the corrections topic is not of kind correction.",
+    "oversized_correction": "Its texts hold together more than CORRECTION_TEXT_LIMIT characters.",
+    "invalid_direction": "Its direction is neither outgoing nor incoming.",
+    "invalid_revision": "Its revision is under 2 (revision 1 is the first outcome, decided live).",
+    "inconsistent_id": "Its charge id is not correction_id_of(attempt id, revision), or it does not name in "
+                       "corrects an outcome of its attempt at the revision before (chg-/rej-<attempt> for "
+                       "revision 2, chg-<attempt>#<n - 1> after).",
+    "key_mismatch": "The record key is not the account the correction names.",
+    "invalid_amount": "The difference is missing, not a number or past the events' decimal(24, 6); the amount "
+                      "is negative or past it; or the difference is more than the amount (the superseded "
+                      "outcome would have cost less than 0).",
+    "unknown_account": "The account does not exist in the environment (nor has a balance).",
+    "currency_mismatch": "The difference is not zero and in another currency than the account's balance.",
+    "balance_limit": "The correction would take the balance past plus or minus money.BALANCE_LIMIT.",
+    "outside_dedup_window": "The correction is dated (rated_at) more than 24 hours before the account's newest "
+                            "correction: a first copy of it may be forgotten.",
+}
+"""Why a re-rating correction is not applied (logged with its topic, partition and offset: a
+correction is made by the operators' re-rating tool, and has no rejection event)."""
+
+CORRECTION_TEXT_LIMIT = 262_144
+"""The most characters a correction's texts hold together: a charge of a SIP datagram's texts
+and its config names is far less; more would make changelog records near the broker's 1 MiB."""
+
+
+def decide_correction(state: AccountState | None, correction: Charge, config: ConfigState, *, key: bytes | None,
+                      offset: int, now: datetime, sighting: Sighting = UNSEEN) -> Decision:
+    """Apply the re-rating ``correction`` (the record at ``offset`` under ``key`` on the
+    corrections topic) through the account's single writer: the Charge is emitted as it is
+    (for the charges topic) and the balance moves by minus its difference.
+
+    A correction is never refused for funds (the message was delivered). One that cannot
+    be real is not applied and emits nothing (:data:`CORRECTION_REASON_CODES`): a hostile
+    record must never create money. ``sighting`` is what the account's dedup memory knows
+    of its charge id: a copy (a resumed re-rating run sending it again) changes nothing.
+    """
+    environment, account = correction.environment, correction.account
+    opened = state or opened_account(config, environment, account)
+    seen = verdict(sighting, offset=offset, at=min(correction.rated_at, now))  # a future date moves no window
+    refused = _unapplicable(correction, key, opened, seen)
+    if refused is not None:
+        return Decision(state, refused=refused)
+    if seen == "copy":  # sent again (a resumed re-rating run): the first copy was applied
+        return Decision(state)
+    if correction.direction != "outgoing":  # billed to nobody (an incoming message is free): the xDR only
+        return Decision(state, (correction,), remember=True)
+    found = config.environments[environment].accounts.get(account) if environment in config.environments else None
+    prepaid = found is not None and found.balance_model == "prepaid"
+    opened, events = correct(opened, correction, prepaid=prepaid, occurred_at=now,
+                             push_events=account_push_events(config, environment, account))
+    return Decision(opened, (correction, *events), remember=True)
+
+
+def _unapplicable(correction: Charge, key: bytes | None, opened: AccountState | None,
+                  seen: str) -> tuple[str, str] | None:
+    """(reason code, words) of a correction not applied; None when it is applied (or a copy)."""
+    refused = _implausible_correction(correction, key)
+    if refused is None and opened is None:
+        refused = "unknown_account", (f"account {correction.account} does not exist in environment "
+                                      f"{correction.environment}")
+    if refused is None and opened is not None and correction.direction == "outgoing":
+        refused = _unpayable_correction(opened, correction)
+    if refused is None and seen == "stale":
+        refused = "outside_dedup_window", (f"{correction.charge_id} is dated {correction.rated_at.isoformat()}, "
+                                           f"more than 24 hours before the newest correction of account "
+                                           f"{correction.account}")
+    return refused
+
+
+def _implausible_correction(correction: Charge, key: bytes | None) -> tuple[str, str] | None:
+    """(reason code, words) of a correction refused whatever the account's state."""
+    charge_id, attempt_id, revision = correction.charge_id, correction.attempt_id, correction.revision
+    chars = sum(len(value) for value in _correction_texts(correction))
+    if chars > CORRECTION_TEXT_LIMIT:
+        return "oversized_correction", f"its texts hold {chars:,} characters, over {CORRECTION_TEXT_LIMIT:,}"
+    if correction.kind != "correction":
+        return "not_a_correction", f"{charge_id} is of kind {correction.kind!r}, not 'correction'"
+    if correction.direction not in ("outgoing", "incoming"):
+        return "invalid_direction", f"{charge_id} has direction {correction.direction!r}"
+    if revision < 2:
+        return "invalid_revision", f"{charge_id} has revision {revision}: a correction is revision 2 or more"
+    superseded = (charge_id_of(attempt_id), rejection_id_of(attempt_id)) if revision == 2 else (
+        correction_id_of(attempt_id, revision - 1),)
+    if not attempt_id or charge_id != correction_id_of(attempt_id, revision) or correction.corrects not in superseded:
+        return "inconsistent_id", (f"{charge_id} (corrects {correction.corrects}) is not revision {revision} of "
+                                   f"attempt {attempt_id}'s outcome")
+    if account_key(correction.environment, correction.account) != key:
+        return "key_mismatch", (f"{charge_id}: the record key {key!r} is not the account's "
+                                f"({correction.environment}/{correction.account})")
+    return _implausible_amounts(correction)
+
+
+def _implausible_amounts(correction: Charge) -> tuple[str, str] | None:
+    amount, difference = correction.amount, correction.difference
+    if difference is None or not _fits(difference):
+        return "invalid_amount", f"{correction.charge_id}: the difference {str(difference)[:40]} is no amount"
+    if not _fits(amount) or amount < 0:
+        return "invalid_amount", f"{correction.charge_id}: the amount {str(amount)[:40]} is no charge"
+    if difference > amount:
+        return "invalid_amount", (f"{correction.charge_id}: the difference {difference} is more than the amount "
+                                  f"{amount}: the outcome it supersedes would have cost less than 0")
+    return None
+
+
+def _unpayable_correction(state: AccountState, correction: Charge) -> tuple[str, str] | None:
+    """Why the balance cannot take the correction's difference (funds are never a reason)."""
+    difference = correction.difference or ZERO
+    if difference and correction.currency != state.currency:
+        return "currency_mismatch", (f"{correction.charge_id} is in {correction.currency}; the balance of account "
+                                     f"{correction.account} is kept in {state.currency}")
+    if abs(state.balance - difference) > BALANCE_LIMIT:
+        return "balance_limit", (f"{correction.charge_id} would take account {correction.account} past the balance "
+                                 f"limit {BALANCE_LIMIT}")
+    return None
+
+
+def _fits(value: Decimal) -> bool:
+    """Whether ``value`` is a number the events' decimal(24, 6) holds exactly."""
+    return value.is_finite() and abs(value) < _AMOUNT_BOUND and int(value.as_tuple().exponent) >= -6
+
+
+def _correction_texts(correction: Charge) -> list[str]:
+    texts = [value for value in _CHARGE_VALUES(correction) if type(value) is str]
+    return [*texts, *correction.policies]
+
+
+_CHARGE_VALUES = attrgetter(*(f.name for f in fields(Charge)))
 
 
 def undecodable_payment(payment_id: str, why: str, now: datetime) -> PaymentRejected:

@@ -1,8 +1,10 @@
-"""Recognising a copy of an attempt or a payment, whatever the distance between the copies.
+"""Recognising a copy of an attempt, a payment or a correction, whatever the distance
+between the copies.
 
-An attempt id (SHA-256 of Call-ID + CSeq) and a payment id (its idempotency key) are
-remembered per account for :data:`WINDOW`, measured by the records' own times: an id is kept
-while its time (the ``received_at`` of the attempt or payment, but never later than the
+An attempt id (SHA-256 of Call-ID + CSeq), a payment id (its idempotency key) and a
+correction id (``chg-<attempt id>#<revision>``) are remembered per account for
+:data:`WINDOW`, measured by the records' own times: an id is kept while its time (the
+``received_at`` of the attempt or payment, a correction's ``rated_at``, but never later than the
 processor's clock, so a record dated in the future cannot push the window on) is within 24
 hours of the newest time remembered for the account. Against that memory a record is
 

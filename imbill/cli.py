@@ -334,7 +334,8 @@ def edge(ctx: click.Context, host: str | None, port: int | None, guard_failures:
 def process(ctx: click.Context, worker_id: str | None, data_dir: Path | None, batch_size: int,
             session_timeout: float, log_level: str, payment_maximum: str | None,
             attempt_clock_skew: float | None) -> None:
-    """Run a processor worker: policy, destination, units, rating, balance -> charges."""
+    """Run a processor worker: attempts (policy, destination, units, rating, balance), top-ups and
+    re-rating corrections -> charges, rejections, balance and status events."""
     try:
         maximum = Decimal(payment_maximum) if payment_maximum is not None else None
     except InvalidOperation:

@@ -1,6 +1,7 @@
-"""Deciding a batch of attempts or payments: values in, the batch's decisions out, no I/O.
+"""Deciding a batch of attempts, payments or corrections: values in, the batch's decisions
+out, no I/O.
 
-:func:`bill_attempts` and :func:`top_up_payments` take the committed changelog records (not
+:func:`bill_attempts`, :func:`top_up_payments` and :func:`correct_charges` take the committed changelog records (not
 modified), the config snapshot, the batch's input records and the time, and return a
 :class:`Batch`: the new :class:`.changelog.Entry` of every key the batch touched (state,
 decided offsets, outbox of encoded events) and how far each partition got.
@@ -10,7 +11,8 @@ drops records in flight when a rebalance suspends its flow, and may commit past 
 record that arrives after a gap is left and the partition is read again from the gap
 (:meth:`Batch.admit`). A record at or below its key's decided offset was decided by a batch
 whose entries were written but whose marker was not (a crash), and is skipped: an attempt
-is decided once, even if a payment for the account arrives in between on replay.
+is decided once, even if a payment for the account arrives in between on replay. The three
+inputs share each key's entry (its balance) and keep their own decided offsets in it.
 
 Each account key's dedup memory (:mod:`.dedup`) says whether a record's id was decided
 before, at any distance within the window; the ids a batch decides join its entries.
@@ -25,20 +27,21 @@ import hashlib
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 from typing import Any, Callable, Iterable, Mapping
 
 from imbill.domain.config import ConfigState
-from imbill.domain.decide import (DEFAULT_LIMITS, Limits, decide_attempt, decide_payment, undecodable_attempt,
-                                  undecodable_payment)
+from imbill.domain.decide import (DEFAULT_LIMITS, Limits, decide_attempt, decide_correction, decide_payment,
+                                  undecodable_attempt, undecodable_payment)
 from imbill.domain.dedup import Sighting, fingerprint, millis
 from imbill.domain.errors import SchemaError
-from imbill.domain.events import MessageAttempt, Payment
+from imbill.domain.events import Charge, MessageAttempt, Payment
 from imbill.domain.keys import account_key
 from imbill.schemas.codec import decode_event_as, encode_event
 from imbill.streams.changelog import Entry, Output
 from imbill.streams.dedup import BatchMemory, DedupMemory, KeyMemory
 
-__all__ = ["Record", "Batch", "entry_key", "bill_attempts", "top_up_payments", "TOPIC_KINDS"]
+__all__ = ["Record", "Batch", "entry_key", "bill_attempts", "top_up_payments", "correct_charges", "TOPIC_KINDS"]
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +91,8 @@ class Batch:
         if entry is None:
             old = committed.get(key)
             entry = Entry(None, partition) if type(old) is not Entry else Entry(
-                old.state, partition, old.attempts_decided, old.payments_decided)
+                old.state, partition, old.attempts_decided, old.payments_decided,
+                corrections_decided=old.corrections_decided)
             self.entries[key] = entry
         entry.source, entry.source_offset = self.source, offset
         return entry
@@ -140,6 +144,16 @@ def top_up_payments(committed: Mapping[bytes, Any], config: ConfigState, records
     """Apply Payment records to the balances of ``committed`` entries (not modified)."""
     batch = Batch("p", expected, memory=BatchMemory(memory, "p"))
     return _decide(batch, "payments_decided", _payment_outcome, committed, config, records, now, limits)
+
+
+def correct_charges(committed: Mapping[bytes, Any], config: ConfigState, records: Iterable[Record], *,
+                    now: datetime, expected: Mapping[int, int], memory: DedupMemory | None = None,
+                    limits: Limits = DEFAULT_LIMITS, topic: str = "corrections") -> Batch:
+    """Apply re-rating corrections (Charge records of kind correction, from ``topic``) to the
+    balances of ``committed`` entries (not modified); a correction not applied is logged."""
+    batch = Batch("c", expected, memory=BatchMemory(memory, "c"))
+    return _decide(batch, "corrections_decided", partial(_correction_outcome, topic), committed, config, records,
+                   now, limits)
 
 
 def _decide(batch: Batch, decided: str, outcome: Callable[..., Iterable[Output]], committed: Mapping[bytes, Any],
@@ -204,6 +218,36 @@ def _payment_outcome(entry: Entry, key: bytes | None, partition: int, offset: in
     entry.state = decision.state
     content = fingerprint(payment.amount, payment.currency, payment.account)
     _remember(seen, decision.remember, payment.payment_id, offset, min(payment.received_at, now), content, sighting)
+    return outputs
+
+
+_WHY_LIMIT = 1_000
+"""The longest reason logged for a correction not applied (a hostile one may hold long texts)."""
+
+
+def _correction_outcome(topic: str, entry: Entry, key: bytes | None, partition: int, offset: int,
+                        value: bytes | None, config: ConfigState, now: datetime, seen: KeyMemory,
+                        limits: Limits) -> list[Output]:
+    """A correction is no attempt: one that is not applied (undecodable, or refused by
+    :func:`decide_correction`) emits nothing and is logged with where it is and why."""
+    try:
+        correction = decode_event_as(Charge, value or b"")
+    except SchemaError as exc:
+        log.warning("correction %s[%d]@%d not applied: undecodable: %s", topic, partition, offset,
+                    str(exc)[:_WHY_LIMIT])
+        return []
+    sighting = seen.sighting(correction.charge_id)
+    decision = decide_correction(entry.state, correction, config, key=key, offset=offset, now=now,
+                                 sighting=sighting)
+    if decision.refused is not None:
+        code, why = decision.refused
+        log.warning("correction %s[%d]@%d not applied: %s: %s", topic, partition, offset, code, why[:_WHY_LIMIT])
+    outputs = [_output(event, key) for event in decision.events]
+    entry.state = decision.state
+    content = fingerprint(correction.corrects, correction.amount, correction.difference, correction.currency,
+                          correction.account)
+    _remember(seen, decision.remember, correction.charge_id, offset, min(correction.rated_at, now), content,
+              sighting)
     return outputs
 
 

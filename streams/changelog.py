@@ -1,18 +1,21 @@
 """The processor's changelog records: what a batch commits, and what recovery reads back.
 
-An :class:`Entry` is the processor's commit record for one key of the attempts and payments
-topics: the account's balance state (None when the key is no account), the offsets of the
-last attempt and payment decided for the key, and the outbox: the Avro-encoded events those
-decisions caused, as the topic kind, key and value to send. A :class:`Flushed` marker per
-partition holds the attempt and payment offsets up to which every record is decided and its
-events are on their topics (:mod:`.commit` writes them in that order).
+An :class:`Entry` is the processor's commit record for one key of its three inputs (the
+attempts, payments and corrections topics): the account's balance state (None when the key
+is no account), the offsets of the last attempt, payment and correction decided for the
+key, and the outbox: the Avro-encoded events those decisions caused, as the topic kind, key
+and value to send. A :class:`Flushed` marker per partition holds the attempt, payment and
+correction offsets up to which every record is decided and its events are on their topics
+(:mod:`.commit` writes them in that order).
 
 The next record a worker decides on a partition is the one after its marker; an outbox
 whose source offset is above the marker may be missing downstream and is sent again (same
-bytes, same ids): :func:`pending_outboxes`. A :class:`Seen` chunk holds the attempt or
-payment ids a batch remembered for a key (the dedup memory, :mod:`.dedup`); an entry also
+bytes, same ids): :func:`pending_outboxes`. A :class:`Seen` chunk holds the attempt,
+payment or correction ids a batch remembered for a key (the dedup memory, :mod:`.dedup`); an entry also
 carries its batch's ids (``remembered``). Records are JSON with decimals as strings; the
-byte format is what workers already wrote, so it only grows: new fields are optional.
+byte format is what workers already wrote, so it only grows: new fields are optional (the
+correction offsets are written only once a correction is decided, and read as -1 from
+records written before corrections).
 """
 
 from __future__ import annotations
@@ -35,13 +38,13 @@ OUTPUT_KINDS = ("charges", "rejections", "balances", "service_status")
 """The topic kinds an outbox names (attributes of :class:`imbill.schemas.topics.Topics`)."""
 
 Remembered = tuple[str, int, int, int]
-"""An id in the dedup memory: (attempt or payment id, offset of its first copy, its time in
-ms since the epoch, its content fingerprint)."""
+"""An id in the dedup memory: (attempt, payment or correction id, offset of its first copy,
+its time in ms since the epoch, its content fingerprint)."""
 
 
 @dataclass(slots=True)
 class Entry:
-    """The changelog record of one attempts/payments key (see the module doc)."""
+    """The changelog record of one input key (see the module doc)."""
 
     state: AccountState | None
     partition: int
@@ -49,10 +52,12 @@ class Entry:
     payments_decided: int = -1
     outbox: list[Output] = field(default_factory=list)
     source: str = ""
-    """Which input the outbox came from: "a" (attempts) or "p" (payments)."""
+    """Which input the outbox came from: "a" (attempts), "p" (payments) or "c" (corrections)."""
     source_offset: int = -1
     remembered: list[Remembered] = field(default_factory=list)
     """The ids this batch added to the key's dedup memory (also written as a Seen chunk)."""
+    corrections_decided: int = -1
+    """The offset of the last correction decided for the key (last: added after the others)."""
 
 
 @dataclass(slots=True)
@@ -73,9 +78,25 @@ class Flushed:
     partition: int
     attempts: int = -1
     payments: int = -1
+    corrections: int = -1
+
+    def decided(self, source: str) -> int:
+        """The offset of ``source`` ("a", "p" or "c") up to which every record is flushed."""
+        return self.attempts if source == "a" else self.payments if source == "p" else self.corrections
+
+    def advanced(self, source: str, offset: int) -> Flushed:
+        """This marker moved on to ``offset`` for ``source`` (a marker never goes back)."""
+        marker = Flushed(self.partition, self.attempts, self.payments, self.corrections)
+        if source == "a":
+            marker.attempts = max(marker.attempts, offset)
+        elif source == "p":
+            marker.payments = max(marker.payments, offset)
+        else:
+            marker.corrections = max(marker.corrections, offset)
+        return marker
 
     def covers(self, entry: Entry) -> bool:
-        return entry.source_offset <= (self.attempts if entry.source == "a" else self.payments)
+        return entry.source_offset <= self.decided(entry.source)
 
 
 def flushed_key(partition: int) -> bytes:
@@ -91,7 +112,10 @@ def seen_key(source: str, key: bytes, first_offset: int) -> bytes:
 
 def encode_record(record: Entry | Flushed | Seen) -> bytes:
     if isinstance(record, Flushed):
-        return json.dumps({"flushed": [record.partition, record.attempts, record.payments]}).encode()
+        offsets = [record.partition, record.attempts, record.payments]
+        if record.corrections != -1:
+            offsets.append(record.corrections)
+        return json.dumps({"flushed": offsets}).encode()
     if isinstance(record, Seen):
         return json.dumps({"seen": [record.source, _b64(record.key), record.partition, record.remembered]},
                           separators=(",", ":")).encode()
@@ -105,6 +129,8 @@ def encode_record(record: Entry | Flushed | Seen) -> bytes:
     }
     if record.remembered:
         raw["ids"] = record.remembered
+    if record.corrections_decided != -1:
+        raw["corrections"] = record.corrections_decided
     return json.dumps(raw, separators=(",", ":")).encode()
 
 
@@ -122,7 +148,7 @@ def decode_record(data: bytes) -> Entry | Flushed | Seen:
     outbox = [(kind, base64.b64decode(key), base64.b64decode(value)) for kind, key, value in raw["outbox"]]
     source, source_offset = raw["source"]
     return Entry(state, raw["partition"], raw["attempts"], raw["payments"], outbox, source, source_offset,
-                 [tuple(line) for line in raw.get("ids", ())])
+                 [tuple(line) for line in raw.get("ids", ())], raw.get("corrections", -1))
 
 
 def _b64(data: bytes) -> str:

@@ -1,7 +1,9 @@
 """Committing a decided batch, and taking over partitions: the protocol, against a port.
 
-Each batch of records is decided with no I/O (:mod:`.batch`) and then committed in three
-steps, each acknowledged before the next starts:
+The processor has three inputs, all keyed by account and co-partitioned: attempts,
+payments and re-rating corrections. Each batch of records of one of them is decided with no
+I/O (:mod:`.batch`) and then committed in three steps, each acknowledged before the next
+starts:
 
 1. the changelog entry of every key the batch touched: the account's balance state, the
    offsets decided for the key and the outbox, the encoded events those decisions caused;
@@ -18,9 +20,10 @@ takes over a partition (:meth:`Committer.recovered`) sends again every outbox th
 partition's marker does not cover (same bytes, same ids), and the batch decision skips the
 records at or below a key's decided offset when they are delivered again. A charge id
 therefore never carries two amounts. One lock around deciding and steps 1-3 keeps the
-attempts and payments streams from writing state that holds the other's unacknowledged
-decisions. Any failure while committing leaves memory ahead of the changelog: the
-``halt`` callback stops the worker at once, as a crash would.
+three streams from writing state that holds another's unacknowledged decisions: the lock
+makes the worker the single writer of each account it owns, so a correction and a live
+charge of the same account never race. Any failure while committing leaves memory ahead of
+the changelog: the ``halt`` callback stops the worker at once, as a crash would.
 
 The protocol speaks to Kafka only through :class:`Log`, so it runs the same on faust
 (:class:`.faust_adapter.FaustLog`) and on an in-memory log in the tests.
@@ -32,13 +35,14 @@ import asyncio
 import logging
 import time
 from datetime import datetime
+from functools import partial
 from typing import Any, Awaitable, Callable, Iterable, Mapping, MutableMapping, Protocol, Sequence
 
 from imbill.domain.config import ConfigState
 from imbill.domain.decide import DEFAULT_LIMITS, Limits
 from imbill.domain.errors import LogReset
 from imbill.schemas.topics import Topics
-from imbill.streams.batch import Batch, Record, bill_attempts, top_up_payments
+from imbill.streams.batch import Batch, Record, bill_attempts, correct_charges, top_up_payments
 from imbill.streams.changelog import (OUTPUT_KINDS, Entry, Flushed, Seen, encode_record, flushed_key,
                                       pending_outboxes)
 from imbill.streams.dedup import DedupMemory
@@ -108,7 +112,8 @@ class Committer:
         """Set once the table is recovered for the current assignment, cleared on revocation."""
         self.partitions: set[int] = set()
         self._topic_names = {kind: getattr(topics, kind) for kind in OUTPUT_KINDS}
-        self._sources = {"a": topics.attempts, "p": topics.payments}
+        self._sources = {"a": topics.attempts, "p": topics.payments, "c": topics.corrections}
+        self._source_of = {topic: source for source, topic in self._sources.items()}
         self._rewound: dict[tuple[str, int], tuple[int, float]] = {}
         self._progress: dict[tuple[str, int], int] = {}
         self.memory = DedupMemory()
@@ -121,6 +126,9 @@ class Committer:
 
     async def payments(self, records: Sequence[Record]) -> None:
         await self._process("p", records, top_up_payments)
+
+    async def corrections(self, records: Sequence[Record]) -> None:
+        await self._process("c", records, partial(correct_charges, topic=self.topics.corrections))
 
     async def _process(self, source: str, records: Sequence[Record], decide: Callable[..., Batch]) -> None:
         async with self.lock:
@@ -148,8 +156,7 @@ class Committer:
 
     def _expected(self, source: str) -> dict[int, int]:
         markers = {p: self.log.records.get(flushed_key(p)) for p in self.partitions}
-        return {p: (m.attempts if source == "a" else m.payments) + 1 for p, m in markers.items()
-                if type(m) is Flushed}
+        return {p: m.decided(source) + 1 for p, m in markers.items() if type(m) is Flushed}
 
     async def _write_entries(self, entries: Mapping[bytes, Entry]) -> None:
         """Step 1: the entries, and the Seen chunk of each entry's remembered ids."""
@@ -187,7 +194,8 @@ class Committer:
         """Advance the partitions' markers to ``decided`` (every offset up to it is decided
         and its events acknowledged); then outboxes are no longer kept in memory."""
         for partition, offset in decided.items():
-            marker = _advanced(self.log.records.get(flushed_key(partition)), partition, source, offset)
+            old = self.log.records.get(flushed_key(partition))
+            marker = (old if type(old) is Flushed else Flushed(partition)).advanced(source, offset)
             self.log.keep(partition, flushed_key(partition), marker)
             await self.log.write_changelog(partition, flushed_key(partition), encode_record(marker))
         tombstones, self._tombstones = self._tombstones, []
@@ -245,10 +253,9 @@ class Committer:
             await self._start_markers(partitions, assigned)
             ends = await self.log.end_offsets(assigned)
             for (topic, partition), end in ends.items():
-                source = "a" if topic == self.topics.attempts else "p"
                 marker = self.log.records.get(flushed_key(partition))
                 if type(marker) is Flushed:
-                    self._check_log(topic, partition, marker.attempts if source == "a" else marker.payments, end)
+                    self._check_log(topic, partition, marker.decided(self._source_of[topic]), end)
             await self._recover_memory(partitions)
             pending = pending_outboxes(self.log.records, partitions)
             if pending:
@@ -278,11 +285,18 @@ class Committer:
 
     async def _start_markers(self, partitions: set[int], assigned: list[tuple[str, int]]) -> None:
         """A partition without a marker starts one before its earliest offsets (in memory
-        only: the first batch writes it)."""
+        only: the first batch writes it). A marker written before the processor read
+        corrections starts its corrections there too."""
         earliest = await self.log.earliest_offsets(assigned) if assigned else {}
-        for partition in sorted(p for p in partitions if flushed_key(p) not in self.log.records):
-            start = {topic: earliest.get((topic, partition)) or 0 for topic in self._sources.values()}
-            marker = Flushed(partition, start[self.topics.attempts] - 1, start[self.topics.payments] - 1)
+        for partition in sorted(partitions):
+            start = {source: earliest.get((topic, partition)) or 0 for source, topic in self._sources.items()}
+            marker = self.log.records.get(flushed_key(partition))
+            if type(marker) is not Flushed:
+                marker = Flushed(partition, start["a"] - 1, start["p"] - 1, start["c"] - 1)
+            elif marker.corrections == -1 and start["c"] > 0:
+                marker = Flushed(partition, marker.attempts, marker.payments, start["c"] - 1)
+            else:
+                continue
             self.log.keep(partition, flushed_key(partition), marker)
 
     def _check_log(self, topic: str, partition: int, decided: int, end: int | None) -> None:
@@ -302,12 +316,3 @@ class Committer:
         self.ready = False
         self._progress.clear()
 
-
-def _advanced(old: Any, partition: int, source: str, offset: int) -> Flushed:
-    """A partition's marker moved to ``offset`` for ``source``; markers only advance."""
-    marker = Flushed(partition, old.attempts, old.payments) if type(old) is Flushed else Flushed(partition)
-    if source == "a":
-        marker.attempts = max(marker.attempts, offset)
-    else:
-        marker.payments = max(marker.payments, offset)
-    return marker

@@ -1,5 +1,6 @@
-"""The processor's dedup memory: every attempt id and payment id decided per account within
-the window (:mod:`imbill.domain.dedup`), kept with the same atomicity as the balance.
+"""The processor's dedup memory: every attempt, payment and correction id decided per
+account within the window (:mod:`imbill.domain.dedup`), one window per input, kept with the
+same atomicity as the balance.
 
 A batch remembers the ids it decided for a key twice in the same acknowledged changelog
 write (:mod:`.commit`, step 1): in the key's :class:`~.changelog.Entry` (``remembered``)

@@ -1,7 +1,7 @@
-"""The processor worker (``imbill process``): attempts and payments in; charges, rejections,
-balance and service-status events out.
+"""The processor worker (``imbill process``): attempts, payments and re-rating corrections
+in; charges, rejections, balance and service-status events out.
 
-Thin faust wiring: two agents hand batches of records (:class:`Batches`) to the commit
+Thin faust wiring: three agents hand batches of records (:class:`Batches`) to the commit
 protocol (:class:`.commit.Committer`), which decides them with the pure rules
 (:mod:`.batch`) and commits them through :class:`.faust_adapter.FaustLog`. Every worker
 folds the whole config topic itself (:class:`.config_reader.ConfigReader`) and catches up
@@ -141,7 +141,7 @@ def create_app(bootstrap_servers: str, topics: Topics, *, app_id: str, data_dir:
     )
     install_true_end_offsets(app)
     table = app.Table(TABLE_NAME, default=None, partitions=ACCOUNT_PARTITIONS, key_type=bytes,
-                      help="balance state and outbox per attempts/payments key")
+                      help="balance state and outbox per account key of the three inputs")
     use_changelog_codec(table)
     reader = ConfigReader(bootstrap_servers.split(","), topics.config, client_id=f"imbill-config-reader-{worker_id}")
     log_port = FaustLog(app, table)
@@ -187,6 +187,9 @@ def _wire(app: faust.App, topics: Topics, committer: Committer, reader: ConfigRe
     async def payments(events: Sequence[Any]) -> None:
         await committer.payments(_records(events))
 
+    async def corrections(events: Sequence[Any]) -> None:
+        await committer.corrections(_records(events))
+
     @app.agent(source(topics.attempts), name="bill-attempts")
     async def _bill_attempts(stream: Any) -> None:
         await Batches(stream, attempts, batch_size, batch_within).run()
@@ -194,6 +197,10 @@ def _wire(app: faust.App, topics: Topics, committer: Committer, reader: ConfigRe
     @app.agent(source(topics.payments), name="top-up-payments")
     async def _top_up_payments(stream: Any) -> None:
         await Batches(stream, payments, batch_size, batch_within).run()
+
+    @app.agent(source(topics.corrections), name="correct-charges")
+    async def _correct_charges(stream: Any) -> None:
+        await Batches(stream, corrections, batch_size, batch_within).run()
 
     @app.timer(STALL_SECONDS)
     async def _unstall() -> None:

@@ -93,7 +93,7 @@ class MemoryLog:
         self.seeks.append((topic, partition, offset))
 
     def assignment(self) -> set[tuple[str, int]]:
-        return {(topic, partition) for topic in (TOPICS.attempts, TOPICS.payments, TOPICS.config)
+        return {(topic, partition) for topic in (TOPICS.attempts, TOPICS.payments, TOPICS.corrections, TOPICS.config)
                 for partition in (P, P + 1)}
 
     async def earliest_offsets(self, partitions: Iterable[tuple[str, int]]) -> dict[tuple[str, int], int]:
