@@ -37,7 +37,7 @@ from typing import NamedTuple
 
 from imbill.domain.config import Account, ConfigState
 from imbill.domain.destination import Delivery, named, price_and_route
-from imbill.domain.events import Charge, MessageAttempt, Rejection, charge_id_of, rejection_id_of
+from imbill.domain.events import Charge, MessageAttempt, Rejection, charge_id_of, correction_id_of, rejection_id_of
 from imbill.domain.money import ZERO, billing_units, round_amount
 from imbill.domain.rating_index import Index, Plan, Policy, index_of, product_refusal
 from imbill.domain.refusal import REASON_CODES, Refusal
@@ -239,10 +239,14 @@ def account_push_events(config: ConfigState, environment: str, account: str) -> 
     return bool(plan and plan.push_events)
 
 
-def charge_of(attempt: MessageAttempt, rated: Rated, rated_at: datetime) -> Charge:
-    """The Charge of a rated attempt (a first charge: kind "charge", corrects None, revision 1)."""
+def charge_of(attempt: MessageAttempt, rated: Rated, rated_at: datetime, *, revision: int = 1,
+              corrects: str | None = None, difference: Decimal | None = None, rerate_run: str | None = None) -> Charge:
+    """The Charge of a rated attempt: a first charge (kind "charge", revision 1), or with
+    ``revision`` 2 or more the correction of outcome ``corrects`` (:mod:`.rerate`)."""
+    first = revision == 1
     return Charge(
-        charge_id=charge_id_of(attempt.attempt_id), attempt_id=attempt.attempt_id, kind="charge", corrects=None,
+        charge_id=charge_id_of(attempt.attempt_id) if first else correction_id_of(attempt.attempt_id, revision),
+        attempt_id=attempt.attempt_id, kind="charge" if first else "correction", corrects=corrects,
         environment=rated.environment, account=rated.account, customer=rated.customer, direction=rated.direction,
         attempted_at=attempt.received_at, rated_at=rated_at, from_user=attempt.from_user,
         to_user=attempt.to_user, to_domain=attempt.to_domain, destination=rated.destination,
@@ -252,8 +256,9 @@ def charge_of(attempt: MessageAttempt, rated: Rated, rated_at: datetime) -> Char
         service_policy=rated.service_policy, policies=tuple(rated.policies),
         transport_protocol=rated.transport_protocol, vendor=rated.vendor, connection=rated.connection,
         vendor_tariff=rated.vendor_tariff, vendor_cost=rated.vendor_cost, vendor_currency=rated.vendor_currency,
-        revision=1, service="messaging", node=rated.node, cli_translated=rated.cli_translated,
-        destination_description=rated.destination_description, user_agent=attempt.user_agent)
+        revision=revision, service="messaging", node=rated.node, cli_translated=rated.cli_translated,
+        destination_description=rated.destination_description, user_agent=attempt.user_agent,
+        difference=difference, rerate_run=rerate_run)
 
 
 def rejection_of(attempt: MessageAttempt, refusal: Refusal, rejected_at: datetime) -> Rejection:

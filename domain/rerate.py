@@ -160,12 +160,15 @@ def rerate(attempt: MessageAttempt, old: Outcome, config: ConfigState, *, run_id
     if type(rated) is Refusal:
         return _reversal(old, rated, run_id, rated_at)
     if type(old) is Rejection:
-        return _corrected(old, charge_of(attempt, rated, rated_at), 2, f"now rated (was {old.reason_code})",
-                          run_id)
+        new = charge_of(attempt, rated, rated_at, revision=2, corrects=old.rejection_id, difference=rated.amount,
+                        rerate_run=run_id)
+        return Correction(old, new, f"now rated (was {old.reason_code})")
     changed = [name for name in COMPARED if getattr(old, name) != getattr(rated, name)]
     if not changed:
         return None
-    return _corrected(old, charge_of(attempt, rated, rated_at), old.revision + 1, _why(old, rated, changed), run_id)
+    new = charge_of(attempt, rated, rated_at, revision=old.revision + 1, corrects=old.charge_id,
+                    difference=rated.amount - old.amount, rerate_run=run_id)
+    return Correction(old, new, _why(old, rated, changed))
 
 
 def _reversal(old: Outcome, refusal: Refusal, run_id: str, rated_at: datetime) -> Correction | None:
@@ -174,23 +177,16 @@ def _reversal(old: Outcome, refusal: Refusal, run_id: str, rated_at: datetime) -
     statement about the past)."""
     if type(old) is not Charge or refusal.reason_code not in REVERSIBLE or _reversed(old):
         return None
-    zero = dataclasses.replace(old, rated_at=rated_at, billing_units=0, unit_price=ZERO, amount=ZERO,
-                               vendor_cost=ZERO)
-    return _corrected(old, zero, old.revision + 1, f"reversed: now {refusal.reason_code}", run_id)
+    revision = old.revision + 1
+    zero = dataclasses.replace(old, charge_id=correction_id_of(old.attempt_id, revision), kind="correction",
+                               corrects=old.charge_id, revision=revision, rated_at=rated_at, billing_units=0,
+                               unit_price=ZERO, amount=ZERO, vendor_cost=ZERO, difference=-old.amount,
+                               rerate_run=run_id)
+    return Correction(old, zero, f"reversed: now {refusal.reason_code}")
 
 
 def _reversed(charge: Charge) -> bool:
     return charge.kind == "correction" and charge.billing_units == 0 and not charge.amount
-
-
-def _corrected(old: Outcome, new: Charge, revision: int, reason: str, run_id: str) -> Correction:
-    old_amount = old.amount if type(old) is Charge else ZERO
-    old_id = old.charge_id if type(old) is Charge else old.rejection_id
-    correction = dataclasses.replace(new, charge_id=correction_id_of(new.attempt_id, revision), kind="correction",
-                                     corrects=old_id, revision=revision, difference=new.amount - old_amount,
-                                     rerate_run=run_id, delivery=getattr(old, "delivery", new.delivery),
-                                     delivery_code=getattr(old, "delivery_code", new.delivery_code))
-    return Correction(old, correction, reason)
 
 
 _WORDS = {"billing_units": "units", "unit_price": "price", "rate_code": "rate code", "vendor_cost": "vendor cost",

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import io
+from datetime import timedelta
 from decimal import Decimal
 
 import pytest
@@ -14,8 +15,7 @@ from click.testing import CliRunner
 from imbill.cli import cli
 from imbill.domain.config import Rate
 from imbill.schemas.topics import Topics
-from tests.builders import ALICE, BOB, ENV, T0, checklist, payment
-from imbill.schemas.codec import record_of
+from tests.builders import ALICE, BOB, ENV, T0, checklist
 from tests.test_processor import Worker, message, publish, publish_config, records_of, wait_for
 
 pytestmark = pytest.mark.integration
@@ -61,5 +61,54 @@ def test_a_corrected_rate_is_re_rated_once_and_balances_follow(bootstrap: str, t
         assert {r["old_amount"]: r["new_amount"] for r in rows} == {"0.15": "0.12"}
         assert "dry run, nothing appended" in dry.stdout
         assert records_of(bootstrap, topics.corrections) == []
+
+        real = imbill(bootstrap, topics, "rerate", *PERIOD, "--by", "ops")
+        assert real.exit_code == 0, real.output
+        corrections = [c for c in records_of(bootstrap, topics.charges) if c["kind"] == "correction"]
+        assert len(corrections) == 10 and {c["difference"] for c in corrections} == {Decimal("-0.03")}
+        refunds = [b for b in records_of(bootstrap, topics.balances) if b["cause"] == "correction"]
+        assert sorted(b["delta"] for b in refunds) == [Decimal("0.03")] * 10
+        latest = {b["account"]: b["balance"] for b in records_of(bootstrap, topics.balances)}
+        assert latest == {ALICE: Decimal("1.00") - 6 * Decimal("0.12"), BOB: Decimal("1.00") - 4 * Decimal("0.12")}
+
+        again = imbill(bootstrap, topics, "rerate", *PERIOD, "--by", "ops")
+        assert again.exit_code == 0, again.output
+        assert len(records_of(bootstrap, topics.corrections)) == 10
+        runs = imbill(bootstrap, topics, "rerate", "list", "--format", "csv")
+        rows = list(csv.DictReader(io.StringIO(runs.stdout)))
+        assert [(r["state"], r["requested_by"], r["changed"], r["appended"]) for r in rows] == [
+            ("finished", "ops", "10", "10"), ("finished", "ops", "0", "0")]
+        shown = imbill(bootstrap, topics, "rerate", "show", rows[0]["run_id"], "--format", "csv")
+        assert "differences,USD -0.30" in shown.stdout.replace('"', "")
+    finally:
+        worker.stop()
+
+
+def test_a_no_rate_rejection_becomes_a_charge_and_a_charge_is_reversed(bootstrap: str, topics: Topics,
+                                                                        tmp_path) -> None:
+    config = checklist(msgn_price="0.05")
+    publish_config(bootstrap, topics, config)
+    published = len(config.events)
+    worker = Worker(bootstrap, topics, tmp_path, "w-rerate-2")
+    try:
+        publish(bootstrap, topics.attempts, [message("charged")])
+        wait_for(lambda: outcomes(bootstrap, topics) >= 1, worker, 60, "the first attempt to be charged")
+        config.remove("rate", "B|MSGN|" + T0.isoformat())
+        published = publish_more_config(bootstrap, topics, config, published)
+        publish(bootstrap, topics.attempts, [message("refused", received_at=T0 + timedelta(hours=2))])
+        wait_for(lambda: outcomes(bootstrap, topics) >= 2, worker, 60, "the second attempt to be refused")
+        assert [r["reason_code"] for r in records_of(bootstrap, topics.rejections)] == ["no_rate"]
+
+        config.define(Rate("B", "MSGN", Decimal("0.02"), T0 + timedelta(hours=1, minutes=30)))
+        publish_more_config(bootstrap, topics, config, published)
+        run = imbill(bootstrap, topics, "rerate", *PERIOD, "--csv", "-")
+        assert run.exit_code == 0, run.output
+        changes = {r["attempt_id"]: r for r in changed_rows(run)}
+        assert changes["refused"]["reason"] == "now rated (was no_rate)"
+        assert changes["refused"]["new_amount"] == "0.06" and changes["refused"]["difference"] == "0.06"
+        assert changes["charged"]["reason"] == "reversed: now no_rate"
+        assert changes["charged"]["new_amount"] == "0.00" and changes["charged"]["difference"] == "-0.15"
+        balance = [b for b in records_of(bootstrap, topics.balances)][-1]["balance"]
+        assert balance == Decimal("1.00") - Decimal("0.06")
     finally:
         worker.stop()
