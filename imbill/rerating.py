@@ -107,14 +107,14 @@ def rerate_period(settings: Settings, re_filter: RerateFilter | None, *, dry_run
         started = RerateRun(run_id=run_id_of(started_at, re_filter, as_of), state="started",
                             requested_by=requested_by, at=started_at, started_at=started_at,
                             filter=re_filter.as_json(), config_as_of=as_of)
+    if not dry_run and resume is None:
+        _publish(settings, started)  # first: a run killed from here on is found by `rerate list`
     config = current_state(settings.bootstrap_servers, settings.topics, as_of=as_of)
     report = _compare(settings, re_filter, config, started, progress, dry_run)
     if dry_run:
         return report
     producer = EventProducer(settings.bootstrap_servers)
     try:
-        if resume is None:
-            producer.publish_event(settings.topics.rerate_runs, started.run_id.encode(), started)
         fresh = [c.new for c in report.corrections if c.new.charge_id not in report.earlier]
         for charge in fresh:
             producer.send_event(settings.topics.corrections, account_key(charge.environment, charge.account), charge)
@@ -127,6 +127,14 @@ def rerate_period(settings: Settings, re_filter: RerateFilter | None, *, dry_run
         producer.close()
     report.run = finished
     return report
+
+
+def _publish(settings: Settings, run: RerateRun) -> None:
+    producer = EventProducer(settings.bootstrap_servers)
+    try:
+        producer.publish_event(settings.topics.rerate_runs, run.run_id.encode(), run)
+    finally:
+        producer.close()
 
 
 def _compare(settings: Settings, re_filter: RerateFilter, config: ConfigState, started: RerateRun,

@@ -6,7 +6,13 @@ from __future__ import annotations
 
 import csv
 import io
-from datetime import timedelta
+import random
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import replace
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
 import pytest
@@ -112,3 +118,82 @@ def test_a_no_rate_rejection_becomes_a_charge_and_a_charge_is_reversed(bootstrap
         assert balance == Decimal("1.00") - Decimal("0.06")
     finally:
         worker.stop()
+
+
+def _run_ids(bootstrap: str, topics: Topics) -> dict[str, str]:
+    listed = imbill(bootstrap, topics, "rerate", "list", "--format", "csv")
+    return {row["run_id"]: row["state"] for row in csv.DictReader(io.StringIO(listed.stdout))}
+
+
+def test_a_re_rating_killed_three_times_with_live_traffic_finishes_without_doubling(bootstrap: str, topics: Topics,
+                                                                                    tmp_path) -> None:
+    config = checklist(msgn_price="0.05", balance_model="postpaid")
+    config.define(*(replace(config.env.accounts[a], credit_limit=Decimal(1_000)) for a in (ALICE, BOB)))
+    publish_config(bootstrap, topics, config)
+    published = len(config.events)
+    period = [message(f"p{n}", sender=ALICE if n % 2 else BOB, received_at=T0 + timedelta(hours=1, seconds=n))
+              for n in range(1_500)]
+    worker = Worker(bootstrap, topics, tmp_path, "w-rerate-kill")
+    live = threading.Event()
+    try:
+        publish(bootstrap, topics.attempts, period)
+        wait_for(lambda: outcomes(bootstrap, topics) >= 1_500, worker, 120, "the period's attempts to be charged")
+        config.define(Rate("B", "MSGN", Decimal("0.04"), T0))
+        publish_more_config(bootstrap, topics, config, published)
+
+        def traffic() -> None:  # live attempts, dated now: outside the period, billed at the new rate
+            n = 0
+            while not live.is_set():
+                publish(bootstrap, topics.attempts, [message(f"live{n}", received_at=datetime.now(timezone.utc))])
+                n += 1
+                time.sleep(0.05)
+
+        sender = threading.Thread(target=traffic, daemon=True)
+        sender.start()
+        command = [sys.executable, "-m", "imbill", "--bootstrap-servers", bootstrap, "--topic-prefix", topics.prefix,
+                   "rerate", *PERIOD, "--by", "ops"]
+        rng = random.Random(20261204)
+        for _ in range(3):  # SIGKILL at a random point after the run says it started
+            runs = {run: state for run, state in _run_ids(bootstrap, topics).items() if state == "started"}
+            args = [*command[:command.index("--from")], "--resume", next(iter(runs))] if runs else command
+            before = len(records_of(bootstrap, topics.rerate_runs))
+            killed = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            wait_for(lambda: len(records_of(bootstrap, topics.rerate_runs)) > before or killed.poll() is not None
+                     or len(records_of(bootstrap, topics.corrections)) >= len(period), worker, 120,
+                     "the re-rating to start")
+            time.sleep(rng.uniform(0.0, 1.0))
+            killed.kill()
+            killed.wait()
+        runs = {run: state for run, state in _run_ids(bootstrap, topics).items() if state == "started"}
+        resume = ["--resume", next(iter(runs))] if runs else []
+        args = [*command[:command.index("--from")], *resume] if resume else command
+        finished = subprocess.run(args, capture_output=True, text=True, timeout=300)
+        assert finished.returncode == 0, finished.stderr
+        live.set()
+        sender.join()
+        wait_for(lambda: _settled(bootstrap, topics), worker, 60, "every live attempt to be decided")
+    finally:
+        live.set()
+        worker.stop()
+    charges = records_of(bootstrap, topics.charges)
+    ids = [c["charge_id"] for c in charges]
+    assert len(ids) == len(set(ids)), "a charge or correction appended twice"
+    corrected = [c for c in charges if c["kind"] == "correction"]
+    assert sorted(c["attempt_id"] for c in corrected) == sorted(r[2]["attempt_id"] for r in period)
+    assert {c["revision"] for c in corrected} == {2} and {c["amount"] for c in corrected} == {Decimal("0.12")}
+    latest: dict[str, dict] = {}
+    for charge in charges:
+        if charge["revision"] > latest.get(charge["attempt_id"], {"revision": 0})["revision"]:
+            latest[charge["attempt_id"]] = charge
+    balances = {b["account"]: b["balance"] for b in records_of(bootstrap, topics.balances)}
+    for account in (ALICE, BOB):
+        spent = sum(c["amount"] for c in latest.values() if c["account"] == account)
+        assert balances[account] == Decimal("1.00") - spent, account
+    assert set(_run_ids(bootstrap, topics).values()) == {"finished"}
+
+
+def _settled(bootstrap: str, topics: Topics) -> bool:
+    attempts = {r["attempt_id"] for r in records_of(bootstrap, topics.attempts)}
+    decided = {r["attempt_id"] for r in records_of(bootstrap, topics.charges)}
+    decided |= {r["attempt_id"] for r in records_of(bootstrap, topics.rejections)}
+    return attempts <= decided
