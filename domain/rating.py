@@ -253,7 +253,8 @@ def charge_of(attempt: MessageAttempt, rated: Rated, rated_at: datetime) -> Char
         transport_protocol=rated.transport_protocol, vendor=rated.vendor, connection=rated.connection,
         vendor_tariff=rated.vendor_tariff, vendor_cost=rated.vendor_cost, vendor_currency=rated.vendor_currency,
         revision=1, service="messaging", node=rated.node, cli_translated=rated.cli_translated,
-        destination_description=rated.destination_description, user_agent=attempt.user_agent)
+        destination_description=rated.destination_description, user_agent=attempt.user_agent,
+        delivery=attempt.delivery, delivery_code=attempt.delivery_code)
 
 
 def rejection_of(attempt: MessageAttempt, refusal: Refusal, rejected_at: datetime) -> Rejection:

@@ -24,6 +24,7 @@ from imbill.producers.attempt_publisher import AttemptPublisher
 from imbill.producers.edge import serve_edge
 from imbill.producers.sip_auth import DigestAuthenticator
 from imbill.producers.sip_guard import GuessingGuard
+from imbill.producers.sip_registrar import Registrar, RegistrationPublisher, rebuilt_bindings
 from imbill.projections.projector import ConfigProjector, XdrProjector
 from imbill.projections.rebuild import rebuild
 from imbill.run import DataDirLock, run_engine
@@ -74,12 +75,15 @@ def edge(settings: Settings, say: Say) -> None:
     the edge opens and followed while it runs (the processor's own ConfigReader, polling
     every 0.5 s: an applied config is in force at the edge within about a second). The same
     way it reads the service-status topic (every partition to its end, then followed): a
-    MESSAGE from an account whose messaging the processor suspended is answered 403.
+    MESSAGE from an account whose messaging the processor suspended is answered 403. Its
+    registrar's bindings are rebuilt from the registrations topic (read to its end) before it
+    opens, and MESSAGEs to registered recipients are delivered per ``settings.delivery``.
 
     The edge runs on uvloop, and once started the objects of start-up are frozen out of the
     garbage collector's way (gc.freeze), so full collections do not walk them again."""
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     edge_id = f"edge-{settings.edge_host}:{settings.edge_port}"
+    delivery, register_limits = settings.delivery, settings.register_limits  # refused before anything starts
 
     def started(_edge: Any) -> None:
         gc.freeze()
@@ -96,11 +100,17 @@ def edge(settings: Settings, say: Say) -> None:
             await statuses.catch_up(timeout=30.0)
             authentication = DigestAuthenticator(lambda: config.state, settings.environment,
                                                  guard=GuessingGuard(settings.guard))
-            async with AttemptPublisher(settings.bootstrap_servers, settings.topics.attempts) as publisher:
+            bindings = await asyncio.to_thread(rebuilt_bindings, settings.bootstrap_servers,
+                                               settings.topics.registrations, settings.environment)
+            async with AttemptPublisher(settings.bootstrap_servers, settings.topics.attempts) as publisher, \
+                    RegistrationPublisher(settings.bootstrap_servers, settings.topics.registrations) as registrations:
+                registrar = Registrar(settings.environment, lambda: config.state, bindings=bindings,
+                                      publish=registrations, limits=register_limits)
                 await serve_edge(publisher, environment=settings.environment, edge_id=edge_id,
                                  host=settings.edge_host, port=settings.edge_port, on_started=started,
                                  vendor_peers=frozenset(settings.edge_vendor_peers),
-                                 authentication=authentication, service_status=statuses)
+                                 authentication=authentication, service_status=statuses,
+                                 registrar=registrar, delivery=delivery)
         finally:
             await statuses.stop()
             await config.stop()
