@@ -449,6 +449,17 @@ def rejections(ctx: click.Context, account, reason, since, until, limit, wide, f
 
 
 @cli.command()
+@click.option("--account", help="Only this account.")
+@_format_option()
+@click.pass_context
+def registrations(ctx: click.Context, account: str | None, fmt: str) -> None:
+    """The live REGISTER bindings: contact, expiry, User-Agent, source (from the projection)."""
+    settings = _settings(ctx)
+    rows = usecases.registrations(settings, account=account, now=datetime.now(timezone.utc))
+    _show(presentation.registration_listing(rows, settings.environment), fmt)
+
+
+@cli.command()
 @_format_option()
 @click.pass_context
 def accounts(ctx: click.Context, fmt: str) -> None:

@@ -25,7 +25,7 @@ from imbill.producers.edge import serve_edge
 from imbill.producers.sip_auth import DigestAuthenticator
 from imbill.producers.sip_guard import GuessingGuard
 from imbill.producers.sip_registrar import Registrar, RegistrationPublisher, rebuilt_bindings
-from imbill.projections.projector import ConfigProjector, XdrProjector
+from imbill.projections.projector import ConfigProjector, RegistrationProjector, XdrProjector
 from imbill.projections.rebuild import rebuild
 from imbill.run import DataDirLock, run_engine
 from imbill.settings import Settings
@@ -144,12 +144,14 @@ def processor_worker(settings: Settings, worker_id: str | None = None, *, loglev
 
 
 def projectors(settings: Settings, once: bool, say: Say, *, max_poll_records: int = 500) -> None:
-    """The xDR and config projectors, one thread each (or, with ``once``, one after the
-    other until idle)."""
+    """The xDR, config and registration projectors, one thread each (or, with ``once``, one
+    after the other until idle)."""
     running = [XdrProjector(settings.database_url, settings.bootstrap_servers, settings.topics,
                          max_poll_records=max_poll_records),
                ConfigProjector(settings.database_url, settings.bootstrap_servers, settings.topics,
-                               max_poll_records=max_poll_records)]
+                               max_poll_records=max_poll_records),
+               RegistrationProjector(settings.database_url, settings.bootstrap_servers, settings.topics,
+                                     max_poll_records=max_poll_records)]
     try:
         if once:
             for projector in running:
