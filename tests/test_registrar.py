@@ -9,8 +9,11 @@ import pytest
 
 from imbill.domain.registrations import (BOUND, EXPIRED, MAX_BINDINGS, REFRESHED, REMOVED, Bindings, Contact, Register,
                                          RegisterLimits, RegisterRefused, contact_key, expired, register)
+from imbill.domain.errors import ConfigError
 from imbill.producers.sip import SipRequest, parse_request
+from imbill.producers.sip_proxy import DeliverySettings
 from imbill.producers.sip_registrar import contacts_of
+from imbill.settings import load_settings
 
 T0 = datetime(2026, 12, 4, 12, 0, tzinfo=timezone.utc)
 LIMITS = RegisterLimits(min_expires=60, max_expires=3600)
@@ -157,3 +160,14 @@ def parsed(*headers: str) -> SipRequest:
 ])
 def test_the_contacts_of_a_register(headers, expected) -> None:
     assert contacts_of(parsed(*headers)) == expected
+
+
+def test_the_registrar_and_delivery_settings() -> None:
+    defaults = load_settings({})
+    assert (defaults.register_limits, defaults.delivery) == (RegisterLimits(60, 3600), DeliverySettings("on", 8.0))
+    given = load_settings({"IMBILL_EDGE_REGISTER_MIN_EXPIRES": "30", "IMBILL_EDGE_DELIVERY": "required",
+                           "IMBILL_EDGE_DELIVERY_TIMEOUT": "2.5"})
+    assert (given.register_limits.min_expires, given.delivery) == (30, DeliverySettings("required", 2.5))
+    for wrong in ({"IMBILL_EDGE_DELIVERY": "sometimes"}, {"IMBILL_EDGE_REGISTER_MAX_EXPIRES": "10"}):
+        with pytest.raises(ConfigError, match="settings:"):
+            load_settings(wrong).delivery and load_settings(wrong).register_limits
