@@ -392,7 +392,8 @@ def rejection_listing(rows: Sequence[Mapping[str, Any]], environment: str, wide:
 
 
 def registration_listing(rows: Sequence[Mapping[str, Any]], environment: str) -> Listing:
-    return Listing(f"Registrations ({environment}, {len(rows)} live bindings, times in UTC)", REGISTRATION_COLUMNS,
+    count = f"{len(rows)} live binding{'' if len(rows) == 1 else 's'}"
+    return Listing(f"Registrations ({environment}, {count}, times in UTC)", REGISTRATION_COLUMNS,
                    rows, {**column_kinds(Registration.__table__), "contact": "code"})
 
 
