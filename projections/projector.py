@@ -440,17 +440,21 @@ class RegistrationProjector(_TopicProjector):
 
     def _apply(self, conn: sa.Connection, envelopes: Iterable[Envelope]) -> int:
         last: dict[tuple[str, str, str], Row] = {}
+        applied = 0
         for envelope in envelopes:
             row = registration_row(envelope)
             last[(row["environment"], row["account"], row["contact_key"])] = row
+            applied += 1
         table = Registration.__table__
         for environment, account, key in last:
             conn.execute(table.delete().where(table.c.environment == environment, table.c.account == account,
                                               table.c.contact_key == key))
         kept = [row for row in last.values() if row["state"] in (BOUND, REFRESHED)]
+        if conn.dialect.name == "postgresql":  # its text cannot hold NUL (a hostile User-Agent)
+            kept = [_without_nul(row) for row in kept]
         if kept:
             conn.execute(table.insert(), kept)
-        return len(last)
+        return applied
 
 
 class ConfigProjector(_TopicProjector):
