@@ -135,6 +135,10 @@ class Bindings:
     def __len__(self) -> int:
         return sum(map(len, self._accounts.values()))
 
+    def __bool__(self) -> bool:
+        """Whether any account has a binding (at once: the edge asks for every MESSAGE)."""
+        return bool(self._accounts)
+
     def apply(self, event: RegistrationChanged) -> None:
         key = (event.environment, event.account)
         contacts = self._accounts.setdefault(key, {})

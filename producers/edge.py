@@ -397,7 +397,7 @@ class SipEdge(asyncio.DatagramProtocol):
         without one must be delivered to; None when the edge does not deliver it (delivery off,
         off-net, or no binding unless required)."""
         mode = self._delivery.mode
-        if mode == "off":
+        if mode == "off" or (mode == "on" and not self._registrar.bindings):
             return None
         account, bindings = self._registrar.live(request.to_user)
         if bindings:
@@ -406,7 +406,7 @@ class SipEdge(asyncio.DatagramProtocol):
 
     def _with_binding_user_agent(self, attempt: Any) -> Any:
         """A MESSAGE without User-Agent: the sender's registered client's (what policies match)."""
-        if attempt.user_agent is not None or self._registrar is None:
+        if attempt.user_agent is not None or self._registrar is None or not self._registrar.bindings:
             return attempt
         _, bindings = self._registrar.live(attempt.from_user)
         return replace(attempt, user_agent=bindings[0].user_agent) if bindings else attempt

@@ -3,16 +3,20 @@ the edge reads them: no socket, no broker."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 import pytest
 
 from imbill.domain.registrations import (BOUND, EXPIRED, MAX_BINDINGS, REFRESHED, REMOVED, Bindings, Contact, Register,
                                          RegisterLimits, RegisterRefused, contact_key, expired, register)
+from imbill.domain.config import ConfigState
 from imbill.domain.errors import ConfigError
 from imbill.producers.sip import SipRequest, parse_request
 from imbill.producers.sip_proxy import DeliverySettings
-from imbill.producers.sip_registrar import contacts_of
+from imbill.producers.config_file import parse_config
+from imbill.producers.sip_registrar import Registrar, contacts_of
 from imbill.settings import load_settings
 
 T0 = datetime(2026, 12, 4, 12, 0, tzinfo=timezone.utc)
@@ -171,3 +175,71 @@ def test_the_registrar_and_delivery_settings() -> None:
     for wrong in ({"IMBILL_EDGE_DELIVERY": "sometimes"}, {"IMBILL_EDGE_REGISTER_MAX_EXPIRES": "10"}):
         with pytest.raises(ConfigError, match="settings:"):
             load_settings(wrong).delivery and load_settings(wrong).register_limits
+
+
+# --- the registrar: its events published before the answer, lapsed bindings swept ------------------
+
+class Publisher:
+    """Stands in for RegistrationPublisher: acknowledges (or fails) at once."""
+
+    def __init__(self, error: Exception | None = None) -> None:
+        self.error, self.published = error, []
+
+    def submit(self, events, done) -> None:
+        if self.error is None:
+            self.published += events
+        done(self.error)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def registered(publisher: Publisher, clock: Clock, *headers: str) -> tuple[Any, bytes]:
+    state = ConfigState({"default": parse_config(ACCOUNTS).config})
+    registrar = Registrar("default", lambda: state, publish=publisher, clock=clock)
+    answers: list[bytes] = []
+
+    async def run() -> None:
+        registrar.register(parsed(*headers), ("192.0.2.20", 5062), "UDP", answers.append)
+        registrar.stop()
+
+    asyncio.run(run())
+    return registrar, answers[0]
+
+
+ACCOUNTS = """
+environment: default
+customers: [{name: C, currency: USD, accounts: [{id: "1002", product: P, aliases: [bob]}]}]
+products: [{name: P}]
+"""
+
+
+def test_the_answer_waits_for_the_events_and_a_failed_publish_keeps_nothing() -> None:
+    ok, clock = Publisher(), Clock()
+    registrar, answer = registered(ok, clock, "Contact: <sip:1002@192.0.2.20:5062>", "Expires: 120")
+    assert answer.startswith(b"SIP/2.0 200 OK") and b"Contact: <sip:1002@192.0.2.20:5062>;expires=120" in answer
+    assert [e.state for e in ok.published] == [BOUND] and ok.published[0].source == "192.0.2.20:5062"
+    failing = Publisher(RuntimeError("broker down"))
+    registrar, answer = registered(failing, clock, "Contact: <sip:1002@192.0.2.20:5062>")
+    assert answer.startswith(b"SIP/2.0 500") and registrar.live("1002") == ("1002", ())
+
+
+def test_lapsed_bindings_are_swept_and_published_expired() -> None:
+    publisher, clock = Publisher(), Clock()
+    registrar, _ = registered(publisher, clock, "Contact: <sip:1002@192.0.2.20:5062>", "Expires: 60")
+    assert registrar.live("bob")[1] and registrar.sweep() == ()
+    clock.now = T0 + timedelta(seconds=60)
+    [lapsed] = registrar.sweep()
+    assert (lapsed.state, publisher.published[-1]) == (EXPIRED, lapsed) and registrar.live("1002")[1] == ()
+
+
+def test_a_register_under_the_minimum_is_423_with_min_expires() -> None:
+    publisher = Publisher()
+    _, answer = registered(publisher, Clock(), "Contact: <sip:1002@192.0.2.20:5062>;expires=10")
+    assert answer.startswith(b"SIP/2.0 423 Interval Too Brief") and b"\r\nMin-Expires: 60\r\n" in answer
+    assert publisher.published == []
