@@ -199,3 +199,17 @@ def test_the_charge_undelivered_setting_is_read_once(monkeypatch) -> None:
     assert load_settings({"IMBILL_CHARGE_UNDELIVERED": "yes"}).limits.charge_undelivered is True
     with pytest.raises(ConfigError, match="IMBILL_CHARGE_UNDELIVERED"):
         load_settings({"IMBILL_CHARGE_UNDELIVERED": "perhaps"})
+
+
+@pytest.mark.parametrize(("delivery", "code"), [("delivered", 480), ("failed", 200), ("lost", 480), ("failed", None),
+                                                (None, 200), ("failed", 99), ("failed", 700)])
+def test_a_delivery_outcome_the_edge_cannot_have_given_is_implausible(delivery, code) -> None:
+    [refused] = decide_attempt(None, attempt(delivery=delivery, delivery_code=code), CONFIG,
+                               key=account_key(ENV, ALICE), offset=1, now=NOW).events
+    assert refused.reason_code == "implausible_attempt" and "no outcome of the SIP edge" in refused.message
+
+
+def test_a_huge_delivery_text_is_refused_before_rating() -> None:
+    [refused] = decide_attempt(None, attempt(delivery="x" * 70_000, delivery_code=200), CONFIG,
+                               key=account_key(ENV, ALICE), offset=1, now=NOW).events
+    assert refused.reason_code == "implausible_attempt" and refused.account == ""
