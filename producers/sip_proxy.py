@@ -9,7 +9,8 @@ transaction-stateful proxy (RFC 3261 section 16) with UDP client transactions (1
     retransmissions    -> Timer E: T1 = 0.5 s doubling to T2 = 4 s, every T2 once a
                           provisional answer came (17.1.2.2)
     final answer       -> relayed to the sender without our Via (16.7); a 2xx is
-                          ``delivered``, any other final status ``failed``
+                          ``delivered``, any other final status ``failed``; over MAX_RELAYED
+                          octets, the edge's own response of its status instead
     no final answer    -> 408 after ``timeout`` (at most Timer F, 32 s)
 
 There is no forking: a recipient with several bindings is delivered to the most recently
@@ -34,12 +35,16 @@ __all__ = ["DELIVERY_MODES", "DeliverySettings", "Final", "Forwarder", "forwarde
 DELIVERY_MODES = ("off", "on", "required")
 T1, T2, TIMER_F = 0.5, 4.0, 32.0
 MAX_FORWARDS = 70
+MAX_RELAYED = 8192
+"""The largest answer relayed as it is: the edge keeps it 32 s for retransmissions, so a
+larger one (a recipient's body) is answered with the edge's own response of its status."""
 _DROPPED = frozenset(("authorization", "proxy-authorization", "content-length", "max-forwards", "route"))
 _BRANCH = re.compile(r";[ \t]*branch[ \t]*=[ \t]*([^;, \t]+)", re.IGNORECASE)
 log = logging.getLogger(__name__)
 
 Final = Callable[[int, bytes | None], None]
-"""Told once per delivery: the final status and the relayed response (None: the edge's own 408)."""
+"""Told once per delivery: the final status and the response to relay (None: the edge answers
+with its own response of that status: 408, or an answer over MAX_RELAYED)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,7 +161,7 @@ class Forwarder:
             return True
         self._finish(branch, client)
         self.relayed += 1
-        client.final(status, relayed_response(datagram))
+        client.final(status, relayed_response(datagram) if len(datagram) <= MAX_RELAYED else None)
         return True
 
     def cancel(self) -> None:

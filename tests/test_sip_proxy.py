@@ -121,3 +121,20 @@ def test_no_final_answer_is_408_at_the_timeout() -> None:
 def test_a_provisional_answer_slows_retransmissions_to_t2() -> None:
     sent, finals = run_forwarder(timeout=2.0, answer_after=None, provisional=True)
     assert [round(at, 1) for at, _ in sent] == [0.0, 0.5] and finals == [(408, None)]
+
+
+def test_a_huge_final_answer_is_not_kept_for_relaying() -> None:
+    finals: list[tuple[int, bytes | None]] = []
+
+    async def main() -> None:
+        sent: list[bytes] = []
+        forwarder = Forwarder(lambda data, addr: sent.append(data), "192.0.2.1", 5060, DeliverySettings("on", 1.0))
+        forwarder.forward(message(), "sip:1002@192.0.2.20", ("192.0.2.20", 5062),
+                          lambda status, raw: finals.append((status, raw)))
+        branch = parse_request(sent[0]).branch
+        huge = response("200 OK", f"SIP/2.0/UDP 192.0.2.1:5060;branch={branch}", SENDER_VIA)
+        assert forwarder.on_response(huge.replace(b"Content-Length: 0\r\n\r\n",
+                                                  b"Content-Length: 9000\r\n\r\n" + b"x" * 9000))
+
+    asyncio.run(main())
+    assert finals == [(200, None)]
