@@ -226,6 +226,8 @@ class SipEdge(asyncio.DatagramProtocol):
         assert self._transport is not None
         _enlarge_receive_buffer(self._transport.get_extra_info("socket"), self._receive_buffer)
         self._forwarder = Forwarder(self._send, *self.address, self._delivery)
+        if self._registrar is not None:
+            self._registrar.start()
         log.info("SIP edge %s listening on %s:%s/udp", self._edge_id, *self.address)
         return self.address
 

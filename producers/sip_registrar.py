@@ -176,6 +176,10 @@ class Registrar:
             self._publish.submit(events, lambda error: error and log.warning("expired bindings: %s", error))
         return events
 
+    def start(self) -> None:
+        """Sweep from now on (bindings rebuilt from the topic may have lapsed while no edge ran)."""
+        self._schedule_sweep()
+
     def _schedule_sweep(self) -> None:
         if self._sweeping is None and len(self.bindings):
             self._sweeping = asyncio.get_running_loop().call_later(SWEEP, self._swept)

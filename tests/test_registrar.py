@@ -16,6 +16,7 @@ from imbill.domain.errors import ConfigError
 from imbill.producers.sip import SipRequest, parse_request
 from imbill.producers.sip_proxy import DeliverySettings
 from imbill.producers.config_file import parse_config
+from imbill.producers import sip_registrar
 from imbill.producers.sip_registrar import Registrar, contacts_of
 from imbill.settings import load_settings
 
@@ -243,3 +244,24 @@ def test_a_register_under_the_minimum_is_423_with_min_expires() -> None:
     _, answer = registered(publisher, Clock(), "Contact: <sip:1002@192.0.2.20:5062>;expires=10")
     assert answer.startswith(b"SIP/2.0 423 Interval Too Brief") and b"\r\nMin-Expires: 60\r\n" in answer
     assert publisher.published == []
+
+
+def test_an_edge_sweeps_the_bindings_it_rebuilt_from_the_start(monkeypatch) -> None:
+    """Bindings read from the topic that lapsed while no edge ran are published expired by the
+    first sweep, without waiting for a REGISTER."""
+    monkeypatch.setattr(sip_registrar, "SWEEP", 0.05)
+    publisher, clock = Publisher(), Clock()
+    bindings = Bindings()
+    for event in register((), asked(Contact(UA, 60)), T0, LIMITS):
+        bindings.apply(event)
+    clock.now = T0 + timedelta(hours=1)
+    registrar = Registrar("default", lambda: ConfigState(), bindings=bindings, publish=publisher, clock=clock)
+
+    async def run() -> None:
+        registrar.start()
+        await asyncio.sleep(0.2)
+        registrar.stop()
+
+    asyncio.run(run())
+    assert [(e.state, e.account, e.contact) for e in publisher.published] == [(EXPIRED, "1002", UA)]
+    assert len(bindings) == 0
