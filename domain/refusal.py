@@ -29,6 +29,8 @@ REASON_CODES: Mapping[str, str] = MappingProxyType({
     "insufficient_funds": "The prepaid balance, or the postpaid credit limit, cannot cover the charge.",
     "service_suspended": "The account's messaging service is suspended (wallet empty) until a top-up.",
     "currency_mismatch": "The charge is in another currency than the account's balance.",
+    "undelivered": "The SIP edge could not deliver the on-net message to the recipient's registered Contact (480 no "
+                   "binding, 408 no answer, or the recipient's refusal): not charged unless IMBILL_CHARGE_UNDELIVERED.",
     "outside_dedup_window": "The attempt is dated more than 24 hours before the newest attempt billed to its "
                             "account: a first copy of it may be forgotten, so it is not charged (domain/dedup.py).",
 })

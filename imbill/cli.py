@@ -302,15 +302,24 @@ def rate_set(ctx: click.Context, tariff: str, code: str, price: str, effective_f
 @click.option("--guard-window", type=float, default=None, help="Seconds failures are counted over (default 60).")
 @click.option("--guard-cooldown", type=float, default=None,
               help="Seconds a blocked address is answered 403 (default 300).")
+@click.option("--delivery", type=click.Choice(("off", "on", "required")), default=None,
+              help="Deliver MESSAGEs to registered recipients: on (default; 202 without a binding), "
+                   "required (480 without one) or off.")
+@click.option("--delivery-timeout", type=float, default=None,
+              help="Seconds to wait for the recipient's final answer before 408 (default 8).")
 @click.pass_context
 def edge(ctx: click.Context, host: str | None, port: int | None, guard_failures: int | None,
-         guard_account_failures: int | None, guard_window: float | None, guard_cooldown: float | None) -> None:
-    """Run the SIP edge: MESSAGE -> message-attempt event -> 202 Accepted."""
+         guard_account_failures: int | None, guard_window: float | None, guard_cooldown: float | None,
+         delivery: str | None, delivery_timeout: float | None) -> None:
+    """Run the SIP edge: MESSAGE -> message-attempt event -> 202 Accepted (or the answer of
+    the registered recipient it delivered it to); REGISTER -> bindings."""
     settings = _settings(ctx).with_overrides(
         edge_host=host, edge_port=port, edge_guard_failures=guard_failures,
         edge_guard_account_failures=guard_account_failures, edge_guard_window=guard_window,
-        edge_guard_cooldown=guard_cooldown)
+        edge_guard_cooldown=guard_cooldown, edge_delivery=delivery, edge_delivery_timeout=delivery_timeout)
     settings.guard  # noqa: B018 - refuse a setting out of range in one line, before starting
+    settings.delivery  # noqa: B018
+    settings.register_limits  # noqa: B018
     wiring.edge(settings, say)
 
 
@@ -447,6 +456,17 @@ def rejections(ctx: click.Context, account, reason, since, until, limit, wide, f
     settings = _settings(ctx)
     rows = usecases.rejections(settings, account=account, reason=reason, since=since, until=until, limit=limit)
     _show(presentation.rejection_listing(rows, settings.environment, wide or fmt != "table"), fmt)
+
+
+@cli.command()
+@click.option("--account", help="Only this account.")
+@_format_option()
+@click.pass_context
+def registrations(ctx: click.Context, account: str | None, fmt: str) -> None:
+    """The live REGISTER bindings: contact, expiry, User-Agent, source (from the projection)."""
+    settings = _settings(ctx)
+    rows = usecases.registrations(settings, account=account, now=datetime.now(timezone.utc))
+    _show(presentation.registration_listing(rows, settings.environment), fmt)
 
 
 @cli.command()

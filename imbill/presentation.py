@@ -31,9 +31,9 @@ from imbill.domain.policy import Explanation
 from imbill.domain.rating import Rated, Refusal
 from imbill.producers.config_publisher import PLAN_ORDER, HistoryEntry
 from imbill.producers.sip_client import response_headers
-from imbill.projections.models import RejectedAttempt, Xdr
-from imbill.projections.queries import (AGGREGATE_KINDS, BALANCE_KINDS, REJECTION_COLUMNS, XDR_COLUMNS,
-                                        column_kinds)
+from imbill.projections.models import Registration, RejectedAttempt, Xdr
+from imbill.projections.queries import (AGGREGATE_KINDS, BALANCE_KINDS, REGISTRATION_COLUMNS, REJECTION_COLUMNS,
+                                        XDR_COLUMNS, column_kinds)
 from imbill.schemas.codec import schemas
 from imbill.schemas.topics import CATALOGUE
 
@@ -389,6 +389,12 @@ def rejection_listing(rows: Sequence[Mapping[str, Any]], environment: str, wide:
     columns = REJECTION_COLUMNS if wide else REJECTION_SUMMARY
     return Listing(f"Rejected attempts ({environment}, {len(rows)} rows, times in UTC)", columns, rows,
                    {**column_kinds(RejectedAttempt.__table__), "reason_code": "code"})
+
+
+def registration_listing(rows: Sequence[Mapping[str, Any]], environment: str) -> Listing:
+    count = f"{len(rows)} live binding{'' if len(rows) == 1 else 's'}"
+    return Listing(f"Registrations ({environment}, {count}, times in UTC)", REGISTRATION_COLUMNS,
+                   rows, {**column_kinds(Registration.__table__), "contact": "code"})
 
 
 ACCOUNT_COLUMNS = ("account", "customer", "currency", "product", "balance_model", "opening_balance",

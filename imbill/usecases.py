@@ -33,7 +33,7 @@ from imbill.producers.config_publisher import (ApplyResult, HistoryEntry, apply_
                                                current_state, set_rate as apply_rate)
 from imbill.projections.models import connect
 from imbill.projections.queries import (XdrFilter, aggregate_xdrs, latest_balances, query_balances,
-                                        query_rejections, query_xdrs)
+                                        query_registrations, query_rejections, query_xdrs)
 from imbill.projections.report_data import ReportData, report_data
 from imbill.schemas.codec import event_of
 from imbill.settings import Settings
@@ -326,6 +326,12 @@ def rejections(settings: Settings, *, account: str | None, reason: str | None, s
     with _database(settings, "rejected_attempt") as engine:
         return query_rejections(engine, environment=settings.environment, account=account, reason=reason,
                                 since=since, until=until, limit=limit)
+
+
+def registrations(settings: Settings, *, account: str | None, now: datetime) -> list[dict[str, Any]]:
+    """The live REGISTER bindings of the settings' environment (projection ``registration``)."""
+    with _database(settings, "registration") as engine:
+        return query_registrations(engine, environment=settings.environment, account=account, now=now)
 
 
 def balances(settings: Settings, account: str | None = None) -> list[dict[str, Any]]:

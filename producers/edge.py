@@ -4,12 +4,16 @@
                           401/407/403/400 and nothing published when digest authentication
                           (producers/sip_auth.py) refuses it; 416 for a Request-URI not sip:/sips:;
                           403 + Warning when the sender's messaging is suspended (service status)
-    REGISTER           -> with authentication on: challenged as a MESSAGE, then 200 (no binding is
-                          kept: the Contact is echoed with its expiry); off: 405 as other methods
+                          delivered to an on-net recipient's registered Contact when it has one
+                          (producers/sip_proxy.py): the recipient's final answer relayed (408 when
+                          none comes; 480 without a binding when delivery is required), the
+                          attempt published with the outcome before the answer goes out
+    REGISTER           -> with authentication on: challenged as a MESSAGE, then the registrar's
+                          answer (producers/sip_registrar.py); off: 405 as other methods
     other methods      -> 405 Method Not Allowed, Allow: MESSAGE (ACK: never answered)
     malformed request  -> 400 (505 for another SIP version); without CSeq the 400 carries
                           "CSeq: 0 <method>"; dropped when no Via (or no method) is readable
-    responses          -> dropped, never answered
+    responses          -> to a delivery's client transaction: taken; any other: dropped
 
 A MESSAGE opens a non-INVITE server transaction (RFC 3261 17.2.2) keyed by top Via
 branch + Call-ID + CSeq and kept 32 s (Timer J, 64*T1) in a bounded cache: a
@@ -44,7 +48,8 @@ from typing import Any, Protocol
 from imbill.producers.attempt import attempt_from_request
 from imbill.producers.sip import HeaderFields, SipParseError, SipRequest, header_values, is_response, parse_request
 from imbill.producers.sip_auth import Refusal
-from imbill.producers.sip_grammar import split_commas
+from imbill.producers.sip_proxy import DeliverySettings, Forwarder
+from imbill.producers.sip_registrar import Registrar
 from imbill.producers.sip_responses import ALLOW, build_response
 
 __all__ = ["Authentication", "Done", "EdgeCounters", "Publish", "ServiceStatus", "SipEdge", "Submit", "serve_edge"]
@@ -54,7 +59,6 @@ Done = Callable[[BaseException | None], None]  # None: the broker acknowledged t
 TransactionKey = tuple[str, str, int, str]
 ANSWER_BURST = 32  # a client's socket buffer (SIPp's: 64 KiB) must not meet a batch's answers at once
 SIP_SCHEMES = ("sip:", "sips:")
-MAX_REGISTER_EXPIRES = 3600
 log = logging.getLogger(__name__)
 
 
@@ -95,8 +99,10 @@ class EdgeCounters:
     internal_errors: int = 0
     unsupported_scheme: int = 0  # answered 416: a Request-URI neither sip: nor sips:
     unauthenticated: int = 0  # refused by authentication: 401/407 (challenged), 400 or 403
-    registered: int = 0  # REGISTER authenticated, answered 200
+    registered: int = 0  # REGISTER authenticated, handed to the registrar
     suspended: int = 0  # MESSAGE from an account whose messaging is suspended, answered 403
+    delivered: int = 0  # MESSAGE delivered to a recipient's binding: a 2xx relayed
+    undelivered: int = 0  # MESSAGE to an on-net recipient not delivered: 480, 408 or its refusal
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -175,11 +181,15 @@ class SipEdge(asyncio.DatagramProtocol):
         vendor_peers: frozenset[str] = frozenset(),
         authentication: Authentication | None,
         service_status: ServiceStatus | None = None,
+        registrar: Registrar | None = None,
+        delivery: DeliverySettings = DeliverySettings(),
     ) -> None:
         """``authentication``: None only where every peer is trusted (tests of other parts);
         ``imbill edge`` always passes the environment's (on unless its config turns it off).
         ``service_status``: MESSAGEs from suspended accounts are answered 403 (``imbill edge``
-        passes the service-status topic's reader)."""
+        passes the service-status topic's reader). ``registrar``: REGISTER keeps bindings there
+        and MESSAGEs to registered recipients are delivered per ``delivery`` (None: REGISTER
+        gets 405 and nothing is delivered)."""
         self._publisher = publish if hasattr(publish, "submit") else _TaskPerAttempt(publish)
         self._environment, self._edge_id = environment, edge_id
         self._host, self._port, self._server, self._clock = host, port, server, clock
@@ -197,6 +207,8 @@ class SipEdge(asyncio.DatagramProtocol):
         """Source addresses of vendor connections: their MESSAGEs are incoming (free by default)."""
         self._auth = authentication
         self._service_status = service_status
+        self._registrar, self._delivery = registrar, delivery
+        self._forwarder: Forwarder | None = None
 
     @property
     def counters(self) -> EdgeCounters:
@@ -213,12 +225,19 @@ class SipEdge(asyncio.DatagramProtocol):
         await self._loop.create_datagram_endpoint(lambda: self, local_addr=(self._host, self._port))
         assert self._transport is not None
         _enlarge_receive_buffer(self._transport.get_extra_info("socket"), self._receive_buffer)
+        self._forwarder = Forwarder(self._send, *self.address, self._delivery)
+        if self._registrar is not None:
+            self._registrar.start()
         log.info("SIP edge %s listening on %s:%s/udp", self._edge_id, *self.address)
         return self.address
 
     async def stop(self, grace: float = 5.0) -> None:
         """Answer new MESSAGEs 503, let pending publishes finish and answer (`grace` s), close."""
         self._stopping = True
+        if self._forwarder is not None:
+            self._forwarder.cancel()  # each undelivered MESSAGE: 408, published as failed
+        if self._registrar is not None:
+            self._registrar.stop()
         if self._pending and self._loop is not None:
             self._drained = self._loop.create_future()
             try:
@@ -251,7 +270,8 @@ class SipEdge(asyncio.DatagramProtocol):
             self._counters.ignored += 1  # CRLF keep-alive (RFC 5626 4.4.1)
             return
         if is_response(data):
-            self._counters.dropped_responses += 1
+            if self._forwarder is None or not self._forwarder.on_response(data):
+                self._counters.dropped_responses += 1
             return
         request = parse_request(data)
         if isinstance(request, SipParseError):
@@ -260,11 +280,11 @@ class SipEdge(asyncio.DatagramProtocol):
             self._on_message(request, addr)
         elif request.method == "ACK":
             self._counters.ignored += 1
-        elif request.method == "REGISTER" and self._auth is not None and self._auth.required():
+        elif request.method == "REGISTER" and self._registers():
             self._on_register(request, addr)
         else:
             self._counters.rejected_method += 1
-            registers = self._auth is not None and self._auth.required()
+            registers = self._registers()
             self._answer(request.headers, 405, addr, allow=f"{ALLOW}, REGISTER" if registers else ALLOW)
 
     def _reject_malformed(self, error: SipParseError, addr: tuple[str, int]) -> None:
@@ -308,20 +328,28 @@ class SipEdge(asyncio.DatagramProtocol):
                              "top up the account")
         return True
 
+    def _registers(self) -> bool:
+        """REGISTER is served only where it is authenticated: a binding steers an account's messages."""
+        return self._registrar is not None and self._auth is not None and self._auth.required()
+
     def _on_register(self, request: SipRequest, addr: tuple[str, int]) -> None:
-        """Authenticated like a MESSAGE; then 200 echoing the Contact (no binding is kept)."""
-        assert self._loop is not None
+        """Authenticated like a MESSAGE; then the registrar's answer (200 once its events are stored)."""
+        assert self._loop is not None and self._registrar is not None
         key = (request.branch or "", request.call_id, request.cseq, request.cseq_method)
         now = self._loop.time()
         known, response = self._transactions.lookup(key, now)
         if known:
             self._counters.retransmissions += 1
-            self._send(response, addr)
+            self._send(response, addr)  # None while its events are published: absorbed
         elif not self._refused(request, addr):
             self._counters.registered += 1
-            response = build_response(request.headers, 200, server=self._server, extra=_bindings(request))
-            self._transactions.record(key, response, now)
-            self._send(response, addr)
+            self._transactions.record(key, None, now)
+            self._registrar.register(request, addr, "UDP", partial(self._registered, key, addr))
+
+    def _registered(self, key: TransactionKey, addr: tuple[str, int], response: bytes | None) -> None:
+        assert self._loop is not None
+        self._transactions.record(key, response, self._loop.time())
+        self._send(response, addr)
 
     def _on_message(self, request: SipRequest, addr: tuple[str, int]) -> None:
         assert self._loop is not None
@@ -350,23 +378,70 @@ class SipEdge(asyncio.DatagramProtocol):
             edge_id=self._edge_id,
             direction="incoming" if addr[0] in self._vendor_peers else "outgoing",
         )
+        target = self._target(request) if self._registrar is not None else None
+        if target is not None and type(target) is not int:
+            if not self._forwarder.forward(request, target.contact, _address(target.source),
+                                           partial(self._delivered, attempt, request.headers, addr, key)):
+                self._answer(request.headers, 483, addr)
+                return
+            self._transactions.record(key, None, now)
+            self._pending += 1
+            return
         self._transactions.record(key, None, now)
         self._pending += 1
-        done = partial(self._published, attempt.attempt_id, request.headers, addr, key)
+        if target is not None:  # required, and no binding
+            self._delivered(attempt, request.headers, addr, key, target, None)
+        else:
+            self._submit(attempt, request.headers, addr, key, None)
+
+    def _target(self, request: SipRequest) -> Any:
+        """Where a MESSAGE is delivered: the recipient's newest live binding; 480 when an account
+        without one must be delivered to; None when the edge does not deliver it (delivery off,
+        off-net, or no binding unless required)."""
+        mode = self._delivery.mode
+        if mode == "off" or (mode == "on" and not self._registrar.bindings):
+            return None
+        account, bindings = self._registrar.live(request.to_user)
+        if bindings:
+            return bindings[0]
+        return 480 if account is not None and mode == "required" else None
+
+    def _with_binding_user_agent(self, attempt: Any) -> Any:
+        """A MESSAGE without User-Agent: the sender's registered client's (what policies match)."""
+        if attempt.user_agent is not None or self._registrar is None or not self._registrar.bindings:
+            return attempt
+        _, bindings = self._registrar.live(attempt.from_user)
+        return replace(attempt, user_agent=bindings[0].user_agent) if bindings else attempt
+
+    def _delivered(self, attempt: Any, headers: HeaderFields, addr: tuple[str, int], key: TransactionKey,
+                   status: int, relayed: bytes | None) -> None:
+        """The delivery's outcome: published with the attempt, then its answer relayed."""
+        delivered = 200 <= status < 300
+        if delivered:
+            self._counters.delivered += 1
+        else:
+            self._counters.undelivered += 1
+        outcome = replace(attempt, delivery="delivered" if delivered else "failed", delivery_code=status)
+        self._submit(outcome, headers, addr, key, relayed or build_response(headers, status, server=self._server))
+
+    def _submit(self, attempt: Any, headers: HeaderFields, addr: tuple[str, int], key: TransactionKey,
+                answer: bytes | None) -> None:
+        done = partial(self._published, attempt.attempt_id, headers, addr, key, answer)
         try:
-            self._publisher.submit(attempt, done)
+            self._publisher.submit(self._with_binding_user_agent(attempt), done)
         except Exception as exc:  # noqa: BLE001 - a 500 now, not a transaction pending forever
             done(exc)
 
     def _published(
         self, attempt_id: str, headers: HeaderFields, addr: tuple[str, int], key: TransactionKey,
-        error: BaseException | None,
+        answer: bytes | None, error: BaseException | None,
     ) -> None:
-        """The publisher settled an attempt: 202 if the broker acknowledged it, else 500."""
+        """The publisher settled an attempt: its answer (202, or the delivery's) if the broker
+        acknowledged it, else 500."""
         if error is None:
             self._counters.accepted += 1
             self._publish_failing = False
-            response = build_response(headers, 202, server=self._server)
+            response = answer or build_response(headers, 202, server=self._server)
         else:
             self._counters.publish_failures += 1
             self._log_publish_failure(attempt_id, error)
@@ -417,14 +492,10 @@ def _claimed(request: SipRequest) -> str:
     return request.to_user if request.method == "REGISTER" else request.from_user
 
 
-def _bindings(request: SipRequest) -> tuple[tuple[str, str], ...]:
-    """The Contact fields of a REGISTER as a registrar would list them (expires capped)."""
-    expires = request.header("Expires")
-    seconds = min(int(expires), MAX_REGISTER_EXPIRES) if expires and expires.isdigit() else MAX_REGISTER_EXPIRES
-    contacts = [item for value in header_values(request.headers, "Contact") if value != "*"
-                for item in split_commas(value)]
-    return tuple(("Contact", f"{value};expires={seconds}" if "expires=" not in value.lower() else value)
-                 for value in contacts)
+def _address(source: str) -> tuple[str, int]:
+    """The (host, port) of a binding's source, "host:port" (IPv6: "[::1]:5060" or "::1:5060")."""
+    host, _, port = source.rpartition(":")
+    return host.strip("[]"), int(port)
 
 
 def _enlarge_receive_buffer(sock: socket.socket, size: int) -> None:

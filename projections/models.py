@@ -29,7 +29,7 @@ from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = ["Base", "metadata", "Money", "UtcDateTime", "Xdr", "RejectedAttempt", "BalanceEvent",
-           "ServiceStatusEvent", "RejectedPayment", "RejectedConfigEvent", "ConfigEvent", "ConfigObject",
+           "ServiceStatusEvent", "Registration", "RejectedPayment", "RejectedConfigEvent", "ConfigEvent", "ConfigObject",
            "ProjectionOffset", "migrate", "alembic_config", "connect", "to_json", "MIGRATIONS", "VIEWS"]
 
 MIGRATIONS = "imbill.projections:migrations"
@@ -148,6 +148,10 @@ class Xdr(_Source, Base):
     destination_description: Mapped[str | None]
     user_agent: Mapped[str | None]
     margin: Mapped[Decimal | None]
+    delivery: Mapped[str | None]
+    """delivered or failed when the SIP edge delivered the message itself (migration 0007)."""
+    delivery_code: Mapped[int | None]
+    """The final SIP status of that delivery."""
 
 
 class RejectedAttempt(_Source, Base):
@@ -237,6 +241,29 @@ class ServiceStatusEvent(_Source, Base):
     cause_id: Mapped[str]
     occurred_at: Mapped[datetime]
     push_events: Mapped[bool]
+
+
+class Registration(_Source, Base):
+    """The live bindings of REGISTER: the fold of the registrations topic, one row per
+    account and contact (bound or refreshed: the row; removed or expired: no row). A row
+    whose ``expires_at`` is past has lapsed (its expired event may not be written yet)."""
+
+    __tablename__ = "registration"
+    __table_args__ = (sa.Index("ix_registration_expires_at", "expires_at"),)
+
+    environment: Mapped[str] = mapped_column(primary_key=True)
+    account: Mapped[str] = mapped_column(primary_key=True)
+    contact_key: Mapped[str] = mapped_column(primary_key=True)
+    contact: Mapped[str]
+    expires_at: Mapped[datetime]
+    user_agent: Mapped[str | None]
+    source: Mapped[str]
+    transport: Mapped[str]
+    call_id: Mapped[str]
+    cseq: Mapped[int] = mapped_column(sa.BigInteger)
+    state: Mapped[str]
+    updated_at: Mapped[datetime]
+    event_id: Mapped[str]
 
 
 class ConfigEvent(Base):

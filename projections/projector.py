@@ -49,17 +49,18 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from imbill.bus import Envelope, partitions_of, read_to_end
 from imbill.domain.errors import BrokerError, LogReset, SchemaError
-from imbill.projections.models import (BalanceEvent, ConfigEvent, ConfigObject, ProjectionOffset,
+from imbill.projections.models import (BalanceEvent, ConfigEvent, ConfigObject, ProjectionOffset, Registration,
                                        RejectedAttempt, RejectedConfigEvent, RejectedPayment, ServiceStatusEvent,
                                        Xdr, connect, migrate, to_json)
 from imbill.projections.plausible import implausible
 from imbill.domain.config import KIND_BY_EVENT, ConfigState, object_key, to_record
 from imbill.domain.events import ConfigObjectDefined, ConfigObjectRemoved
+from imbill.domain.registrations import BOUND, REFRESHED, contact_key
 from imbill.schemas.codec import decode, event_of
 from imbill.projections.reset_check import check_log, fingerprint, reset_message
 from imbill.schemas.topics import Topics
 
-__all__ = ["XdrProjector", "ConfigProjector", "redacted", "XDR_MAPPERS", "CONFIG_MAPPERS", "insert_rows", "fold_config_objects"]
+__all__ = ["XdrProjector", "ConfigProjector", "RegistrationProjector", "REGISTRATION_MAPPERS", "redacted", "XDR_MAPPERS", "CONFIG_MAPPERS", "insert_rows", "fold_config_objects"]
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +162,14 @@ XDR_MAPPERS: Dispatch = {
     "BalanceChanged": (BalanceEvent.__table__, balance_row),
     "ServiceStatusChanged": (ServiceStatusEvent.__table__, service_status_row),
 }
+def registration_row(envelope: Envelope) -> Row:
+    """The binding a RegistrationChanged leaves (bound, refreshed; the key of a removed one)."""
+    record = envelope.record
+    return {**_columns_of(Registration.__table__, envelope), "contact_key": contact_key(record["contact"]),
+            "updated_at": record["occurred_at"]}
+
+
+REGISTRATION_MAPPERS: Dispatch = {"RegistrationChanged": (Registration.__table__, registration_row)}
 CONFIG_MAPPERS: Dispatch = {**{name: (ConfigEvent.__table__, config_event_row)
                                for name in (*KIND_BY_EVENT, "ConfigObjectRemoved")},
                             "ConfigEventRejected": (RejectedConfigEvent.__table__, config_rejection_row)}
@@ -415,6 +424,37 @@ class XdrProjector(_TopicProjector):
         super().__init__(database_url, bootstrap_servers, topics,
                          [topics.charges, topics.rejections, topics.balances, topics.service_status],
                          XDR_MAPPERS, name=name, **options)
+
+
+class RegistrationProjector(_TopicProjector):
+    """The live bindings of REGISTER into ``registration``: a bound or refreshed binding is
+    its row (replacing the account's earlier row of that contact), a removed or expired one
+    deletes it. Applied in topic order; one account's events are on one partition."""
+
+    typed = False
+
+    def __init__(self, database_url: str, bootstrap_servers: str, topics: Topics, name: str = "registrations",
+                 **options: Any) -> None:
+        super().__init__(database_url, bootstrap_servers, topics, [topics.registrations], REGISTRATION_MAPPERS,
+                         name=name, **options)
+
+    def _apply(self, conn: sa.Connection, envelopes: Iterable[Envelope]) -> int:
+        last: dict[tuple[str, str, str], Row] = {}
+        applied = 0
+        for envelope in envelopes:
+            row = registration_row(envelope)
+            last[(row["environment"], row["account"], row["contact_key"])] = row
+            applied += 1
+        table = Registration.__table__
+        for environment, account, key in last:
+            conn.execute(table.delete().where(table.c.environment == environment, table.c.account == account,
+                                              table.c.contact_key == key))
+        kept = [row for row in last.values() if row["state"] in (BOUND, REFRESHED)]
+        if conn.dialect.name == "postgresql":  # its text cannot hold NUL (a hostile User-Agent)
+            kept = [_without_nul(row) for row in kept]
+        if kept:
+            conn.execute(table.insert(), kept)
+        return applied
 
 
 class ConfigProjector(_TopicProjector):

@@ -19,17 +19,20 @@ from typing import Any, Mapping
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from imbill.projections.models import (BalanceEvent, ConfigObject, RejectedAttempt, ServiceStatusEvent, UtcDateTime,
-                                       Xdr)
+from imbill.projections.models import (BalanceEvent, ConfigObject, Registration, RejectedAttempt,
+                                       ServiceStatusEvent, UtcDateTime, Xdr)
 
 __all__ = ["XDR_COLUMNS", "AGGREGATIONS", "XdrFilter", "column_kinds", "query_xdrs", "aggregate_xdrs",
            "AGGREGATE_KINDS", "REJECTION_COLUMNS", "query_rejections", "BALANCE_KINDS", "query_balances",
-           "latest_balances"]
+           "latest_balances", "REGISTRATION_COLUMNS", "query_registrations"]
 
 XDR_COLUMNS: tuple[str, ...] = tuple(Xdr.__table__.columns.keys())
 """Every column of an xDR row, in table order (new columns of a migration included)."""
 
 REJECTION_COLUMNS: tuple[str, ...] = tuple(RejectedAttempt.__table__.columns.keys())
+REGISTRATION_COLUMNS = ("account", "contact", "expires_at", "user_agent", "source", "transport", "state",
+                        "updated_at")
+"""The columns ``imbill registrations`` shows, in order."""
 
 AGGREGATIONS: tuple[str, ...] = ("hour", "day", "customer", "destination", "vendor")
 """What ``aggregate_xdrs`` groups by (with the currency: amounts are summed per currency)."""
@@ -164,6 +167,19 @@ def query_rejections(engine: Engine, *, environment: str | None = None, account:
         clauses.append(table.c.attempted_at < until)
     query = (sa.select(table).where(*clauses)
              .order_by(table.c.attempted_at.desc(), table.c.rejection_id.desc()).limit(limit))
+    with engine.connect() as conn:
+        return [dict(row) for row in conn.execute(query).mappings()]
+
+
+def query_registrations(engine: Engine, *, environment: str, now: datetime,
+                        account: str | None = None) -> list[dict[str, Any]]:
+    """The live bindings (``expires_at`` after ``now``: a lapsed one may still have its row
+    until its expired event is projected), by account, the most recently changed first."""
+    table = Registration.__table__
+    clauses = [table.c.environment == environment, table.c.expires_at > now]
+    if account is not None:
+        clauses.append(table.c.account == account)
+    query = sa.select(table).where(*clauses).order_by(table.c.account, table.c.updated_at.desc())
     with engine.connect() as conn:
         return [dict(row) for row in conn.execute(query).mappings()]
 
