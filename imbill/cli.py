@@ -293,8 +293,8 @@ def rate_set(ctx: click.Context, tariff: str, code: str, price: str, effective_f
 
 
 @cli.command()
-@click.option("--host", default=None, help="UDP address to listen on (default 127.0.0.1).")
-@click.option("--port", type=int, default=None, help="UDP port (default 5060).")
+@click.option("--host", default=None, help="Address to listen on, UDP and TCP (default 127.0.0.1).")
+@click.option("--port", type=int, default=None, help="UDP and TCP port (default 5060).")
 @click.option("--guard-failures", type=int, default=None,
               help="Failed authentications from one address that block it (default 10; 0: no guard).")
 @click.option("--guard-account-failures", type=int, default=None,
@@ -302,15 +302,29 @@ def rate_set(ctx: click.Context, tariff: str, code: str, price: str, effective_f
 @click.option("--guard-window", type=float, default=None, help="Seconds failures are counted over (default 60).")
 @click.option("--guard-cooldown", type=float, default=None,
               help="Seconds a blocked address is answered 403 (default 300).")
+@click.option("--default-environment", default=None,
+              help="Environment of a SIP domain no environment lists (default: the environment, "
+                   "while it lists no sip_domains).")
+@click.option("--tcp-max-connections", type=int, default=None,
+              help="TCP connections open at once (default 1024; 0: UDP only).")
+@click.option("--tcp-max-per-source", type=int, default=None,
+              help="TCP connections open at once from one address (default 64).")
+@click.option("--tcp-idle-timeout", type=float, default=None,
+              help="Seconds a TCP connection may stay without a message (default 300).")
 @click.pass_context
 def edge(ctx: click.Context, host: str | None, port: int | None, guard_failures: int | None,
-         guard_account_failures: int | None, guard_window: float | None, guard_cooldown: float | None) -> None:
-    """Run the SIP edge: MESSAGE -> message-attempt event -> 202 Accepted."""
+         guard_account_failures: int | None, guard_window: float | None, guard_cooldown: float | None,
+         default_environment: str | None, tcp_max_connections: int | None, tcp_max_per_source: int | None,
+         tcp_idle_timeout: float | None) -> None:
+    """Run the SIP edge (UDP and TCP): MESSAGE -> message-attempt event -> 202 Accepted."""
     settings = _settings(ctx).with_overrides(
         edge_host=host, edge_port=port, edge_guard_failures=guard_failures,
         edge_guard_account_failures=guard_account_failures, edge_guard_window=guard_window,
-        edge_guard_cooldown=guard_cooldown)
+        edge_guard_cooldown=guard_cooldown, edge_default_environment=default_environment,
+        edge_tcp_max_connections=tcp_max_connections, edge_tcp_max_per_source=tcp_max_per_source,
+        edge_tcp_idle_timeout=tcp_idle_timeout)
     settings.guard  # noqa: B018 - refuse a setting out of range in one line, before starting
+    settings.tcp  # noqa: B018
     wiring.edge(settings, say)
 
 

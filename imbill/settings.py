@@ -19,11 +19,13 @@ from imbill.domain.errors import ConfigError
 from imbill.domain.money import PAYMENT_LIMIT
 from imbill.domain.rating import CLOCK_SKEW
 from imbill.producers.sip_guard import GuardLimits
+from imbill.producers.sip_tcp import TcpLimits
 from imbill.schemas.topics import Topics
 
 __all__ = ["Settings", "load_settings", "child_environment", "DEFAULT_EXAMPLE"]
 
 _GUARD = GuardLimits()
+_TCP = TcpLimits()
 DEFAULT_EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "instant-messaging.yaml"
 
 
@@ -54,6 +56,15 @@ class Settings:
     that fails on it is blocked at its first failure (the account itself is never blocked)."""
     edge_guard_window: float = _GUARD.window
     edge_guard_cooldown: float = _GUARD.cooldown
+    edge_default_environment: str = ""
+    """The environment of a SIP domain no environment's ``sip_domains`` lists; "": the edge's
+    ``environment`` while it lists no domains, else none (404). See producers/sip_domains.py."""
+    edge_tcp_max_connections: int = _TCP.max_connections
+    """TCP connections the edge keeps open at once (0: UDP only)."""
+    edge_tcp_max_per_source: int = _TCP.max_per_source
+    """TCP connections open at once from one address."""
+    edge_tcp_idle_timeout: float = _TCP.idle_timeout
+    """Seconds a TCP connection may go without a complete message or keep-alive."""
     external_broker: bool = False
     """The bootstrap servers were given (flag or IMBILL_BOOTSTRAP_SERVERS): ``imbill run``
     uses that broker instead of starting the embedded one."""
@@ -79,6 +90,15 @@ class Settings:
         except ValueError as exc:
             raise ConfigError(f"settings: {exc}") from None
 
+    @property
+    def tcp(self) -> TcpLimits:
+        """The edge's TCP limits; ConfigError names a setting out of range."""
+        try:
+            return TcpLimits(int(self.edge_tcp_max_connections), int(self.edge_tcp_max_per_source),
+                             float(self.edge_tcp_idle_timeout))
+        except ValueError as exc:
+            raise ConfigError(f"settings: {exc}") from None
+
     def with_overrides(self, **values: object) -> "Settings":
         return replace(self, **{k: v for k, v in values.items() if v is not None})
 
@@ -96,6 +116,7 @@ _FROM_TEXT: Mapping[str, Callable[[str], Any]] = {
     "payment_maximum": Decimal, "attempt_clock_skew": float,
     "edge_guard_failures": int, "edge_guard_account_failures": int, "edge_guard_window": float,
     "edge_guard_cooldown": float,
+    "edge_tcp_max_connections": int, "edge_tcp_max_per_source": int, "edge_tcp_idle_timeout": float,
     "external_broker": lambda text: text.lower() in ("1", "true", "yes"),
 }
 _TO_TEXT: Mapping[str, Callable[[Any], str]] = {"edge_vendor_peers": ",".join}

@@ -1,6 +1,8 @@
 """The SIP edge: a UDP server that turns SIP MESSAGE requests into MessageAttempt events.
 
     MESSAGE            -> publish(attempt), then 202 Accepted (500 + Retry-After if publish raised)
+                          404 and nothing published when no environment serves its domain
+                          (producers/sip_domains.py: the From host; the Request-URI's when incoming)
                           401/407/403/400 and nothing published when digest authentication
                           (producers/sip_auth.py) refuses it; 416 for a Request-URI not sip:/sips:;
                           403 + Warning when the sender's messaging is suspended (service status)
@@ -27,6 +29,12 @@ receive buffer would drop (and the client retransmit 500 ms later).
 Responses go to the source address and port of the datagram (symmetric response
 routing, as RFC 3581 rport does), not to the Via sent-by of RFC 3261 18.2.2: that
 is what reaches clients behind NAT and test harnesses on ephemeral ports.
+
+With ``tcp`` limits, the edge also listens on TCP on the same port (producers/sip_tcp.py):
+each message cut from a stream is handled as a datagram, with the same parsing, and its
+answers are written back on its connection (a TcpPeer stands for the source address); its
+attempt's transport is TCP. An answer whose connection has closed is dropped (the client
+opens a new one and sends again; the transaction cache answers it).
 """
 
 from __future__ import annotations
@@ -46,6 +54,7 @@ from imbill.producers.sip import HeaderFields, SipParseError, SipRequest, header
 from imbill.producers.sip_auth import Refusal
 from imbill.producers.sip_grammar import split_commas
 from imbill.producers.sip_responses import ALLOW, build_response
+from imbill.producers.sip_tcp import TcpLimits, TcpPeer, TcpServer
 
 __all__ = ["Authentication", "Done", "EdgeCounters", "Publish", "ServiceStatus", "SipEdge", "Submit", "serve_edge"]
 
@@ -59,18 +68,28 @@ log = logging.getLogger(__name__)
 
 
 class Authentication(Protocol):
-    """Digest authentication (producers.sip_auth.DigestAuthenticator)."""
+    """Digest authentication (producers.sip_auth.DigestAuthenticator); ``environment``: the
+    request's (None: the edge's own)."""
 
-    def required(self) -> bool: ...
+    def required(self, environment: str | None = None) -> bool: ...
 
-    def check(self, request: SipRequest, claimed: str, source: str = "") -> Refusal | None: ...
+    def check(self, request: SipRequest, claimed: str, source: str = "",
+              environment: str | None = None) -> Refusal | None: ...
 
 
 class ServiceStatus(Protocol):
-    """The service status of the environment's accounts (streams.status_reader.ServiceStatusReader)."""
+    """The service status of the accounts (streams.status_reader.ServiceStatusReader)."""
 
-    def suspended(self, account: str) -> str | None:
-        """Why ``account``'s messaging is suspended (e.g. "wallet empty"), or None."""
+    def suspended(self, account: str, environment: str | None = None) -> str | None:
+        """Why ``account``'s messaging is suspended in ``environment`` (e.g. "wallet empty"), or None."""
+        ...
+
+
+class Environments(Protocol):
+    """The environment of a request, from its domain (producers.sip_domains.EnvironmentsByDomain)."""
+
+    def of(self, request: SipRequest, incoming: bool = False) -> str | None:
+        """None: no environment serves the request's domain (answered 404)."""
         ...
 
 
@@ -97,6 +116,7 @@ class EdgeCounters:
     unauthenticated: int = 0  # refused by authentication: 401/407 (challenged), 400 or 403
     registered: int = 0  # REGISTER authenticated, answered 200
     suspended: int = 0  # MESSAGE from an account whose messaging is suspended, answered 403
+    unknown_domain: int = 0  # MESSAGE or REGISTER for a domain no environment serves, answered 404
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -175,11 +195,15 @@ class SipEdge(asyncio.DatagramProtocol):
         vendor_peers: frozenset[str] = frozenset(),
         authentication: Authentication | None,
         service_status: ServiceStatus | None = None,
+        environments: Environments | None = None,
+        tcp: TcpLimits | None = None,
     ) -> None:
         """``authentication``: None only where every peer is trusted (tests of other parts);
         ``imbill edge`` always passes the environment's (on unless its config turns it off).
         ``service_status``: MESSAGEs from suspended accounts are answered 403 (``imbill edge``
-        passes the service-status topic's reader)."""
+        passes the service-status topic's reader). ``environments``: the environment of each
+        request from its domain (None: every request is ``environment``'s). ``tcp``: also
+        listen on TCP, on the same port, within these limits (None or 0 connections: UDP only)."""
         self._publisher = publish if hasattr(publish, "submit") else _TaskPerAttempt(publish)
         self._environment, self._edge_id = environment, edge_id
         self._host, self._port, self._server, self._clock = host, port, server, clock
@@ -197,6 +221,8 @@ class SipEdge(asyncio.DatagramProtocol):
         """Source addresses of vendor connections: their MESSAGEs are incoming (free by default)."""
         self._auth = authentication
         self._service_status = service_status
+        self._environments = environments
+        self._tcp = TcpServer(self.datagram_received, tcp, server=server) if tcp is not None and tcp.on else None
 
     @property
     def counters(self) -> EdgeCounters:
@@ -208,12 +234,23 @@ class SipEdge(asyncio.DatagramProtocol):
             raise RuntimeError("the SIP edge is not started")
         return self._transport.get_extra_info("sockname")[:2]
 
+    @property
+    def tcp(self) -> TcpServer | None:
+        return self._tcp
+
     async def start(self) -> tuple[str, int]:
         self._loop = asyncio.get_running_loop()
         await self._loop.create_datagram_endpoint(lambda: self, local_addr=(self._host, self._port))
         assert self._transport is not None
         _enlarge_receive_buffer(self._transport.get_extra_info("socket"), self._receive_buffer)
-        log.info("SIP edge %s listening on %s:%s/udp", self._edge_id, *self.address)
+        if self._tcp is not None:
+            try:
+                await self._tcp.start(self._host, self.address[1])  # the port UDP got, also when asked for 0
+            except OSError:
+                self._transport.close()
+                raise
+        log.info("SIP edge %s listening on %s:%s/udp%s", self._edge_id, *self.address,
+                 " and tcp" if self._tcp is not None else "")
         return self.address
 
     async def stop(self, grace: float = 5.0) -> None:
@@ -229,6 +266,8 @@ class SipEdge(asyncio.DatagramProtocol):
             self._publisher.cancel()
         while self._outbox:
             self._send(*self._outbox.popleft())
+        if self._tcp is not None:
+            await self._tcp.stop()
         if self._transport is not None:
             self._transport.close()
 
@@ -260,7 +299,7 @@ class SipEdge(asyncio.DatagramProtocol):
             self._on_message(request, addr)
         elif request.method == "ACK":
             self._counters.ignored += 1
-        elif request.method == "REGISTER" and self._auth is not None and self._auth.required():
+        elif request.method == "REGISTER" and self._auth is not None:
             self._on_register(request, addr)
         else:
             self._counters.rejected_method += 1
@@ -276,30 +315,47 @@ class SipEdge(asyncio.DatagramProtocol):
         if self._answer(headers, error.status, addr, warning=error.reason) is None:
             self._counters.dropped_malformed += 1
 
-    def _refused(self, request: SipRequest, addr: tuple[str, int]) -> bool:
-        """Answer what the request gets instead of a publish, if anything: 416 for a non-SIP
-        Request-URI, or authentication's refusal. Answered statelessly (a retransmission is
-        challenged again, with a fresh nonce): refusals are not remembered, so requests that
-        are never authenticated cannot fill the edge's memory with copies of their headers."""
-        if not request.request_uri.startswith(SIP_SCHEMES) and not request.request_uri[:5].lower().startswith(
-                SIP_SCHEMES):
-            self._counters.unsupported_scheme += 1
-            self._answer(request.headers, 416, addr)
-            return True
-        refusal = self._auth.check(request, _claimed(request), addr[0]) if self._auth is not None else None
+    def _environment_of(self, request: SipRequest, addr: tuple[str, int]) -> str | None:
+        """The request's environment; None (after answering 404) when no environment serves
+        its domain: nothing is published for it, nor authenticated in a tenant it is not of."""
+        if self._environments is None:
+            return self._environment
+        environment = self._environments.of(request, incoming=addr[0] in self._vendor_peers)
+        if environment is None:
+            self._counters.unknown_domain += 1
+            self._answer(request.headers, 404, addr, warning="no environment serves the domain of this request")
+        return environment
+
+    def _unsupported_scheme(self, request: SipRequest, addr: tuple[str, int]) -> bool:
+        """A Request-URI neither sip: nor sips: (e.g. mailto:) is answered 416, before anything else."""
+        uri = request.request_uri
+        if uri.startswith(SIP_SCHEMES) or uri[:5].lower().startswith(SIP_SCHEMES):
+            return False
+        self._counters.unsupported_scheme += 1
+        self._answer(request.headers, 416, addr)
+        return True
+
+    def _refused(self, request: SipRequest, addr: tuple[str, int], environment: str) -> bool:
+        """Answer authentication's refusal in the request's environment, if any. Answered
+        statelessly (a retransmission is challenged again, with a fresh nonce): refusals are
+        not remembered, so requests that are never authenticated cannot fill the edge's
+        memory with copies of their headers."""
+        if self._auth is None:
+            return False
+        refusal = self._auth.check(request, _claimed(request), addr[0], environment)
         if refusal is None:
             return False
         self._counters.unauthenticated += 1
         self._answer(request.headers, refusal.status, addr, warning=refusal.warning, extra=refusal.headers)
         return True
 
-    def _suspended(self, request: SipRequest, addr: tuple[str, int]) -> bool:
+    def _suspended(self, request: SipRequest, addr: tuple[str, int], environment: str) -> bool:
         """A MESSAGE from an account whose messaging is suspended: 403 naming why, nothing
         published (stateless, like the other refusals). Incoming messages (vendor peers) are
         left to the processor, which refuses a suspended recipient."""
         if self._service_status is None or addr[0] in self._vendor_peers:
             return False
-        reason = self._service_status.suspended(request.from_user)
+        reason = self._service_status.suspended(request.from_user, environment)
         if reason is None:
             return False
         self._counters.suspended += 1
@@ -317,7 +373,16 @@ class SipEdge(asyncio.DatagramProtocol):
         if known:
             self._counters.retransmissions += 1
             self._send(response, addr)
-        elif not self._refused(request, addr):
+            return
+        if self._unsupported_scheme(request, addr):
+            return
+        environment = self._environment_of(request, addr)
+        if environment is None:
+            return
+        if not self._auth.required(environment):  # type: ignore[union-attr]
+            self._counters.rejected_method += 1
+            self._answer(request.headers, 405, addr, allow=ALLOW)
+        elif not self._refused(request, addr, environment):
             self._counters.registered += 1
             response = build_response(request.headers, 200, server=self._server, extra=_bindings(request))
             self._transactions.record(key, response, now)
@@ -332,10 +397,12 @@ class SipEdge(asyncio.DatagramProtocol):
             self._counters.retransmissions += 1
             self._send(response, addr)  # None while pending: absorbed
             return
-        if self._auth is not None or not request.request_uri.startswith(SIP_SCHEMES):
-            if self._refused(request, addr):
-                return
-        if self._suspended(request, addr):
+        if self._unsupported_scheme(request, addr):
+            return
+        environment = self._environment_of(request, addr)
+        if environment is None or self._refused(request, addr, environment):
+            return
+        if self._suspended(request, addr, environment):
             return
         if self._stopping or self._pending >= self._max_pending:
             self._counters.unavailable += 1
@@ -343,10 +410,11 @@ class SipEdge(asyncio.DatagramProtocol):
             return
         attempt = attempt_from_request(
             request,
-            environment=self._environment,
+            environment=environment,
             received_at=self._clock(),
             source_ip=addr[0],
             source_port=addr[1],
+            transport="TCP" if type(addr) is TcpPeer else "UDP",
             edge_id=self._edge_id,
             direction="incoming" if addr[0] in self._vendor_peers else "outgoing",
         )
@@ -408,7 +476,11 @@ class SipEdge(asyncio.DatagramProtocol):
         return response
 
     def _send(self, response: bytes | None, addr: tuple[str, int]) -> None:
-        if response is not None and self._transport is not None and not self._transport.is_closing():
+        if response is None:
+            return
+        if type(addr) is TcpPeer:
+            addr.send(response)
+        elif self._transport is not None and not self._transport.is_closing():
             self._transport.sendto(response, addr)
 
 

@@ -30,6 +30,7 @@ REASON_PHRASES = {
     400: "Bad Request",
     401: "Unauthorized",
     403: "Forbidden",
+    404: "Not Found",
     405: "Method Not Allowed",
     407: "Proxy Authentication Required",
     415: "Unsupported Media Type",
@@ -37,6 +38,7 @@ REASON_PHRASES = {
     500: "Server Internal Error",
     503: "Service Unavailable",
     505: "Version Not Supported",
+    513: "Message Too Large",
 }
 WARNING_CODE = 399  # RFC 3261 20.43: miscellaneous warning, text for humans
 
