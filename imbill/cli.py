@@ -557,15 +557,17 @@ def payment(ctx: click.Context, account: str, amount: Decimal, currency: str | N
               help="Service password for the digest challenge (default: the account's HA1 from the config).")
 @click.option("--wait", type=click.FloatRange(min=0), default=usecases.OUTCOME_WAIT, show_default=True,
               help=WAIT_HELP)
+@click.option("--transport", type=click.Choice(["udp", "tcp"], case_sensitive=False), default="udp",
+              show_default=True, help="SIP transport to the edge.")
 @click.argument("text")
 @click.pass_context
-def send(ctx: click.Context, from_user, to_user, domain, host, port, password, wait, text) -> None:
+def send(ctx: click.Context, from_user, to_user, domain, host, port, password, wait, transport, text) -> None:
     """Send one SIP MESSAGE to the edge; print its answer and its charge or rejection.
 
     Exit status: 0 charged (or accepted and not watched), 1 rejected or refused by the edge."""
     settings = _settings(ctx).with_overrides(edge_host=host, edge_port=port)
     sent = usecases.send(settings, from_user=from_user, to_user=to_user, text=text, domain=domain, wait=wait,
-                         password=password)
+                         password=password, transport=transport.upper())
     say(presentation.sip_answer_text(sent.answer.status, sent.answer.reason, sent.answer.raw))
     accepted = 200 <= sent.answer.status < 300
     if sent.outcome is not None:
