@@ -6,12 +6,15 @@ reads, a MESSAGE over the UDP size limit, and the limits (header size, connectio
 from __future__ import annotations
 
 import asyncio
+import shutil
 import socket
+import subprocess
 import threading
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -316,3 +319,30 @@ def test_build_message_names_its_transport_in_via() -> None:
     data = build_message(from_user="1", to_user="2", domain="d", text="t", local_ip="127.0.0.1", local_port=1,
                          transport="TCP")
     assert b"Via: SIP/2.0/TCP 127.0.0.1:1;" in data
+
+
+SCENARIO = Path(__file__).resolve().parents[1] / "bench" / "sipp" / "message_auth.xml"
+
+
+@pytest.mark.skipif(shutil.which("sipp") is None, reason="SIPp is not installed (scripts/sip-tools-up)")
+def test_sipp_over_tcp_answers_the_challenge_on_its_connection(tmp_path: Path) -> None:
+    """SIPp 3.6.1 over one TCP connection (`-t t1`), `[authentication]` with MD5: each MESSAGE
+    challenged then accepted on the same connection; a wrong password gets 401s only."""
+    calls = tmp_path / "calls.csv"
+    calls.write_text("SEQUENTIAL\n1001;1002\n")
+
+    def sipp(port: int, password: str, count: int) -> subprocess.CompletedProcess:
+        return subprocess.run(["sipp", f"127.0.0.1:{port}", "-sf", str(SCENARIO), "-inf", str(calls), "-m", str(count),
+                               "-r", "50", "-t", "t1", "-nostdin", "-au", "1001", "-ap", password, "-timeout", "20s",
+                               "-timeout_error"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+
+    with tcp_edge(sip="sip: {algorithms: [MD5, SHA-256]}") as edge:
+        good = sipp(edge["port"], "alice-secret", 20)
+        wrong = sipp(edge["port"], "not-alices", 3)  # below the guessing guard's 10
+        tcp = edge["edge"].tcp.counters
+    assert good.returncode == 0, good.stdout[-2000:] + good.stderr[-2000:]
+    assert wrong.returncode != 0 and "received 'SIP/2.0 401 Unauthorized" in wrong.stderr
+    attempts = edge["recorder"].attempts
+    assert len(attempts) == 20 and {(a.transport, a.from_user, a.cseq, a.user_agent) for a in attempts} == {
+        ("TCP", "1001", 2, "SIPp/auth")}
+    assert tcp.accepted == 2 and tcp.framing_errors == 0  # one connection per SIPp run
