@@ -24,7 +24,6 @@ stale: the edge never accepts a count it can no longer check.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import logging
 import math
@@ -80,8 +79,8 @@ class Nonces:
         return int(nonce[:8], 16)
 
     def _mac(self, realm: str, body: str) -> str:
-        return hmac.new(self._secret, f"{realm}\n{body}".encode("utf-8", "surrogateescape"),
-                        hashlib.sha256).hexdigest()[:32]
+        return hmac.digest(self._secret, f"{realm}\n{body}".encode("utf-8", "surrogateescape"),
+                           "sha256").hex()[:32]
 
 
 class NonceCounts:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -249,8 +251,6 @@ def test_a_vendor_peers_message_belongs_to_the_recipients_domain() -> None:
         message = (b"MESSAGE sip:1002@beta.example SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5999;branch=z9hG4bKv1\r\n"
                    b"From: <sip:+4420794600@carrier.example>;tag=1\r\nTo: <sip:1002@beta.example>\r\n"
                    b"Call-ID: vendor-1\r\nCSeq: 1 MESSAGE\r\nMax-Forwards: 70\r\nContent-Length: 2\r\n\r\nhi")
-        import socket
-
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
             sock.settimeout(3)
             sock.sendto(message, ("127.0.0.1", port))
@@ -262,8 +262,6 @@ def test_a_vendor_peers_message_belongs_to_the_recipients_domain() -> None:
 
 def test_a_register_for_a_domain_no_environment_serves_gets_404() -> None:
     with edge_by_domain(state_of(ALPHA, BETA)) as edge:
-        import socket
-
         register = (b"REGISTER sip:gamma.example SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5999;branch=z9hG4bKr1\r\n"
                     b"From: <sip:1001@gamma.example>;tag=1\r\nTo: <sip:1001@gamma.example>\r\nCall-ID: r1\r\n"
                     b"CSeq: 1 REGISTER\r\nContact: <sip:1001@127.0.0.1:5999>\r\nMax-Forwards: 70\r\n"
@@ -336,8 +334,6 @@ def test_two_environments_by_domain_rate_the_same_account_with_their_own_tariff_
 
 
 def _wait_for(read, count: int, timeout: float) -> list:
-    import time
-
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         found = read()
