@@ -9,7 +9,7 @@ One edge process serves two environments by SIP domain (README, "Environments by
 ``bench-open`` (authentication off: SIPp's 200 accounts are not configured, the edge of trusted
 peers) for SIPp on 127.0.0.1, and ``bench-auth`` (``sip_domains: [127.0.0.2]``, authentication
 on, MD5 offered first as SIPp 3.6.1 answers only that) for one SIPp bound to 127.0.0.2 that
-answers every challenge with ``[authentication]`` (bench/sipp/message_auth.xml, one account:
+answers every challenge with ``[authentication]`` (bench/sipp/message_auth_bench.xml, one account:
 SIPp cannot take credentials per call). An authenticated MESSAGE is two requests (the 401
 challenge, then the request with its credentials); its response time runs from the first to
 the 202. It also counts the attempts SIPp's MESSAGEs left on the topic (each 202 means one
@@ -90,7 +90,7 @@ def run_sipp(port: int, count: int, limit: int, workdir: Path, *, authenticated:
     accounts = workdir / "accounts.csv"
     if authenticated:
         accounts.write_text("SEQUENTIAL\n1001;1002\n")
-        scenario = ["-sf", str(HERE / "sipp" / "message_auth.xml"), "-i", AUTH_DOMAIN, "-au", "1001",
+        scenario = ["-sf", str(HERE / "sipp" / "message_auth_bench.xml"), "-i", AUTH_DOMAIN, "-au", "1001",
                     "-ap", AUTH_PASSWORD]
     else:
         accounts.write_text("SEQUENTIAL\n" + "".join(f"{1000 + i};{2000 + i}\n" for i in range(200)))
@@ -106,6 +106,8 @@ def run_sipp(port: int, count: int, limit: int, workdir: Path, *, authenticated:
     elapsed = time.perf_counter() - started
     rtts = sorted(int(float(line.split(";")[1])) for f in workdir.glob("message_*_rtt.csv")
                   for line in f.read_text().splitlines()[1:] if line)
+    if result.returncode != 0:
+        print("  sipp:", " | ".join(line for line in result.stderr.splitlines()[:3]), file=sys.stderr)
     return {"ok": result.returncode == 0, "rate": count / elapsed, "elapsed": elapsed,
             "p50": rtts[len(rtts) // 2] if rtts else None,
             "p99": rtts[int(len(rtts) * 0.99)] if rtts else None, "answered": len(rtts)}
@@ -147,7 +149,7 @@ def main() -> None:
         attempts = [r.record for r in read_to_end(broker.bootstrap_servers, topics.attempts) if r.record]
         published = {a["call_id"] for a in attempts if a["user_agent"] == "SIPp/bench"}
         authenticated = {a["call_id"] for a in attempts
-                         if a["user_agent"] == "SIPp/auth" and a["environment"] == "bench-auth"}
+                         if a["user_agent"] == "SIPp/auth-bench" and a["environment"] == "bench-auth"}
     finally:
         for child in children:
             child.terminate()
