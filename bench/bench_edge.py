@@ -45,9 +45,16 @@ from imbill.schemas.topics import Topics  # noqa: E402
 
 
 def free_port(kind: int = socket.SOCK_DGRAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A free port of ``kind``; a UDP one is also free on TCP (the edge listens on both)."""
+    while True:
+        with socket.socket(socket.AF_INET, kind) as sock, socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+            sock.bind(("127.0.0.1", 0))
+            if kind == socket.SOCK_DGRAM:
+                try:
+                    tcp.bind(("127.0.0.1", sock.getsockname()[1]))
+                except OSError:
+                    continue
+            return sock.getsockname()[1]
 
 
 def wait_answering(port: int, timeout: float = 20.0) -> None:

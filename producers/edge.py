@@ -240,15 +240,20 @@ class SipEdge(asyncio.DatagramProtocol):
 
     async def start(self) -> tuple[str, int]:
         self._loop = asyncio.get_running_loop()
-        await self._loop.create_datagram_endpoint(lambda: self, local_addr=(self._host, self._port))
-        assert self._transport is not None
-        _enlarge_receive_buffer(self._transport.get_extra_info("socket"), self._receive_buffer)
-        if self._tcp is not None:
+        for attempt in range(1, 6):
+            await self._loop.create_datagram_endpoint(lambda: self, local_addr=(self._host, self._port))
+            assert self._transport is not None
+            if self._tcp is None:
+                break
             try:
                 await self._tcp.start(self._host, self.address[1])  # the port UDP got, also when asked for 0
+                break
             except OSError:
                 self._transport.close()
-                raise
+                if self._port or attempt == 5:  # a port asked for is the operator's: say it is taken
+                    raise
+                # port 0: the number UDP got is taken on TCP (a connection's port); another one
+        _enlarge_receive_buffer(self._transport.get_extra_info("socket"), self._receive_buffer)
         log.info("SIP edge %s listening on %s:%s/udp%s", self._edge_id, *self.address,
                  " and tcp" if self._tcp is not None else "")
         return self.address

@@ -296,6 +296,11 @@ def test_two_environments_by_domain_rate_the_same_account_with_their_own_tariff_
     default, europe = two_environment_files(tmp_path)
     apply_config(default, bootstrap_servers=bootstrap, topics=topics)
     apply_config(europe, bootstrap_servers=bootstrap, topics=topics)
+    intruder = tmp_path / "intruder.yaml"
+    intruder.write_text("environment: intruder\nsip_domains: [beta.example]\n")
+    with pytest.raises(ConfigError, match="intruder.yaml: sip_settings: sip_domains: the SIP domain 'beta.example' "
+                                          "is served by environment 'europe' already"):
+        apply_config(intruder, bootstrap_servers=bootstrap, topics=topics)  # nothing appended
     port = free_port_udp()
     env = dict(os.environ, IMBILL_BOOTSTRAP_SERVERS=bootstrap, IMBILL_TOPIC_PREFIX=topics.prefix,
                IMBILL_DATA_DIR=str(tmp_path / "data"), IMBILL_EDGE_PORT=str(port))
