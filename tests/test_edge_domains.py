@@ -22,6 +22,7 @@ import pytest
 from imbill.bus import Envelope, read_to_end
 from imbill.domain.config import ConfigState, fold
 from imbill.domain.errors import ConfigError
+from imbill.domain.events import ServiceStatusChanged
 from imbill.domain.sip_domains import check_domains, domain_of, taken
 from imbill.producers.config_file import parse_config
 from imbill.producers.config_publisher import apply_config, config_refusals, plan_changes
@@ -30,6 +31,8 @@ from imbill.producers.sip import SipRequest, parse_request
 from imbill.producers.sip_auth import DigestAuthenticator
 from imbill.producers.sip_client import Credentials, response_headers, send_message
 from imbill.producers.sip_domains import EnvironmentsByDomain, request_domain
+from imbill.schemas.codec import encode_event
+from imbill.streams.status_reader import ServiceStatusReader
 from tests.test_end_to_end import EXAMPLE, free_port_udp, spawn, stop, wait_for_edge
 
 NOW = datetime(2026, 12, 4, 18, 0, tzinfo=UTC)
@@ -346,3 +349,26 @@ def _wait_for(read, count: int, timeout: float) -> list:
             return found
         time.sleep(0.5)
     raise AssertionError(f"timed out after {timeout}s: {read()}")
+
+
+class Record:
+    """A record as the reader's consumer hands it over."""
+
+    def __init__(self, value: bytes) -> None:
+        self.value, self.topic, self.partition, self.offset = value, "status", 0, 0
+
+
+def test_the_edge_follows_every_environments_suspensions_apart() -> None:
+    state = state_of(environment("alpha", "[alpha.example]", "a").replace("product: P}", "product: P, "
+                                                                           "balance_model: prepaid}"),
+                     environment("beta", "[beta.example]", "b").replace("product: P}", "product: P, "
+                                                                        "balance_model: prepaid}"))
+    reader = ServiceStatusReader("127.0.0.1:1", "status", "alpha", lambda: state)
+    for env_name, account in (("beta", "1001"), ("gamma", "1001"), ("alpha", "1002")):
+        reader._apply(Record(encode_event(ServiceStatusChanged(
+            event_id=f"s-{env_name}", environment=env_name, account=account, service="messaging",
+            status="suspended", reason="wallet empty", cause_id="c", occurred_at=NOW, push_events=False))), state)
+    assert reader.suspended("1001", "beta") == "wallet empty"
+    assert reader.suspended("1001", "alpha") is None and reader.suspended("1001") is None  # alpha's 1001 is not
+    assert reader.suspended("1002") == "wallet empty" and reader.suspended("1002", "beta") is None
+    assert reader.suspended("1001", "gamma") is None and reader.suspended_count == 2  # no such environment: not kept
