@@ -170,7 +170,10 @@ def main() -> None:
         print(f"  {name:36s} {r['rate']:9.0f} MESSAGE/s  p50 {r['p50']} ms  p99 {r['p99']} ms"
               f"  answered {r['answered']}  sipp ok: {r['ok']}  CPU {r['cpu_us']:.0f} us/MESSAGE")
     print(f"  ratio edge/baseline: {edge['rate'] / bare['rate']:.2f}")
-    print(f"  ratio authenticated/unauthenticated: {auth['rate'] / edge['rate']:.2f} (aim >= 0.5)")
+    print(f"  ratio authenticated/unauthenticated: {auth['rate'] / edge['rate']:.2f} (aim >= 0.5); CPU per MESSAGE "
+          f"unauthenticated/authenticated: {edge['cpu_us'] / auth['cpu_us']:.2f}"
+          + (" ; per round (back to back): " + ", ".join(f"{a['rate'] / e['rate']:.2f}" for a, e in
+                                                       zip(runs["auth"], runs["edge"])) if args.rounds > 1 else ""))
     print(f"  attempts on the topic: {len(published)} of {args.count * args.rounds} unauthenticated and "
           f"{len(authenticated)} of {args.count * args.rounds} authenticated MESSAGEs sent by SIPp")
     if args.rounds > 1:

@@ -1,4 +1,4 @@
-"""The SIP edge: a UDP server that turns SIP MESSAGE requests into MessageAttempt events.
+"""The SIP edge: a UDP (and TCP) server that turns SIP MESSAGE requests into MessageAttempt events.
 
     MESSAGE            -> publish(attempt), then 202 Accepted (500 + Retry-After if publish raised)
                           404 and nothing published when no environment serves its domain
@@ -56,7 +56,8 @@ from imbill.producers.sip_grammar import split_commas
 from imbill.producers.sip_responses import ALLOW, build_response
 from imbill.producers.sip_tcp import TcpLimits, TcpPeer, TcpServer
 
-__all__ = ["Authentication", "Done", "EdgeCounters", "Publish", "ServiceStatus", "SipEdge", "Submit", "serve_edge"]
+__all__ = ["Authentication", "Done", "EdgeCounters", "Environments", "Publish", "ServiceStatus", "SipEdge", "Submit",
+           "serve_edge"]
 
 Publish = Callable[[dict[str, Any]], Awaitable[None]]
 Done = Callable[[BaseException | None], None]  # None: the broker acknowledged the attempt
