@@ -286,10 +286,10 @@ def two_environment_files(tmp_path) -> tuple[os.PathLike, os.PathLike]:
     default = tmp_path / "default.yaml"
     default.write_text(text.replace("\nsip:\n", "\nsip_domains: [alpha.example]\nsip:\n", 1))
     second = (EXAMPLE.parent / "second-environment.yaml").read_text()
-    assert 'id: "2001"' in second and "carol-secret" in second
+    assert 'id: "2001"' in second and "carol-secret" in second and "sip_domains: [europe.example]" in second
     europe = tmp_path / "europe.yaml"
     europe.write_text(second.replace('id: "2001"', 'id: "1001"').replace("carol-secret", "europe-secret")
-                      + "\nsip_domains: [beta.example]\n")
+                      .replace("sip_domains: [europe.example]", "sip_domains: [beta.example]"))
     return default, europe
 
 
