@@ -274,7 +274,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
-        host, port = transport.get_extra_info("peername")[:2]
+        host, port = (transport.get_extra_info("peername") or ("", 0))[:2]  # None: the socket failed already
         self.peer = TcpPeer(host, port, self)
         if not self._server._opened(self):
             transport.close()
