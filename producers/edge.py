@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
@@ -246,13 +247,16 @@ class SipEdge(asyncio.DatagramProtocol):
             assert self._transport is not None
             if self._tcp is None:
                 break
+            port = self.address[1]  # the port UDP got, also when asked for 0
             try:
-                await self._tcp.start(self._host, self.address[1])  # the port UDP got, also when asked for 0
+                await self._tcp.start(self._host, port)
                 break
-            except OSError:
+            except OSError as exc:
                 self._transport.close()
                 if self._port or attempt == 5:  # a port asked for is the operator's: say it is taken
-                    raise
+                    why = os.strerror(exc.errno) if exc.errno else str(exc)
+                    raise OSError(exc.errno, f"cannot listen on tcp {self._host}:{port} ({why}): free the port, "
+                                             "or --tcp-max-connections 0 for UDP only") from exc
                 # port 0: the number UDP got is taken on TCP (a connection's port); another one
         _enlarge_receive_buffer(self._transport.get_extra_info("socket"), self._receive_buffer)
         log.info("SIP edge %s listening on %s:%s/udp%s", self._edge_id, *self.address,

@@ -346,3 +346,18 @@ def test_sipp_over_tcp_answers_the_challenge_on_its_connection(tmp_path: Path) -
     assert len(attempts) == 20 and {(a.transport, a.from_user, a.cseq, a.user_agent) for a in attempts} == {
         ("TCP", "1001", 2, "SIPp/auth")}
     assert tcp.accepted == 2 and tcp.framing_errors == 0  # one connection per SIPp run
+
+
+def test_a_taken_tcp_port_is_said_in_one_line() -> None:
+    async def scenario() -> str:
+        with socket.socket() as blocker:
+            blocker.bind(("127.0.0.1", 0))
+            blocker.listen()
+            edge = SipEdge(Recorder(), environment="test", edge_id="e", port=blocker.getsockname()[1],
+                           authentication=None, tcp=TcpLimits())
+            with pytest.raises(OSError) as refused:
+                await edge.start()
+            return refused.value.strerror
+
+    assert asyncio.run(scenario()).endswith("(Address already in use): free the port, or --tcp-max-connections 0 "
+                                            "for UDP only")
