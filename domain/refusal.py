@@ -44,6 +44,7 @@ CONFIG_REASON_CODES: Mapping[str, str] = MappingProxyType({
     "broken_reference": "The object refers to one that is not in force, or of the wrong sort (an account's product, "
                         "a usage charge's tariff, a rate's tariff or destination, a service policy).",
     "still_referenced": "The removal of an object another object in force still refers to (rates aside).",
+    "domain_taken": "SIP settings listing a domain (sip_domains) that another environment serves already.",
 })
 """Why a config record is not applied: the reason codes of ConfigEventRejected, and what
 ``imbill config history`` shows for it."""

@@ -293,8 +293,8 @@ def rate_set(ctx: click.Context, tariff: str, code: str, price: str, effective_f
 
 
 @cli.command()
-@click.option("--host", default=None, help="UDP address to listen on (default 127.0.0.1).")
-@click.option("--port", type=int, default=None, help="UDP port (default 5060).")
+@click.option("--host", default=None, help="Address to listen on, UDP and TCP (default 127.0.0.1).")
+@click.option("--port", type=int, default=None, help="UDP and TCP port (default 5060).")
 @click.option("--guard-failures", type=int, default=None,
               help="Failed authentications from one address that block it (default 10; 0: no guard).")
 @click.option("--guard-account-failures", type=int, default=None,
@@ -307,19 +307,32 @@ def rate_set(ctx: click.Context, tariff: str, code: str, price: str, effective_f
                    "required (480 without one) or off.")
 @click.option("--delivery-timeout", type=float, default=None,
               help="Seconds to wait for the recipient's final answer before 408 (default 8).")
+@click.option("--default-environment", default=None,
+              help="Environment of a SIP domain no environment lists (default: the environment, "
+                   "while it lists no sip_domains).")
+@click.option("--tcp-max-connections", type=int, default=None,
+              help="TCP connections open at once (default 1024; 0: UDP only).")
+@click.option("--tcp-max-per-source", type=int, default=None,
+              help="TCP connections open at once from one address (default 64).")
+@click.option("--tcp-idle-timeout", type=float, default=None,
+              help="Seconds a TCP connection may stay without a message (default 300).")
 @click.pass_context
 def edge(ctx: click.Context, host: str | None, port: int | None, guard_failures: int | None,
          guard_account_failures: int | None, guard_window: float | None, guard_cooldown: float | None,
-         delivery: str | None, delivery_timeout: float | None) -> None:
-    """Run the SIP edge: MESSAGE -> message-attempt event -> 202 Accepted (or the answer of
-    the registered recipient it delivered it to); REGISTER -> bindings."""
+         delivery: str | None, delivery_timeout: float | None, default_environment: str | None,
+         tcp_max_connections: int | None, tcp_max_per_source: int | None, tcp_idle_timeout: float | None) -> None:
+    """Run the SIP edge (UDP and TCP): MESSAGE -> message-attempt event -> 202 Accepted (or
+    the answer of the registered recipient it delivered it to); REGISTER -> bindings."""
     settings = _settings(ctx).with_overrides(
         edge_host=host, edge_port=port, edge_guard_failures=guard_failures,
         edge_guard_account_failures=guard_account_failures, edge_guard_window=guard_window,
-        edge_guard_cooldown=guard_cooldown, edge_delivery=delivery, edge_delivery_timeout=delivery_timeout)
+        edge_guard_cooldown=guard_cooldown, edge_delivery=delivery, edge_delivery_timeout=delivery_timeout,
+        edge_default_environment=default_environment, edge_tcp_max_connections=tcp_max_connections,
+        edge_tcp_max_per_source=tcp_max_per_source, edge_tcp_idle_timeout=tcp_idle_timeout)
     settings.guard  # noqa: B018 - refuse a setting out of range in one line, before starting
     settings.delivery  # noqa: B018
     settings.register_limits  # noqa: B018
+    settings.tcp  # noqa: B018
     wiring.edge(settings, say)
 
 
@@ -564,15 +577,17 @@ def payment(ctx: click.Context, account: str, amount: Decimal, currency: str | N
               help="Service password for the digest challenge (default: the account's HA1 from the config).")
 @click.option("--wait", type=click.FloatRange(min=0), default=usecases.OUTCOME_WAIT, show_default=True,
               help=WAIT_HELP)
+@click.option("--transport", type=click.Choice(["udp", "tcp"], case_sensitive=False), default="udp",
+              show_default=True, help="SIP transport to the edge.")
 @click.argument("text")
 @click.pass_context
-def send(ctx: click.Context, from_user, to_user, domain, host, port, password, wait, text) -> None:
+def send(ctx: click.Context, from_user, to_user, domain, host, port, password, wait, transport, text) -> None:
     """Send one SIP MESSAGE to the edge; print its answer and its charge or rejection.
 
     Exit status: 0 charged (or accepted and not watched), 1 rejected or refused by the edge."""
     settings = _settings(ctx).with_overrides(edge_host=host, edge_port=port)
     sent = usecases.send(settings, from_user=from_user, to_user=to_user, text=text, domain=domain, wait=wait,
-                         password=password)
+                         password=password, transport=transport.upper())
     say(presentation.sip_answer_text(sent.answer.status, sent.answer.reason, sent.answer.raw))
     accepted = 200 <= sent.answer.status < 300
     if sent.outcome is not None:

@@ -21,11 +21,13 @@ from imbill.domain.rating import CLOCK_SKEW
 from imbill.domain.registrations import RegisterLimits
 from imbill.producers.sip_guard import GuardLimits
 from imbill.producers.sip_proxy import DeliverySettings
+from imbill.producers.sip_tcp import TcpLimits
 from imbill.schemas.topics import Topics
 
 __all__ = ["Settings", "load_settings", "child_environment", "DEFAULT_EXAMPLE"]
 
 _GUARD = GuardLimits()
+_TCP = TcpLimits()
 DEFAULT_EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "instant-messaging.yaml"
 
 
@@ -69,6 +71,15 @@ class Settings:
     """The shortest REGISTER expiry accepted (423 Interval Too Brief under it)."""
     edge_register_max_expires: int = 3600
     """The longest REGISTER expiry (longer ones are cut to it), and the default one."""
+    edge_default_environment: str = ""
+    """The environment of a SIP domain no environment's ``sip_domains`` lists; "": the edge's
+    ``environment`` while it lists no domains, else none (404). See producers/sip_domains.py."""
+    edge_tcp_max_connections: int = _TCP.max_connections
+    """TCP connections the edge keeps open at once (0: UDP only)."""
+    edge_tcp_max_per_source: int = _TCP.max_per_source
+    """TCP connections open at once from one address."""
+    edge_tcp_idle_timeout: float = _TCP.idle_timeout
+    """Seconds a TCP connection may go without a complete message or keep-alive."""
     external_broker: bool = False
     """The bootstrap servers were given (flag or IMBILL_BOOTSTRAP_SERVERS): ``imbill run``
     uses that broker instead of starting the embedded one."""
@@ -100,6 +111,15 @@ class Settings:
         """The edge registrar's bounds on an expiry; ConfigError names a setting out of range."""
         try:
             return RegisterLimits(int(self.edge_register_min_expires), int(self.edge_register_max_expires))
+        except ValueError as exc:
+            raise ConfigError(f"settings: {exc}") from None
+
+    @property
+    def tcp(self) -> TcpLimits:
+        """The edge's TCP limits; ConfigError names a setting out of range."""
+        try:
+            return TcpLimits(int(self.edge_tcp_max_connections), int(self.edge_tcp_max_per_source),
+                             float(self.edge_tcp_idle_timeout))
         except ValueError as exc:
             raise ConfigError(f"settings: {exc}") from None
 
@@ -136,6 +156,7 @@ _FROM_TEXT: Mapping[str, Callable[[str], Any]] = {
     "edge_guard_cooldown": float,
     "external_broker": _flag, "charge_undelivered": _flag, "edge_delivery_timeout": float,
     "edge_register_min_expires": int, "edge_register_max_expires": int,
+    "edge_tcp_max_connections": int, "edge_tcp_max_per_source": int, "edge_tcp_idle_timeout": float,
 }
 _TO_TEXT: Mapping[str, Callable[[Any], str]] = {"edge_vendor_peers": ",".join}
 

@@ -178,7 +178,7 @@ class Sent:
 
 
 def send(settings: Settings, *, from_user: str, to_user: str, text: str, domain: str | None,
-         wait: float = 0.0, password: str | None = None) -> Sent:
+         wait: float = 0.0, password: str | None = None, transport: str = "UDP") -> Sent:
     """One SIP MESSAGE to the settings' edge; with ``wait``, wait that long for its Charge or
     Rejection (by attempt id: the edge's SHA-256 of Call-ID, CSeq and method). A digest
     challenge is answered with ``password``, or else with the HA1s the config in force keeps
@@ -186,7 +186,7 @@ def send(settings: Settings, *, from_user: str, to_user: str, text: str, domain:
     call_id = f"{uuid.uuid4().hex}@imbill-send"
     credentials = Credentials(from_user, password) if password is not None else (
         lambda: stored_credentials(settings, from_user))
-    message = partial(_send, settings, call_id, from_user, to_user, text, domain, credentials)
+    message = partial(_send, settings, call_id, from_user, to_user, text, domain, credentials, transport)
     try:
         if wait > 0:
             check_reachable(settings.bootstrap_servers, timeout=2.0)
@@ -211,11 +211,12 @@ def _attempt_id(call_id: str, answer: SipAnswer) -> str:
 
 
 def _send(settings: Settings, call_id: str, from_user: str, to_user: str, text: str, domain: str | None,
-          credentials: Credentials | Callable[[], Credentials | None]) -> SipAnswer:
-    where = f"udp://{settings.edge_host}:{settings.edge_port}"
+          credentials: Credentials | Callable[[], Credentials | None], transport: str = "UDP") -> SipAnswer:
+    where = f"{transport.lower()}://{settings.edge_host}:{settings.edge_port}"
     try:
         return send_message(settings.edge_host, settings.edge_port, from_user=from_user, to_user=to_user,
-                            text=text, domain=domain, call_id=call_id, credentials=credentials)
+                            text=text, domain=domain, call_id=call_id, credentials=credentials,
+                            transport=transport)
     except (OSError, TimeoutError) as exc:
         raise EdgeUnreachable(f"no SIP edge answers at {where} ({exc.strerror or exc}): start one (`imbill run` "
                               f"or `imbill edge`) or give --host/--port") from exc

@@ -23,6 +23,7 @@ from imbill.broker import DurableBroker, start_broker
 from imbill.producers.attempt_publisher import AttemptPublisher
 from imbill.producers.edge import serve_edge
 from imbill.producers.sip_auth import DigestAuthenticator
+from imbill.producers.sip_domains import EnvironmentsByDomain
 from imbill.producers.sip_guard import GuessingGuard
 from imbill.producers.sip_registrar import Registrar, RegistrationPublisher, rebuilt_bindings
 from imbill.projections.projector import ConfigProjector, RegistrationProjector, XdrProjector
@@ -75,9 +76,11 @@ def edge(settings: Settings, say: Say) -> None:
     the edge opens and followed while it runs (the processor's own ConfigReader, polling
     every 0.5 s: an applied config is in force at the edge within about a second). The same
     way it reads the service-status topic (every partition to its end, then followed): a
-    MESSAGE from an account whose messaging the processor suspended is answered 403. Its
-    registrar's bindings are rebuilt from the registrations topic (read to its end) before it
-    opens, and MESSAGEs to registered recipients are delivered per ``settings.delivery``.
+    MESSAGE from an account whose messaging the processor suspended is answered 403. It
+    serves every environment of the config by SIP domain (producers/sip_domains.py), on UDP
+    and TCP (the same port). Its registrar's bindings (every environment's) are rebuilt from
+    the registrations topic (read to its end) before it opens, and MESSAGEs to registered
+    recipients are delivered per ``settings.delivery``.
 
     The edge runs on uvloop, and once started the objects of start-up are frozen out of the
     garbage collector's way (gc.freeze), so full collections do not walk them again."""
@@ -87,8 +90,9 @@ def edge(settings: Settings, say: Say) -> None:
 
     def started(_edge: Any) -> None:
         gc.freeze()
-        say(f"SIP edge {edge_id} listening on udp://{settings.edge_host}:{settings.edge_port}, "
-            f"environment {settings.environment}")
+        tcp = f" and tcp://{settings.edge_host}:{settings.edge_port}" if settings.tcp.on else ""
+        say(f"SIP edge {edge_id} listening on udp://{settings.edge_host}:{settings.edge_port}{tcp}, "
+            f"environment {settings.environment} (and others by SIP domain)")
 
     async def serve() -> None:
         config = ConfigReader(settings.bootstrap_servers, settings.topics.config, fetch_wait_ms=500,
@@ -101,7 +105,7 @@ def edge(settings: Settings, say: Say) -> None:
             authentication = DigestAuthenticator(lambda: config.state, settings.environment,
                                                  guard=GuessingGuard(settings.guard))
             bindings = await asyncio.to_thread(rebuilt_bindings, settings.bootstrap_servers,
-                                               settings.topics.registrations, settings.environment)
+                                               settings.topics.registrations)
             async with AttemptPublisher(settings.bootstrap_servers, settings.topics.attempts) as publisher, \
                     RegistrationPublisher(settings.bootstrap_servers, settings.topics.registrations) as registrations:
                 registrar = Registrar(settings.environment, lambda: config.state, bindings=bindings,
@@ -110,7 +114,10 @@ def edge(settings: Settings, say: Say) -> None:
                                  host=settings.edge_host, port=settings.edge_port, on_started=started,
                                  vendor_peers=frozenset(settings.edge_vendor_peers),
                                  authentication=authentication, service_status=statuses,
-                                 registrar=registrar, delivery=delivery)
+                                 registrar=registrar, delivery=delivery,
+                                 environments=EnvironmentsByDomain(lambda: config.state, settings.environment,
+                                                                   default=settings.edge_default_environment),
+                                 tcp=settings.tcp)
         finally:
             await statuses.stop()
             await config.stop()

@@ -100,7 +100,8 @@ def _expires_header(request: SipRequest) -> int | None | str:
 
 
 class Registrar:
-    """The environment's bindings, changed by REGISTER and read by delivery."""
+    """The bindings of the edge's environments, changed by REGISTER and read by delivery (the
+    environment of a request is the edge's: by its domain; ``environment`` when not given)."""
 
     def __init__(self, environment: str, config: Callable[[], ConfigState], *, bindings: Bindings | None = None,
                  publish: Publish | None = None, limits: RegisterLimits = RegisterLimits(),
@@ -111,24 +112,27 @@ class Registrar:
         self.limits, self._clock, self._server = limits, clock, server
         self._sweeping: asyncio.TimerHandle | None = None
 
-    def account_of(self, user: str) -> str | None:
+    def account_of(self, user: str, environment: str | None = None) -> str | None:
         """The account whose id or alias ``user`` is (as dialed, or E.164-translated)."""
-        env = self._config().environment(self._environment)
+        env = self._config().environment(environment or self._environment)
         if env is None:
             return None
         account = index_of(env).recipient(user)
         return account.account_id if account is not None else None
 
-    def live(self, user: str) -> tuple[str | None, tuple[Binding, ...]]:
+    def live(self, user: str, environment: str | None = None) -> tuple[str | None, tuple[Binding, ...]]:
         """The account of ``user`` and its live bindings (the newest first)."""
-        account = self.account_of(user)
+        environment = environment or self._environment
+        account = self.account_of(user, environment)
         if account is None:
             return None, ()
-        return account, self.bindings.of(self._environment, account, self._clock())
+        return account, self.bindings.of(environment, account, self._clock())
 
-    def register(self, request: SipRequest, source: tuple[str, int], transport: str, answer: Answer) -> None:
+    def register(self, request: SipRequest, source: tuple[str, int], transport: str, answer: Answer,
+                 environment: str | None = None) -> None:
         """Handle one authenticated REGISTER; ``answer`` gets the response (once)."""
-        account = self.account_of(request.to_user)
+        environment = environment or self._environment
+        account = self.account_of(request.to_user, environment)
         read = contacts_of(request)
         expires = _expires_header(request)
         if account is None or isinstance(read, str) or isinstance(expires, str):
@@ -136,18 +140,19 @@ class Registrar:
             answer(build_response(request.headers, 400 if account else 404, server=self._server, warning=why))
             return
         now = self._clock()
-        asked = Register(self._environment, account, read[0], read[1], expires, request.call_id, request.cseq,
+        asked = Register(environment, account, read[0], read[1], expires, request.call_id, request.cseq,
                          request.user_agent, f"{source[0]}:{source[1]}", transport)
-        outcome = register(self.bindings.of(self._environment, account, now), asked, now, self.limits)
+        outcome = register(self.bindings.of(environment, account, now), asked, now, self.limits)
         if isinstance(outcome, RegisterRefused):
             answer(self._refused(request, outcome))
         elif not outcome or self._publish is None:
-            self._applied(outcome, request, account, answer, None)
+            self._applied(outcome, request, environment, account, answer, None)
         else:
-            self._publish.submit(outcome, lambda error: self._applied(outcome, request, account, answer, error))
+            self._publish.submit(outcome, lambda error: self._applied(outcome, request, environment, account, answer,
+                                                                      error))
 
-    def _applied(self, events: tuple[RegistrationChanged, ...], request: SipRequest, account: str, answer: Answer,
-                 error: BaseException | None) -> None:
+    def _applied(self, events: tuple[RegistrationChanged, ...], request: SipRequest, environment: str, account: str,
+                 answer: Answer, error: BaseException | None) -> None:
         if error is not None:
             log.warning("registration of %s not acknowledged: %s", account, error)
             answer(build_response(request.headers, 500, server=self._server, retry_after=5))
@@ -157,7 +162,7 @@ class Registrar:
         self._schedule_sweep()
         now = self._clock()
         listed = tuple(("Contact", f"<{b.contact}>;expires={b.remaining(now)}")
-                       for b in self.bindings.of(self._environment, account, now))
+                       for b in self.bindings.of(environment, account, now))
         answer(build_response(request.headers, 200, server=self._server, extra=listed))
 
     def _refused(self, request: SipRequest, refused: RegisterRefused) -> bytes | None:
@@ -241,12 +246,11 @@ class RegistrationPublisher:
             done(None)
 
 
-def rebuilt_bindings(bootstrap_servers: str, topic: str, environment: str) -> Bindings:
-    """The environment's bindings as the registrations topic says (read to its end)."""
+def rebuilt_bindings(bootstrap_servers: str, topic: str) -> Bindings:
+    """Every environment's bindings as the registrations topic says (read to its end)."""
     bindings = Bindings()
     for event in _events(read_to_end(bootstrap_servers, topic)):
-        if event.environment == environment:
-            bindings.apply(event)
+        bindings.apply(event)
     return bindings
 
 

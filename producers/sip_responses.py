@@ -42,6 +42,7 @@ REASON_PHRASES = {
     500: "Server Internal Error",
     503: "Service Unavailable",
     505: "Version Not Supported",
+    513: "Message Too Large",
 }
 WARNING_CODE = 399  # RFC 3261 20.43: miscellaneous warning, text for humans
 

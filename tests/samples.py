@@ -37,7 +37,7 @@ SAMPLES = {
                        "ha1_md5": "396d646b1dfd01aa764263ef7d25c8b8",  # of "s3cret"
                        "ha1_sha256": "ca8a6e5c55c51678d8507ac942f5b7b58343398ea7c91ab13476f51ff04b7011"},
     "SipSettingsSet": {**ENV, "authentication": True, "realm": "im.example.com", "proxy": False,
-                       "algorithms": ["SHA-256", "MD5"]},
+                       "algorithms": ["SHA-256", "MD5"], "domains": ["im.example.com", "192.0.2.10"]},
     "ConfigObjectRemoved": {**ENV, "kind": "account", "key": "1003"},
     "MessageAttempt": {"attempt_id": "a" * 32, "received_at": T0, "environment": "default",
                        "direction": "outgoing", "call_id": "c1@host", "cseq": 1, "from_user": "1001",

@@ -168,6 +168,7 @@ def test_edge_keeps_serving_and_counts_the_corpus(corpus_run: dict[str, Any]) ->
         "suspended": 0,
         "delivered": 0,
         "undelivered": 0,
+        "unknown_domain": 0,
     }
     assert statuses[202] == 1 and sum(statuses.values()) == 44
 
