@@ -7,6 +7,13 @@ any point, it restarts from the last committed offsets, so nothing is lost; a ro
 event id is already there is left as it is (``ON CONFLICT DO NOTHING``), so a charge
 re-emitted by a restarted processor (same ``charge_id``) stays one row.
 
+An xDR is one row per attempt, its latest revision: a first charge (revision 1) takes the
+plain path below; a correction (re-rating's revision 2, 3, ...) takes a slower one, an upsert
+on ``attempt_id`` that replaces the row only when its revision is higher (a revision late or
+re-sent changes nothing). Every revision is also a row of ``xdr_revision`` (keyed by charge
+id), and a rejection that a correction charges after all gets ``superseded_by``, whichever of
+the two is projected first.
+
 On PostgreSQL the rows of a poll go in with one ``COPY`` per table, inside a savepoint;
 when one of them is already there (a re-delivered event: rare, after a processor's
 recovery) the savepoint is rolled back and that table's rows go in again with ``INSERT ...
@@ -185,7 +192,8 @@ def charge_route(envelope: Envelope) -> tuple[Writer, tuple[Row, Row]]:
     """A Charge's xDR and revision rows, to the plain path (a first charge: COPY) or to the
     corrections' (an upsert that keeps the latest revision of the attempt)."""
     xdr = charge_row(envelope)
-    return (write_charges if xdr["kind"] == "charge" else write_corrections), (xdr, revision_row(envelope, xdr))
+    write = write_charges if xdr["kind"] == "charge" else write_corrections
+    return write, (xdr, revision_row(envelope, xdr))
 
 
 def rejection_route(envelope: Envelope) -> tuple[Writer, Row]:
@@ -395,14 +403,22 @@ class _TopicProjector:
 def _insert_new(conn: sa.Connection, table: sa.Table, rows: Iterator[Row]) -> int:
     """Insert the ``rows`` whose key is not in ``table`` yet (the first of equal keys);
     returns how many rows were offered."""
+    return _write_new(conn, table, rows)[0]
+
+
+def _write_new(conn: sa.Connection, table: sa.Table, rows: Iterator[Row], copy: bool = True) -> tuple[int, bool]:
+    """:func:`_insert_new`, and whether the rows went in by COPY; ``copy=False`` (PostgreSQL):
+    straight to the INSERT, when a COPY is known to fail (the poll's other rows were there)."""
     if conn.dialect.name != "postgresql":
         values = list(rows)
+    elif not copy:
+        values = [_without_nul(row) for row in rows]
     else:
         written: list[Row] = []
         try:
             with conn.begin_nested():
                 _copy(conn, table, _kept(rows, written))
-            return len(written)
+            return len(written), True
         except psycopg.errors.UniqueViolation:
             log.info("%s: a row of this poll is already there (a re-delivered event): inserting "
                      "those that are not", table.name)
@@ -414,7 +430,7 @@ def _insert_new(conn: sa.Connection, table: sa.Table, rows: Iterator[Row]) -> in
                 raise  # no NUL: another fault, not to be hidden
             log.warning("%s: NUL characters (which PostgreSQL text cannot hold) replaced by U+FFFD", table.name)
     conn.execute(_insert(conn, table).on_conflict_do_nothing(), values)
-    return len(values)
+    return len(values), False
 
 
 def _without_nul(row: Row) -> Row:
@@ -458,8 +474,8 @@ def write_charges(conn: sa.Connection, items: Iterator[tuple[Row, Row]]) -> int:
             revisions.append(revision)
             yield xdr
 
-    written = _insert_new(conn, _XDR, xdrs())
-    _insert_new(conn, _REVISIONS, iter(revisions))
+    written, copied = _write_new(conn, _XDR, xdrs())
+    _write_new(conn, _REVISIONS, iter(revisions), copy=copied)  # a charge re-sent is in both tables
     return written
 
 
