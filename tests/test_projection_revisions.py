@@ -16,6 +16,7 @@ from imbill.domain.events import correction_id_of
 from imbill.projections.models import RejectedAttempt, Xdr, XdrRevision, connect
 from imbill.projections.projector import XdrProjector
 from imbill.projections.queries import XdrFilter, aggregate_xdrs
+from imbill.projections.report_data import report_data
 from tests.test_projection_xdr import T0, applied_offsets, charge, producer, rejection, rows, send_charges
 
 pytestmark = [pytest.mark.integration]
@@ -213,3 +214,20 @@ def test_an_implausible_correction_is_skipped(database_url, bootstrap, topics, p
     assert why in caplog.text
     assert xdr_of(database_url, "at-1")["charge_id"] == "ch-1"
     assert [r[0] for r in revisions_of(database_url, "at-1")] == [1]
+
+
+def test_the_report_counts_latest_revisions_and_standing_rejections(database_url, bootstrap, topics, producer):
+    producer.send(topics.rejections, "demo/alice", "Rejection", rejection(7))
+    producer.send(topics.rejections, "demo/alice", "Rejection", rejection(8))
+    send_charges(producer, topics, [charge(1), charge(2), correction(2, 2, "0.000000", "0.050000", units=0),
+                                    charged_after_all(7)])
+    project(database_url, bootstrap, topics)
+    engine = connect(database_url)
+    try:
+        data = report_data(engine, environment="demo", since=T0, until=T0 + timedelta(hours=1))
+    finally:
+        engine.dispose()
+    assert (data.messages, data.rejected) == (2, 1)  # at-1 and at-r7 charged (at-2 reversed); rj-8 stands
+    assert [(r.customer, r.messages, r.amount) for r in data.revenue] == [("acme", 2, D("0.10"))]
+    assert {r.reason_code: r.attempts for r in data.rejections} == {"INSUFFICIENT_FUNDS": 1}
+    assert sum(d.messages for d in data.destinations) == 2
