@@ -486,7 +486,7 @@ def write_corrections(conn: sa.Connection, items: Iterator[tuple[Row, Row]]) -> 
     items = list(items)
     _insert_new(conn, _REVISIONS, (revision for _, revision in items))
     _show_latest(conn, _latest_per_attempt([xdr for xdr, _ in items]))
-    _mark_superseded(conn, {xdr["corrects"]: xdr["charge_id"] for xdr, _ in items if xdr["corrects"]})
+    _mark_superseded(conn, [xdr for xdr, _ in items if xdr["corrects"]])
     return len(items)
 
 
@@ -495,7 +495,7 @@ def write_rejections(conn: sa.Connection, rows: Iterator[Row]) -> int:
     marked superseded at once."""
     seen: list[Row] = []
     written = _insert_new(conn, _REJECTED, _kept(rows, seen))
-    _mark_superseded(conn, _charges_superseding(conn, seen))
+    _mark_superseded(conn, _corrections_of(conn, seen))
     return written
 
 
@@ -535,12 +535,15 @@ def _charge_ids_of_other_attempts(conn: sa.Connection, xdrs: Sequence[Row]) -> s
     return {charge_id for charge_id, attempt_id in found if attempt_of[charge_id] != attempt_id}
 
 
-def _charges_superseding(conn: sa.Connection, rejections: Sequence[Row]) -> dict[str, str]:
-    """Rejection id -> the charge id of the correction (already projected) that supersedes it."""
-    ids = {rejection["rejection_id"] for rejection in rejections}
-    query = sa.select(_REVISIONS.c.corrects, _REVISIONS.c.charge_id).where(_REVISIONS.c.corrects.is_not(None))
-    found = _select_in(conn, query, _REVISIONS.c.attempt_id, list({r["attempt_id"] for r in rejections}))
-    return {corrects: charge_id for corrects, charge_id in found if corrects in ids}
+def _corrections_of(conn: sa.Connection, rejections: Sequence[Row]) -> list[Row]:
+    """The corrections already projected (their attempt, charge id and ``corrects``) that
+    supersede one of the ``rejections``."""
+    ids = {(rejection["attempt_id"], rejection["rejection_id"]) for rejection in rejections}
+    c = _REVISIONS.c
+    query = sa.select(c.attempt_id, c.charge_id, c.corrects).where(c.corrects.is_not(None))
+    found = _select_in(conn, query, c.attempt_id, list({attempt_id for attempt_id, _ in ids}))
+    return [{"attempt_id": attempt_id, "charge_id": charge_id, "corrects": corrects}
+            for attempt_id, charge_id, corrects in found if (attempt_id, corrects) in ids]
 
 
 def _select_in(conn: sa.Connection, query: sa.Select, column: sa.ColumnElement[Any],
@@ -550,14 +553,18 @@ def _select_in(conn: sa.Connection, query: sa.Select, column: sa.ColumnElement[A
             for row in conn.execute(query.where(column.in_(values[start:start + _LOOKUP_CHUNK]))).tuples()]
 
 
-def _mark_superseded(conn: sa.Connection, charge_of: Mapping[str, str]) -> None:
-    """Each rejection id of ``charge_of`` superseded by its charge (the first one stays)."""
-    if not charge_of:
+def _mark_superseded(conn: sa.Connection, corrections: Sequence[Row]) -> None:
+    """The rejection each correction names in ``corrects`` (of its attempt, when there is
+    one) superseded by the correction's charge id (the first one stays)."""
+    if not corrections:
         return
+    c = _REJECTED.c
     conn.execute(_REJECTED.update()
-                 .where(_REJECTED.c.rejection_id == sa.bindparam("rejection"), _REJECTED.c.superseded_by.is_(None))
+                 .where(c.rejection_id == sa.bindparam("rejection"), c.attempt_id == sa.bindparam("attempt"),
+                        c.superseded_by.is_(None))
                  .values(superseded_by=sa.bindparam("charge")),
-                 [{"rejection": rejection, "charge": charge} for rejection, charge in charge_of.items()])
+                 [{"rejection": x["corrects"], "attempt": x["attempt_id"], "charge": x["charge_id"]}
+                  for x in corrections])
 
 
 class XdrProjector(_TopicProjector):

@@ -165,9 +165,10 @@ def upgrade() -> None:
     _revision_table()
     _copy_revisions()
     op.create_index("ux_xdr_attempt_id", "xdr", ["attempt_id"], unique=True)
-    op.execute("UPDATE rejected_attempt SET superseded_by = (SELECT min(r.charge_id) FROM xdr_revision r "
-               "WHERE r.corrects = rejected_attempt.rejection_id) "
-               "WHERE rejection_id IN (SELECT corrects FROM xdr_revision WHERE corrects IS NOT NULL)")
+    superseding = ("FROM xdr_revision r WHERE r.corrects = rejected_attempt.rejection_id "
+                   "AND r.attempt_id = rejected_attempt.attempt_id")
+    op.execute(f"UPDATE rejected_attempt SET superseded_by = (SELECT min(r.charge_id) {superseding}) "
+               f"WHERE EXISTS (SELECT 1 {superseding})")
     _create_views(VIEWS)
 
 
