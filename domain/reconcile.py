@@ -19,11 +19,11 @@ For every account of the environment, and every account an event names:
   amount minus the superseded amount (a rejection's is 0). A correction naming anything else,
   or whose difference is not that, is a difference.
 
-Charges: a charge id's latest record counts, and of an attempt only its latest revision (the
-highest): the expected balance takes **the latest revision's amount** of each attempt
-(:func:`charge_total`). Adding every revision's difference instead (a first charge's being
-its amount; :func:`difference_total`), as a downstream consumer may, gives the same total
-whenever the corrections chain as above, which the corrections check makes sure of. The
+Charges: a charge id's latest record counts, unless a correction supersedes it: the expected
+balance takes **the latest revision's amount** of each attempt (:func:`charge_total`). Adding
+every revision's difference instead (a first charge's being its amount;
+:func:`difference_total`), as a downstream consumer may, gives the same total whenever the
+corrections chain as above, which the corrections check makes sure of. The
 balance the processor holds moves with every BalanceChanged, whatever its cause (a charge, a
 payment, a correction): its latest is compared. Payments: a payment id counts once, unless
 it was refused (a PaymentRejected for it and no BalanceChanged caused by it).
@@ -111,9 +111,9 @@ def reconcile(opening: Mapping[str, Decimal], topics: Topics, projected: Mapping
 
 
 def charge_total(charges: Iterable[Charge]) -> Decimal:
-    """The effective amount of ``charges`` (one account's): the amount of each attempt's
-    latest revision."""
-    return sum((c.amount for c in latest_revisions(charges).values()), ZERO)
+    """The effective amount of ``charges`` (one account's): the amount of each latest
+    revision, the revisions no correction supersedes."""
+    return sum((c.amount for c in latest_revisions(charges)), ZERO)
 
 
 def difference_total(charges: Iterable[Charge]) -> Decimal:
@@ -122,15 +122,13 @@ def difference_total(charges: Iterable[Charge]) -> Decimal:
     return sum((_difference(c) for c in _latest_records(charges).values()), ZERO)
 
 
-def latest_revisions(charges: Iterable[Charge]) -> dict[str, Charge]:
-    """Attempt id -> its latest revision: the highest (of a charge id, its latest record;
-    of two ids with one revision, which no processor writes, the later)."""
-    latest: dict[str, Charge] = {}
-    for charge in _latest_records(charges).values():
-        shown = latest.get(charge.attempt_id)
-        if shown is None or charge.revision >= shown.revision:
-            latest[charge.attempt_id] = charge
-    return latest
+def latest_revisions(charges: Iterable[Charge]) -> list[Charge]:
+    """The revisions no correction supersedes (of a charge id, its latest record): the latest
+    of each attempt's chain. Two first charges of one attempt (a double charge, which the
+    outcome check reports) both stay: each was charged."""
+    records = _latest_records(charges)
+    superseded = {c.corrects for c in records.values() if c.kind == "correction" and c.corrects}
+    return [c for charge_id, c in records.items() if charge_id not in superseded]
 
 
 def _latest_records(charges: Iterable[Charge]) -> dict[str, Charge]:
