@@ -22,7 +22,7 @@ from rich.console import Console
 from imbill import presentation, usecases, wiring
 from imbill.report import render_report
 from imbill.domain.errors import ImbillError
-from imbill.projections.queries import AGGREGATIONS, XDR_COLUMNS, XdrFilter
+from imbill.projections.queries import AGGREGATIONS, REVISION_COLUMNS, XDR_COLUMNS, XdrFilter
 from imbill.settings import DEFAULT_EXAMPLE, Settings, load_settings
 
 EXIT_USER_ERROR = 2
@@ -381,13 +381,16 @@ def project(ctx: click.Context, once: bool, max_poll_records: int, rebuild: bool
 
 
 def _columns(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[str, ...] | None:
-    if value is None:
-        return None
-    columns = tuple(c.strip() for c in value.split(",") if c.strip())
-    unknown = [c for c in columns if c not in XDR_COLUMNS]
+    return None if value is None else tuple(c.strip() for c in value.split(",") if c.strip())
+
+
+def _chosen_columns(ctx: click.Context, columns: tuple[str, ...], revisions: bool) -> tuple[str, ...]:
+    """``columns`` when each is a column of the table listed (xdr, or xdr_revision)."""
+    known, what = (REVISION_COLUMNS, "xDR revision") if revisions else (XDR_COLUMNS, "xDR")
+    unknown = [c for c in columns if c not in known]
     if unknown or not columns:
-        raise click.BadParameter(f"no xDR column {', '.join(unknown) or '(none given)'}; the columns are "
-                                 f"{', '.join(XDR_COLUMNS)}", ctx, param)
+        raise click.BadParameter(f"no {what} column {', '.join(unknown) or '(none given)'}; the columns are "
+                                 f"{', '.join(known)}", ctx, param_hint="'--columns'")
     return columns
 
 
@@ -398,6 +401,11 @@ def _columns(ctx: click.Context, param: click.Parameter, value: str | None) -> t
 @click.option("--direction", type=click.Choice(["outgoing", "incoming"]), help="Only this direction.")
 @click.option("--since", type=TIME, help="Attempted at or after this ISO 8601 time (UTC unless zoned).")
 @click.option("--until", type=TIME, help="Attempted before this ISO 8601 time (UTC unless zoned).")
+@click.option("--attempt", help="Only this attempt id.")
+@click.option("--rerate-run", help="Only what this re-rating run made (the xDRs whose latest revision it made; "
+                                   "with --revisions, its corrections).")
+@click.option("--revisions", is_flag=True, help="Every revision (a charge and each of its corrections, from "
+                                                "xdr_revision) instead of the latest of each attempt.")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="At most this many rows (the newest).")
 @click.option("--oldest-first", is_flag=True, help="Oldest first (default: newest first).")
 @click.option("--by", type=click.Choice(AGGREGATIONS),
@@ -405,16 +413,18 @@ def _columns(ctx: click.Context, param: click.Parameter, value: str | None) -> t
                    "xDR count, billing units, amount.")
 @click.option("--wide", is_flag=True, help="Every column in the table (default: time, account, destination, "
                                            "billing units, amount, currency).")
-@click.option("--columns", callback=_columns, help="These columns, comma separated (any column of the xdr table).")
+@click.option("--columns", callback=_columns, help="These columns, comma separated (any column of the xdr table, or "
+                                                   "of xdr_revision with --revisions).")
 @click.option("--format", "fmt", type=click.Choice([*presentation.FORMATS, "parquet"]), default="table",
               show_default=True, help="table (fits the terminal; never cut when piped), csv or json (every "
                                       "column unless --columns), parquet (typed; needs --output).")
 @click.option("--output", type=click.Path(dir_okay=False, writable=True, path_type=Path),
               help="Write csv, json or parquet to this file instead of stdout.")
 @click.pass_context
-def xdr(ctx: click.Context, account, customer, destination, direction, since, until, limit, oldest_first, by,
-        wide, columns, fmt, output) -> None:
-    """Print xDRs (or their totals --by) from the projection: table, CSV, JSON or Parquet."""
+def xdr(ctx: click.Context, account, customer, destination, direction, since, until, attempt, rerate_run, revisions,
+        limit, oldest_first, by, wide, columns, fmt, output) -> None:
+    """Print xDRs (or their totals --by, or every revision --revisions) from the projection:
+    table, CSV, JSON or Parquet. An xDR is an attempt as its latest revision says."""
     if fmt == "parquet" and output is None:
         raise click.UsageError("parquet is binary: give --output FILE", ctx)
     if output is not None and fmt == "table":
@@ -423,13 +433,22 @@ def xdr(ctx: click.Context, account, customer, destination, direction, since, un
         raise click.BadParameter(f"no directory {output.parent} to write {output.name} in", ctx, param_hint="--output")
     if by and (wide or columns):
         raise click.UsageError("--by shows totals: --wide and --columns choose xDR columns", ctx)
+    if by and revisions:
+        raise click.UsageError("--by totals the xDRs (the latest revision of each attempt): without --revisions",
+                               ctx)
+    if columns is not None:
+        columns = _chosen_columns(ctx, columns, revisions)
     settings = _settings(ctx)
     where = XdrFilter(account=account, customer=customer, destination=destination, direction=direction,
-                      since=since, until=until)
+                      since=since, until=until, attempt_id=attempt, rerate_run=rerate_run)
     if by:
         listing = presentation.xdr_aggregate_listing(
             usecases.xdr_totals(settings, by, where, limit=limit, newest_first=not oldest_first),
             settings.environment, by)
+    elif revisions:
+        rows = usecases.xdr_revisions(settings, where, limit=limit, newest_first=not oldest_first)
+        chosen = columns or (REVISION_COLUMNS if wide or fmt != "table" else presentation.REVISION_SUMMARY_COLUMNS)
+        listing = presentation.revision_listing(rows, settings.environment, chosen)
     else:
         rows = usecases.xdrs(settings, where, limit=limit, newest_first=not oldest_first)
         chosen = columns or (XDR_COLUMNS if wide or fmt != "table" else presentation.SUMMARY_COLUMNS)
@@ -461,13 +480,16 @@ def balance(ctx: click.Context, account: str | None, fmt: str) -> None:
 @click.option("--since", type=TIME, help="Attempted at or after this ISO 8601 time (UTC unless zoned).")
 @click.option("--until", type=TIME, help="Attempted before this ISO 8601 time (UTC unless zoned).")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="At most this many rows (the newest).")
-@click.option("--wide", is_flag=True, help="Every column (ids, rejection time, domain).")
+@click.option("--wide", is_flag=True, help="Every column (ids, rejection time, domain, superseded_by).")
+@click.option("--superseded", is_flag=True, help="Also the rejections a correction has charged since "
+                                                 "(superseded_by names that charge).")
 @_format_option()
 @click.pass_context
-def rejections(ctx: click.Context, account, reason, since, until, limit, wide, fmt) -> None:
+def rejections(ctx: click.Context, account, reason, since, until, limit, wide, superseded, fmt) -> None:
     """Rejected attempts, newest first, with their reason code and message (from the projection)."""
     settings = _settings(ctx)
-    rows = usecases.rejections(settings, account=account, reason=reason, since=since, until=until, limit=limit)
+    rows = usecases.rejections(settings, account=account, reason=reason, since=since, until=until, limit=limit,
+                               superseded=superseded)
     _show(presentation.rejection_listing(rows, settings.environment, wide or fmt != "table"), fmt)
 
 

@@ -33,14 +33,14 @@ from imbill.producers.config_publisher import (ApplyResult, HistoryEntry, apply_
                                                current_state, set_rate as apply_rate)
 from imbill.projections.models import connect
 from imbill.projections.queries import (XdrFilter, aggregate_xdrs, latest_balances, query_balances,
-                                        query_registrations, query_rejections, query_xdrs)
+                                        query_registrations, query_rejections, query_revisions, query_xdrs)
 from imbill.projections.report_data import ReportData, report_data
 from imbill.schemas.codec import event_of
 from imbill.settings import Settings
 
 __all__ = ["EdgeUnreachable", "DatabaseUnavailable", "PolicyExplanation", "Outcome", "Sent", "TopUp",
            "create_all_topics", "apply_config_file", "config_at", "set_rate", "config_events", "top_up", "send",
-           "generate_traffic", "explain_policy", "xdrs", "xdr_totals", "rejections", "balances", "accounts", "report",
+           "generate_traffic", "explain_policy", "xdrs", "xdr_revisions", "xdr_totals", "rejections", "balances", "accounts", "report",
            "ReconcileReport", "reconcile"]
 
 OUTCOME_WAIT = 5.0
@@ -310,6 +310,13 @@ def xdrs(settings: Settings, where: XdrFilter = ALL_XDRS, *, limit: int | None =
         return query_xdrs(engine, where=_in_environment(settings, where), limit=limit, newest_first=newest_first)
 
 
+def xdr_revisions(settings: Settings, where: XdrFilter = ALL_XDRS, *, limit: int | None = None,
+                  newest_first: bool = True) -> list[dict[str, Any]]:
+    """Every revision (a charge and its corrections) of the xDRs of the settings' environment."""
+    with _database(settings, "xdr_revision") as engine:
+        return query_revisions(engine, _in_environment(settings, where), limit=limit, newest_first=newest_first)
+
+
 def xdr_totals(settings: Settings, by: str, where: XdrFilter = ALL_XDRS, *, limit: int | None = None,
                newest_first: bool = True) -> list[dict[str, Any]]:
     """xDRs of the settings' environment aggregated ``by`` hour, day, customer, destination or vendor."""
@@ -322,11 +329,12 @@ def _in_environment(settings: Settings, where: XdrFilter) -> XdrFilter:
 
 
 def rejections(settings: Settings, *, account: str | None, reason: str | None, since: datetime | None,
-               until: datetime | None, limit: int | None) -> list[dict[str, Any]]:
-    """Rejected attempts of the settings' environment, newest first."""
+               until: datetime | None, limit: int | None, superseded: bool = False) -> list[dict[str, Any]]:
+    """Rejected attempts of the settings' environment, newest first (``superseded``: also
+    those a correction has charged since)."""
     with _database(settings, "rejected_attempt") as engine:
         return query_rejections(engine, environment=settings.environment, account=account, reason=reason,
-                                since=since, until=until, limit=limit)
+                                since=since, until=until, limit=limit, superseded=superseded)
 
 
 def registrations(settings: Settings, *, account: str | None, now: datetime) -> list[dict[str, Any]]:
