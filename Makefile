@@ -20,6 +20,7 @@ run: setup
 test: setup
 	bash scripts/postgres-up
 	bash scripts/chromium-up
+	bash scripts/sip-tools-up
 	$(BIN)/python -m pytest -q
 
 fuzz: setup

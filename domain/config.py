@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from functools import partial
 from datetime import datetime
 from decimal import Decimal
 from typing import Any, Callable, Iterable, Iterator, Mapping
@@ -27,6 +28,7 @@ from imbill.domain.errors import ConfigError, ConfigRefused
 from imbill.domain.keys import KEY_SEPARATOR
 from imbill.domain.money import BALANCE_LIMIT, PRICE_LIMIT, amount_problem
 from imbill.domain.references import broken_references, referrers
+from imbill.domain.sip_domains import check_domains, taken
 
 __all__ = [
     "ServiceTypes", "SipSettings", "DialingRules", "Destination", "ServicePolicy", "Tariff", "Rate",
@@ -54,12 +56,17 @@ class SipSettings:
     digest realm ("" means the environment's name). ``proxy``: challenge as a proxy (407
     Proxy-Authenticate) instead of as a user agent server (401 WWW-Authenticate).
     ``algorithms``: offered in this order, one challenge each (RFC 8760: the preferred
-    first; a client that takes the first challenge, as SIPp 3.6.1 does, needs MD5 first)."""
+    first; a client that takes the first challenge, as SIPp 3.6.1 does, needs MD5 first).
+    ``domains``: the SIP domains served (schema version 2 of SipSettingsSet)."""
 
     authentication: bool = True
     realm: str = ""
     proxy: bool = False
     algorithms: tuple[str, ...] = ALGORITHMS
+    domains: tuple[str, ...] = ()
+    """The SIP domains the environment serves (config: ``sip_domains``): a request whose
+    domain one of them is belongs to it (:mod:`.sip_domains`); none: the edge's default
+    environment's, see the README's "Environments by domain"."""
 
     def realm_of(self, environment: str) -> str:
         return self.realm or default_realm(environment)
@@ -352,7 +359,7 @@ class ConfigState:
         for name, record in events:
             try:
                 draft = _draft_of(drafts, self.environments, record["environment"])
-                changed = draft.apply(name, record)
+                changed = draft.apply(name, record, partial(_domains_in_force, drafts, self.environments))
             except SKIPPABLE as exc:
                 (on_skip or _ignore)(name, record, exc)
                 continue
@@ -412,6 +419,7 @@ def _checked(obj: Any) -> Any:
         return dataclasses.replace(obj, attributes=attributes)
     if type(obj) is SipSettings:
         check_algorithms(obj.algorithms)
+        check_domains(obj.domains)
     return obj
 
 
@@ -458,6 +466,16 @@ def _draft_of(drafts: dict[str, _Draft], environments: Mapping[str, EnvironmentC
     return draft
 
 
+def _domains_in_force(drafts: Mapping[str, _Draft], environments: Mapping[str, EnvironmentConfig]
+                      ) -> dict[str, tuple[str, ...]]:
+    """Environment -> the SIP domains it serves, drafts (the events folded so far) first."""
+    served = {name: env.sip.domains for name, env in environments.items()}
+    for name, draft in drafts.items():
+        settings = draft.view().sip_settings.get("")
+        served[name] = settings.domains if settings is not None else ()
+    return served
+
+
 class _Draft:
     """A new snapshot of one environment under construction: a collection is copied the
     first time an event touches it, so the old snapshot stays as it was."""
@@ -466,8 +484,11 @@ class _Draft:
         self.base, self.version = base, base.version
         self.copied: dict[str, dict[str, Any]] = {}
 
-    def apply(self, name: str, record: Mapping[str, Any]) -> bool:
-        """Apply one event; raise (one of SKIPPABLE, changing nothing) if it is refused."""
+    def apply(self, name: str, record: Mapping[str, Any],
+              domains: Callable[[], Mapping[str, tuple[str, ...]]] = lambda: {}) -> bool:
+        """Apply one event; raise (one of SKIPPABLE, changing nothing) if it is refused.
+        ``domains``: the SIP domains each environment serves, for the check that no two
+        environments serve one domain."""
         if name == "ConfigObjectRemoved":
             kind, key = KIND_BY_NAME[record["kind"]], record["key"]
             self._check_removal(kind, key)
@@ -476,6 +497,8 @@ class _Draft:
             kind = KIND_BY_EVENT[name]
             obj = from_record(kind, record)
             self._check_references(kind, obj)
+            if kind.cls is SipSettings and obj.domains:
+                self._check_domains(obj, domains())
             self._collection(kind)[kind.key(obj)] = obj
         else:
             return False
@@ -491,6 +514,11 @@ class _Draft:
         if problems:
             raise ConfigRefused("broken_reference", f"{kind.name} {kind.key(obj)!r}: " + "; ".join(
                 f"{field_name}: {text}" for field_name, text in problems))
+
+    def _check_domains(self, sip: SipSettings, domains: Mapping[str, tuple[str, ...]]) -> None:
+        problem = taken(self.base.name, sip.domains, domains)
+        if problem:
+            raise ConfigRefused("domain_taken", f"sip_domains: {problem}")
 
     def _check_removal(self, kind: Kind, key: Any) -> None:
         if type(key) is not str:

@@ -49,6 +49,8 @@ PAYMENT_REASON_CODES = {
 """Why a payment is not applied: the reason codes of PaymentRejected."""
 
 SKIPPED = ("duplicate", "already_applied")
+FAILED = "failed"
+"""The ``delivery`` of an attempt the SIP edge could not deliver."""
 UNREMEMBERED = (*SKIPPED, "outside_dedup_window")
 
 
@@ -61,6 +63,9 @@ class Limits:
     """The largest single payment applied (amount_too_large above it)."""
     clock_skew: timedelta = CLOCK_SKEW
     """How far after the rating clock an attempt may be dated (implausible_attempt beyond)."""
+    charge_undelivered: bool = False
+    """Whether an attempt the SIP edge failed to deliver (``delivery`` failed) is charged as
+    any other (PortaBilling bills the authorization); by default it is refused undelivered."""
 
     def __post_init__(self) -> None:
         if not ZERO < self.payment_maximum <= PAYMENT_LIMIT:
@@ -96,6 +101,8 @@ def decide_attempt(state: AccountState | None, attempt: MessageAttempt, config: 
     rated = rate_attempt(attempt, config, rated_at=now, clock_skew=limits.clock_skew)
     if type(rated) is Refusal:
         return Decision(state, (rejection_of(attempt, rated, now),))
+    if attempt.delivery == FAILED and not limits.charge_undelivered:
+        return Decision(state, (rejection_of(attempt, _undelivered(attempt, rated), now),))
     if rated.direction != "outgoing":  # free, billed to the recipient, whose balance is elsewhere
         return Decision(state, (charge_of(attempt, rated, now),))
     if account_key(rated.environment, rated.account) != key:
@@ -106,6 +113,11 @@ def decide_attempt(state: AccountState | None, attempt: MessageAttempt, config: 
                   occurred_at=now, sighting=verdict(sighting, offset=offset, at=min(attempt.received_at, now)))
     return Decision(result.state, _outcome(attempt, rated, result.outcome, now) + tuple(result.events),
                     remember=result.outcome not in UNREMEMBERED)
+
+
+def _undelivered(attempt: MessageAttempt, rated: Rated) -> Refusal:
+    return Refusal("undelivered", f"the SIP edge could not deliver the message to {attempt.to_user!r}: SIP "
+                   f"{attempt.delivery_code}", rated.account)
 
 
 def _oversized(attempt: MessageAttempt, now: datetime) -> Rejection:

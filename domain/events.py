@@ -24,7 +24,7 @@ from typing import Any, Mapping
 from imbill.domain.config import KIND_BY_CLASS
 
 __all__ = ["MessageAttempt", "Charge", "Rejection", "Payment", "PaymentRejected", "BalanceChanged",
-           "ServiceStatusChanged", "RerateRun", "ConfigObjectDefined", "ConfigEventRejected", "config_rejection_id_of", "ConfigObjectRemoved", "Event", "ConfigEvent",
+           "ServiceStatusChanged", "RegistrationChanged", "RerateRun", "ConfigObjectDefined", "ConfigEventRejected", "config_rejection_id_of", "ConfigObjectRemoved", "Event", "ConfigEvent",
            "ACCOUNT_EVENTS", "event_name", "field_names", "charge_id_of", "rejection_id_of", "correction_id_of"]
 
 
@@ -51,6 +51,11 @@ class MessageAttempt:
     source_port: int
     transport: str
     edge_id: str
+    delivery: str | None = None
+    """delivered or failed when the edge delivered the message to the recipient's registered
+    Contact itself; None when it did not (off-net, delivery off, no binding)."""
+    delivery_code: int | None = None
+    """The final SIP status of that delivery (200, 480, 408, ...)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +191,30 @@ class ServiceStatusChanged:
 
 
 @dataclass(frozen=True, slots=True)
+class RegistrationChanged:
+    """A binding of an account's Contact made, refreshed, removed or lapsed at the SIP edge
+    (REGISTER, RFC 3261 section 10); the registrar's rules are :mod:`.registrations`."""
+
+    event_id: str
+    environment: str
+    account: str
+    contact: str
+    """The Contact URI requests for the account are delivered to."""
+    expires_at: datetime
+    """When the binding lapses without a refresh (removed: when it was removed)."""
+    user_agent: str | None
+    source: str
+    """host:port the REGISTER came from."""
+    transport: str
+    call_id: str
+    cseq: int
+    """The Call-ID and CSeq of the REGISTER (RFC 3261 10.3: a re-ordered older one is refused)."""
+    state: str
+    """bound, refreshed, removed or expired."""
+    occurred_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class RerateRun:
     """One state of a re-rating run (started, finished); a run's latest record is its state."""
 
@@ -252,7 +281,7 @@ class ConfigEventRejected:
 
 
 Event = (MessageAttempt | Charge | Rejection | Payment | PaymentRejected | BalanceChanged | ServiceStatusChanged
-         | ConfigObjectDefined | ConfigObjectRemoved | ConfigEventRejected)
+         | RegistrationChanged | ConfigObjectDefined | ConfigObjectRemoved | ConfigEventRejected)
 ConfigEvent = ConfigObjectDefined | ConfigObjectRemoved
 ACCOUNT_EVENTS = (Charge, Rejection, PaymentRejected, BalanceChanged, ServiceStatusChanged)
 """The processor's outputs: each belongs to one account of one environment."""

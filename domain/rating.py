@@ -130,6 +130,22 @@ def _implausible(attempt: MessageAttempt, rated_at: datetime, clock_skew: timede
                 f"(0 to {MAX_BODY_CHARS:,} characters)")
     if attempt.received_at > rated_at + clock_skew:
         return f"the attempt is dated {attempt.received_at.isoformat()}, after it was rated ({rated_at.isoformat()})"
+    if attempt.delivery is not None or attempt.delivery_code is not None:
+        return _implausible_delivery(attempt.delivery, attempt.delivery_code)
+    return ""
+
+
+DELIVERIES = ("delivered", "failed")
+"""What the SIP edge says of a message it delivered itself (None: it did not)."""
+
+
+def _implausible_delivery(delivery: str | None, code: int | None) -> str:
+    """Why a delivery outcome cannot be the edge's ("" when it can): a delivered message has a
+    2xx, a failed one a final status of 300 to 699."""
+    if delivery not in DELIVERIES or type(code) is not int:
+        return f"delivery {str(delivery)[:40]!r} with SIP code {code!r} is no outcome of the SIP edge"
+    if (delivery == "delivered") != (200 <= code < 300) or not 200 <= code < 700:
+        return f"delivery {delivery!r} with SIP code {code} is no outcome of the SIP edge"
     return ""
 
 
@@ -139,7 +155,8 @@ def text_chars(attempt: MessageAttempt) -> int:
 
 
 _TEXTS = attrgetter("attempt_id", "environment", "direction", "call_id", "from_user", "from_domain", "to_user",
-                    "to_domain", "request_uri", "user_agent", "content_type", "source_ip", "transport", "edge_id")
+                    "to_domain", "request_uri", "user_agent", "content_type", "source_ip", "transport", "edge_id",
+                    "delivery")
 """An attempt's text fields, one C call (this check runs for every attempt rated)."""
 
 
@@ -258,7 +275,7 @@ def charge_of(attempt: MessageAttempt, rated: Rated, rated_at: datetime, *, revi
         vendor_tariff=rated.vendor_tariff, vendor_cost=rated.vendor_cost, vendor_currency=rated.vendor_currency,
         revision=revision, service="messaging", node=rated.node, cli_translated=rated.cli_translated,
         destination_description=rated.destination_description, user_agent=attempt.user_agent,
-        difference=difference, rerate_run=rerate_run)
+        difference=difference, rerate_run=rerate_run, delivery=attempt.delivery, delivery_code=attempt.delivery_code)
 
 
 def rejection_of(attempt: MessageAttempt, refusal: Refusal, rejected_at: datetime) -> Rejection:

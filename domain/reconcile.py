@@ -13,9 +13,20 @@ For every account of the environment, and every account an event names:
   re-sent byte for byte (the commit protocol re-sends an outbox after a crash); two different
   outcome ids, or none, are differences. So is a charge id carrying two amounts.
 
-Charges: a charge id's latest record counts; a ``correction`` names in ``corrects`` the charge
-it supersedes and replaces that charge's amount with its own. Payments: a payment id counts
-once, unless it was refused (a PaymentRejected for it and no BalanceChanged caused by it).
+- **corrections**: re-rating's corrections chain: revision n + 1 of an attempt names in
+  ``corrects`` the outcome it supersedes, revision n's charge id (or, for revision 2, the
+  attempt's rejection: a rejection that became a charge), and carries its ``difference``, its
+  amount minus the superseded amount (a rejection's is 0). A correction naming anything else,
+  or whose difference is not that, is a difference.
+
+Charges: a charge id's latest record counts, unless a correction supersedes it: the expected
+balance takes **the latest revision's amount** of each attempt (:func:`charge_total`). Adding
+every revision's difference instead (a first charge's being its amount;
+:func:`difference_total`), as a downstream consumer may, gives the same total whenever the
+corrections chain as above, which the corrections check makes sure of. The
+balance the processor holds moves with every BalanceChanged, whatever its cause (a charge, a
+payment, a correction): its latest is compared. Payments: a payment id counts once, unless
+it was refused (a PaymentRejected for it and no BalanceChanged caused by it).
 """
 
 from __future__ import annotations
@@ -27,7 +38,8 @@ from typing import Iterable, Mapping
 
 from imbill.domain.events import BalanceChanged, Charge, Payment, PaymentRejected, Rejection
 
-__all__ = ["AttemptSeen", "Topics", "Difference", "Reconciliation", "reconcile", "charge_total"]
+__all__ = ["AttemptSeen", "Topics", "Difference", "Reconciliation", "reconcile", "charge_total", "difference_total",
+           "latest_revisions"]
 
 ZERO = Decimal(0)
 CENT = Decimal("0.01")
@@ -92,18 +104,42 @@ def reconcile(opening: Mapping[str, Decimal], topics: Topics, projected: Mapping
     for name in sorted(accounts):
         differences += _balance_differences(name, opening.get(name), charges, applied.get(name, {}),
                                             balances.get(name), projected)
-    outcome_differences, attempts = _outcome_differences(topics.attempts, charges, topics.rejections, account)
-    return Reconciliation(differences + outcome_differences, len(accounts), attempts)
+    rejections = list(topics.rejections)
+    outcome_differences, attempts = _outcome_differences(topics.attempts, charges, rejections, account)
+    correction_differences = _correction_differences(charges, rejections, account)
+    return Reconciliation(differences + outcome_differences + correction_differences, len(accounts), attempts)
 
 
 def charge_total(charges: Iterable[Charge]) -> Decimal:
-    """The effective amount of ``charges`` (one account's): each charge id's latest record,
-    without the charges a correction supersedes."""
+    """The effective amount of ``charges`` (one account's): the amount of each latest
+    revision, the revisions no correction supersedes."""
+    return sum((c.amount for c in latest_revisions(charges)), ZERO)
+
+
+def difference_total(charges: Iterable[Charge]) -> Decimal:
+    """The same total added as a downstream consumer may: the difference of every revision
+    (a charge id's latest record), a first charge's difference being its amount."""
+    return sum((_difference(c) for c in _latest_records(charges).values()), ZERO)
+
+
+def latest_revisions(charges: Iterable[Charge]) -> list[Charge]:
+    """The revisions no correction supersedes (of a charge id, its latest record): the latest
+    of each attempt's chain. Two first charges of one attempt (a double charge, which the
+    outcome check reports) both stay: each was charged."""
+    records = _latest_records(charges)
+    superseded = {c.corrects for c in records.values() if c.kind == "correction" and c.corrects}
+    return [c for charge_id, c in records.items() if charge_id not in superseded]
+
+
+def _latest_records(charges: Iterable[Charge]) -> dict[str, Charge]:
     latest: dict[str, Charge] = {}
     for charge in charges:
         latest[charge.charge_id] = charge
-    superseded = {c.corrects for c in latest.values() if c.kind == "correction" and c.corrects}
-    return sum((c.amount for c_id, c in latest.items() if c_id not in superseded), ZERO)
+    return latest
+
+
+def _difference(charge: Charge) -> Decimal:
+    return charge.amount if charge.difference is None else charge.difference
 
 
 def _latest_balances(events: Iterable[BalanceChanged]) -> dict[str, Decimal]:
@@ -152,18 +188,18 @@ def _money(amount: Decimal) -> str:
     return f"{cents if cents == amount else amount.normalize():f}"
 
 
-def _outcome_differences(attempts: Iterable[AttemptSeen], charges: list[Charge], rejections: Iterable[Rejection],
+def _outcome_differences(attempts: Iterable[AttemptSeen], charges: list[Charge], rejections: list[Rejection],
                          account: str | None) -> tuple[list[Difference], int]:
     outcomes: dict[str, set[str]] = defaultdict(set)
     owner: dict[str, str] = {}
     amounts: dict[str, set[Decimal]] = defaultdict(set)
     charged: dict[str, str] = {}
     for charge in charges:
+        amounts[charge.charge_id].add(charge.amount)
+        charged[charge.charge_id] = charge.account
         if charge.kind == "charge":
             outcomes[charge.attempt_id].add(charge.charge_id)
             owner.setdefault(charge.attempt_id, charge.account)
-            amounts[charge.charge_id].add(charge.amount)
-            charged[charge.charge_id] = charge.account
     for rejection in rejections:
         outcomes[rejection.attempt_id].add(rejection.rejection_id)
         owner.setdefault(rejection.attempt_id, rejection.account)
@@ -194,3 +230,38 @@ def _ids(ids: list[str], outcomes: Mapping[str, set[str]] | None = None) -> str:
     named = [f"{i} ({', '.join(sorted(outcomes[i]))})" if outcomes else i for i in sorted(ids)[:SHOWN_IDS]]
     more = f" and {len(ids) - SHOWN_IDS} more" if len(ids) > SHOWN_IDS else ""
     return ", ".join(named) + more
+
+
+def _correction_differences(charges: list[Charge], rejections: list[Rejection],
+                            account: str | None) -> list[Difference]:
+    """Corrections that do not chain: naming no outcome of their attempt at the revision
+    before, or carrying another difference than their amount minus the superseded amount."""
+    records = _latest_records(charges)
+    rejected = {(r.attempt_id, r.rejection_id) for r in rejections}
+    orphans, wrong = defaultdict(list), defaultdict(list)
+    for correction in records.values():
+        if correction.kind != "correction" or account not in (None, correction.account):
+            continue
+        superseded = _superseded_amount(correction, records, rejected)
+        if superseded is None:
+            orphans[correction.account].append(correction.charge_id)
+        elif _difference(correction) != correction.amount - superseded:
+            wrong[correction.account].append(correction.charge_id)
+    lines = [Difference(who, "correction", "corrects its attempt's revision before", f"none for {len(ids)}",
+                        _ids(ids)) for who, ids in sorted(orphans.items())]
+    lines += [Difference(who, "correction", "difference = amount - superseded amount", f"another for {len(ids)}",
+                         _ids(ids)) for who, ids in sorted(wrong.items())]
+    return lines
+
+
+def _superseded_amount(correction: Charge, records: Mapping[str, Charge],
+                       rejected: set[tuple[str, str]]) -> Decimal | None:
+    """The amount of the outcome ``correction`` supersedes (a rejection's is 0), or None when
+    it names no outcome of its attempt at the revision before."""
+    before = records.get(correction.corrects or "")
+    if before is not None and before.attempt_id == correction.attempt_id \
+            and before.revision == correction.revision - 1:
+        return before.amount
+    if correction.revision == 2 and (correction.attempt_id, correction.corrects) in rejected:
+        return ZERO
+    return None

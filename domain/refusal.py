@@ -29,6 +29,8 @@ REASON_CODES: Mapping[str, str] = MappingProxyType({
     "insufficient_funds": "The prepaid balance, or the postpaid credit limit, cannot cover the charge.",
     "service_suspended": "The account's messaging service is suspended (wallet empty) until a top-up.",
     "currency_mismatch": "The charge is in another currency than the account's balance.",
+    "undelivered": "The SIP edge could not deliver the on-net message to the recipient's registered Contact (480 no "
+                   "binding, 408 no answer, or the recipient's refusal): not charged unless IMBILL_CHARGE_UNDELIVERED.",
     "outside_dedup_window": "The attempt is dated more than 24 hours before the newest attempt billed to its "
                             "account: a first copy of it may be forgotten, so it is not charged (domain/dedup.py).",
 })
@@ -42,6 +44,7 @@ CONFIG_REASON_CODES: Mapping[str, str] = MappingProxyType({
     "broken_reference": "The object refers to one that is not in force, or of the wrong sort (an account's product, "
                         "a usage charge's tariff, a rate's tariff or destination, a service policy).",
     "still_referenced": "The removal of an object another object in force still refers to (rates aside).",
+    "domain_taken": "SIP settings listing a domain (sip_domains) that another environment serves already.",
 })
 """Why a config record is not applied: the reason codes of ConfigEventRejected, and what
 ``imbill config history`` shows for it."""

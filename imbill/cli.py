@@ -26,7 +26,7 @@ from imbill import presentation, rerating, usecases, wiring
 from imbill.report import render_report
 from imbill.domain.errors import ImbillError
 from imbill.domain.rerate import RerateFilter
-from imbill.projections.queries import AGGREGATIONS, XDR_COLUMNS, XdrFilter
+from imbill.projections.queries import AGGREGATIONS, REVISION_COLUMNS, XDR_COLUMNS, XdrFilter
 from imbill.settings import DEFAULT_EXAMPLE, Settings, load_settings
 
 EXIT_USER_ERROR = 2
@@ -297,8 +297,8 @@ def rate_set(ctx: click.Context, tariff: str, code: str, price: str, effective_f
 
 
 @cli.command()
-@click.option("--host", default=None, help="UDP address to listen on (default 127.0.0.1).")
-@click.option("--port", type=int, default=None, help="UDP port (default 5060).")
+@click.option("--host", default=None, help="Address to listen on, UDP and TCP (default 127.0.0.1).")
+@click.option("--port", type=int, default=None, help="UDP and TCP port (default 5060).")
 @click.option("--guard-failures", type=int, default=None,
               help="Failed authentications from one address that block it (default 10; 0: no guard).")
 @click.option("--guard-account-failures", type=int, default=None,
@@ -306,15 +306,37 @@ def rate_set(ctx: click.Context, tariff: str, code: str, price: str, effective_f
 @click.option("--guard-window", type=float, default=None, help="Seconds failures are counted over (default 60).")
 @click.option("--guard-cooldown", type=float, default=None,
               help="Seconds a blocked address is answered 403 (default 300).")
+@click.option("--delivery", type=click.Choice(("off", "on", "required")), default=None,
+              help="Deliver MESSAGEs to registered recipients: on (default; 202 without a binding), "
+                   "required (480 without one) or off.")
+@click.option("--delivery-timeout", type=float, default=None,
+              help="Seconds to wait for the recipient's final answer before 408 (default 8).")
+@click.option("--default-environment", default=None,
+              help="Environment of a SIP domain no environment lists (default: the environment, "
+                   "while it lists no sip_domains).")
+@click.option("--tcp-max-connections", type=int, default=None,
+              help="TCP connections open at once (default 1024; 0: UDP only).")
+@click.option("--tcp-max-per-source", type=int, default=None,
+              help="TCP connections open at once from one address (default 64).")
+@click.option("--tcp-idle-timeout", type=float, default=None,
+              help="Seconds a TCP connection may stay without a message (default 300).")
 @click.pass_context
 def edge(ctx: click.Context, host: str | None, port: int | None, guard_failures: int | None,
-         guard_account_failures: int | None, guard_window: float | None, guard_cooldown: float | None) -> None:
-    """Run the SIP edge: MESSAGE -> message-attempt event -> 202 Accepted."""
+         guard_account_failures: int | None, guard_window: float | None, guard_cooldown: float | None,
+         delivery: str | None, delivery_timeout: float | None, default_environment: str | None,
+         tcp_max_connections: int | None, tcp_max_per_source: int | None, tcp_idle_timeout: float | None) -> None:
+    """Run the SIP edge (UDP and TCP): MESSAGE -> message-attempt event -> 202 Accepted (or
+    the answer of the registered recipient it delivered it to); REGISTER -> bindings."""
     settings = _settings(ctx).with_overrides(
         edge_host=host, edge_port=port, edge_guard_failures=guard_failures,
         edge_guard_account_failures=guard_account_failures, edge_guard_window=guard_window,
-        edge_guard_cooldown=guard_cooldown)
+        edge_guard_cooldown=guard_cooldown, edge_delivery=delivery, edge_delivery_timeout=delivery_timeout,
+        edge_default_environment=default_environment, edge_tcp_max_connections=tcp_max_connections,
+        edge_tcp_max_per_source=tcp_max_per_source, edge_tcp_idle_timeout=tcp_idle_timeout)
     settings.guard  # noqa: B018 - refuse a setting out of range in one line, before starting
+    settings.delivery  # noqa: B018
+    settings.register_limits  # noqa: B018
+    settings.tcp  # noqa: B018
     wiring.edge(settings, say)
 
 
@@ -363,13 +385,16 @@ def project(ctx: click.Context, once: bool, max_poll_records: int, rebuild: bool
 
 
 def _columns(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[str, ...] | None:
-    if value is None:
-        return None
-    columns = tuple(c.strip() for c in value.split(",") if c.strip())
-    unknown = [c for c in columns if c not in XDR_COLUMNS]
+    return None if value is None else tuple(c.strip() for c in value.split(",") if c.strip())
+
+
+def _chosen_columns(ctx: click.Context, columns: tuple[str, ...], revisions: bool) -> tuple[str, ...]:
+    """``columns`` when each is a column of the table listed (xdr, or xdr_revision)."""
+    known, what = (REVISION_COLUMNS, "xDR revision") if revisions else (XDR_COLUMNS, "xDR")
+    unknown = [c for c in columns if c not in known]
     if unknown or not columns:
-        raise click.BadParameter(f"no xDR column {', '.join(unknown) or '(none given)'}; the columns are "
-                                 f"{', '.join(XDR_COLUMNS)}", ctx, param)
+        raise click.BadParameter(f"no {what} column {', '.join(unknown) or '(none given)'}; the columns are "
+                                 f"{', '.join(known)}", ctx, param_hint="'--columns'")
     return columns
 
 
@@ -380,6 +405,11 @@ def _columns(ctx: click.Context, param: click.Parameter, value: str | None) -> t
 @click.option("--direction", type=click.Choice(["outgoing", "incoming"]), help="Only this direction.")
 @click.option("--since", type=TIME, help="Attempted at or after this ISO 8601 time (UTC unless zoned).")
 @click.option("--until", type=TIME, help="Attempted before this ISO 8601 time (UTC unless zoned).")
+@click.option("--attempt", help="Only this attempt id.")
+@click.option("--rerate-run", help="Only what this re-rating run made (the xDRs whose latest revision it made; "
+                                   "with --revisions, its corrections).")
+@click.option("--revisions", is_flag=True, help="Every revision (a charge and each of its corrections, from "
+                                                "xdr_revision) instead of the latest of each attempt.")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="At most this many rows (the newest).")
 @click.option("--oldest-first", is_flag=True, help="Oldest first (default: newest first).")
 @click.option("--by", type=click.Choice(AGGREGATIONS),
@@ -387,16 +417,18 @@ def _columns(ctx: click.Context, param: click.Parameter, value: str | None) -> t
                    "xDR count, billing units, amount.")
 @click.option("--wide", is_flag=True, help="Every column in the table (default: time, account, destination, "
                                            "billing units, amount, currency).")
-@click.option("--columns", callback=_columns, help="These columns, comma separated (any column of the xdr table).")
+@click.option("--columns", callback=_columns, help="These columns, comma separated (any column of the xdr table, or "
+                                                   "of xdr_revision with --revisions).")
 @click.option("--format", "fmt", type=click.Choice([*presentation.FORMATS, "parquet"]), default="table",
               show_default=True, help="table (fits the terminal; never cut when piped), csv or json (every "
                                       "column unless --columns), parquet (typed; needs --output).")
 @click.option("--output", type=click.Path(dir_okay=False, writable=True, path_type=Path),
               help="Write csv, json or parquet to this file instead of stdout.")
 @click.pass_context
-def xdr(ctx: click.Context, account, customer, destination, direction, since, until, limit, oldest_first, by,
-        wide, columns, fmt, output) -> None:
-    """Print xDRs (or their totals --by) from the projection: table, CSV, JSON or Parquet."""
+def xdr(ctx: click.Context, account, customer, destination, direction, since, until, attempt, rerate_run, revisions,
+        limit, oldest_first, by, wide, columns, fmt, output) -> None:
+    """Print xDRs (or their totals --by, or every revision --revisions) from the projection:
+    table, CSV, JSON or Parquet. An xDR is an attempt as its latest revision says."""
     if fmt == "parquet" and output is None:
         raise click.UsageError("parquet is binary: give --output FILE", ctx)
     if output is not None and fmt == "table":
@@ -405,13 +437,22 @@ def xdr(ctx: click.Context, account, customer, destination, direction, since, un
         raise click.BadParameter(f"no directory {output.parent} to write {output.name} in", ctx, param_hint="--output")
     if by and (wide or columns):
         raise click.UsageError("--by shows totals: --wide and --columns choose xDR columns", ctx)
+    if by and revisions:
+        raise click.UsageError("--by totals the xDRs (the latest revision of each attempt): without --revisions",
+                               ctx)
+    if columns is not None:
+        columns = _chosen_columns(ctx, columns, revisions)
     settings = _settings(ctx)
     where = XdrFilter(account=account, customer=customer, destination=destination, direction=direction,
-                      since=since, until=until)
+                      since=since, until=until, attempt_id=attempt, rerate_run=rerate_run)
     if by:
         listing = presentation.xdr_aggregate_listing(
             usecases.xdr_totals(settings, by, where, limit=limit, newest_first=not oldest_first),
             settings.environment, by)
+    elif revisions:
+        rows = usecases.xdr_revisions(settings, where, limit=limit, newest_first=not oldest_first)
+        chosen = columns or (REVISION_COLUMNS if wide or fmt != "table" else presentation.REVISION_SUMMARY_COLUMNS)
+        listing = presentation.revision_listing(rows, settings.environment, chosen)
     else:
         rows = usecases.xdrs(settings, where, limit=limit, newest_first=not oldest_first)
         chosen = columns or (XDR_COLUMNS if wide or fmt != "table" else presentation.SUMMARY_COLUMNS)
@@ -443,14 +484,28 @@ def balance(ctx: click.Context, account: str | None, fmt: str) -> None:
 @click.option("--since", type=TIME, help="Attempted at or after this ISO 8601 time (UTC unless zoned).")
 @click.option("--until", type=TIME, help="Attempted before this ISO 8601 time (UTC unless zoned).")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="At most this many rows (the newest).")
-@click.option("--wide", is_flag=True, help="Every column (ids, rejection time, domain).")
+@click.option("--wide", is_flag=True, help="Every column (ids, rejection time, domain, superseded_by).")
+@click.option("--superseded", is_flag=True, help="Also the rejections a correction has charged since "
+                                                 "(superseded_by names that charge).")
 @_format_option()
 @click.pass_context
-def rejections(ctx: click.Context, account, reason, since, until, limit, wide, fmt) -> None:
+def rejections(ctx: click.Context, account, reason, since, until, limit, wide, superseded, fmt) -> None:
     """Rejected attempts, newest first, with their reason code and message (from the projection)."""
     settings = _settings(ctx)
-    rows = usecases.rejections(settings, account=account, reason=reason, since=since, until=until, limit=limit)
+    rows = usecases.rejections(settings, account=account, reason=reason, since=since, until=until, limit=limit,
+                               superseded=superseded)
     _show(presentation.rejection_listing(rows, settings.environment, wide or fmt != "table"), fmt)
+
+
+@cli.command()
+@click.option("--account", help="Only this account.")
+@_format_option()
+@click.pass_context
+def registrations(ctx: click.Context, account: str | None, fmt: str) -> None:
+    """The live REGISTER bindings: contact, expiry, User-Agent, source (from the projection)."""
+    settings = _settings(ctx)
+    rows = usecases.registrations(settings, account=account, now=datetime.now(timezone.utc))
+    _show(presentation.registration_listing(rows, settings.environment), fmt)
 
 
 @cli.command()
@@ -548,15 +603,17 @@ def payment(ctx: click.Context, account: str, amount: Decimal, currency: str | N
               help="Service password for the digest challenge (default: the account's HA1 from the config).")
 @click.option("--wait", type=click.FloatRange(min=0), default=usecases.OUTCOME_WAIT, show_default=True,
               help=WAIT_HELP)
+@click.option("--transport", type=click.Choice(["udp", "tcp"], case_sensitive=False), default="udp",
+              show_default=True, help="SIP transport to the edge.")
 @click.argument("text")
 @click.pass_context
-def send(ctx: click.Context, from_user, to_user, domain, host, port, password, wait, text) -> None:
+def send(ctx: click.Context, from_user, to_user, domain, host, port, password, wait, transport, text) -> None:
     """Send one SIP MESSAGE to the edge; print its answer and its charge or rejection.
 
     Exit status: 0 charged (or accepted and not watched), 1 rejected or refused by the edge."""
     settings = _settings(ctx).with_overrides(edge_host=host, edge_port=port)
     sent = usecases.send(settings, from_user=from_user, to_user=to_user, text=text, domain=domain, wait=wait,
-                         password=password)
+                         password=password, transport=transport.upper())
     say(presentation.sip_answer_text(sent.answer.status, sent.answer.reason, sent.answer.raw))
     accepted = 200 <= sent.answer.status < 300
     if sent.outcome is not None:

@@ -31,9 +31,9 @@ from imbill.domain.policy import Explanation
 from imbill.domain.rating import Rated, Refusal
 from imbill.producers.config_publisher import PLAN_ORDER, HistoryEntry
 from imbill.producers.sip_client import response_headers
-from imbill.projections.models import RejectedAttempt, Xdr
-from imbill.projections.queries import (AGGREGATE_KINDS, BALANCE_KINDS, REJECTION_COLUMNS, XDR_COLUMNS,
-                                        column_kinds)
+from imbill.projections.models import Registration, RejectedAttempt, Xdr, XdrRevision
+from imbill.projections.queries import (AGGREGATE_KINDS, BALANCE_KINDS, REGISTRATION_COLUMNS, REJECTION_COLUMNS,
+                                        XDR_COLUMNS, column_kinds)
 from imbill.schemas.codec import schemas
 from imbill.schemas.topics import CATALOGUE
 
@@ -41,10 +41,11 @@ __all__ = ["TextStyle", "CONFIG", "EXPLAIN", "EXPORT", "text", "money", "FORMATS
            "sip_answer_text", "listing_table", "listing_csv", "listing_json", "arrow_table", "write_parquet",
            "topics_listing", "schemas_listing", "attributes_listing", "config_tables", "config_rows",
            "config_listing", "config_when", "config_history_listing", "SUMMARY_COLUMNS", "XDR_KINDS", "xdr_listing",
-           "xdr_aggregate_listing", "format_xdrs", "balance_listing", "rejection_listing", "account_listing",
-           "explanation", "outcome_text", "RECONCILE_COLUMNS", "reconcile_listing", "reconcile_summary",
-           "RERATE_CHANGE_COLUMNS", "rerate_changes_listing", "rerate_listings", "RERATE_RUN_COLUMNS",
-           "rerate_runs_listing", "rerate_run_listing"]
+           "REVISION_SUMMARY_COLUMNS", "REVISION_KINDS", "revision_listing", "xdr_aggregate_listing", "format_xdrs",
+           "balance_listing", "rejection_listing", "account_listing", "explanation", "outcome_text",
+           "RECONCILE_COLUMNS", "reconcile_listing", "reconcile_summary", "RERATE_CHANGE_COLUMNS",
+           "rerate_changes_listing", "rerate_listings", "RERATE_RUN_COLUMNS", "rerate_runs_listing",
+           "rerate_run_listing"]
 
 
 @dataclass(frozen=True)
@@ -272,7 +273,7 @@ def _json_cell(listing: Listing, row: Mapping[str, Any], column: str) -> Any:
 
 
 _RIGHT = frozenset({"money", "price", "integer"})
-_HEADERS = {"billing_units": "units"}
+_HEADERS = {"billing_units": "units", "revision": "rev"}
 """Shorter table headers (CSV, JSON and --columns keep the column names)."""
 
 
@@ -348,6 +349,21 @@ def xdr_listing(rows: Sequence[Mapping[str, Any]], environment: str,
                    _XDR_CURRENCY)
 
 
+REVISION_SUMMARY_COLUMNS: tuple[str, ...] = ("attempted_at", "account", "revision", "amount", "difference",
+                                             "currency")
+"""The columns of the default revisions table (fits an 80-column terminal): each revision of
+an attempt, what it charges and what it changed."""
+
+REVISION_KINDS: Mapping[str, str] = {**column_kinds(XdrRevision.__table__), "unit_price": "price"}
+
+
+def revision_listing(rows: Sequence[Mapping[str, Any]], environment: str,
+                     columns: Sequence[str] = REVISION_SUMMARY_COLUMNS) -> Listing:
+    """``imbill xdr --revisions``: every revision of the xDRs (a charge and its corrections)."""
+    return Listing(f"xDR revisions ({environment}, {len(rows)} rows, times in UTC)", tuple(columns), rows,
+                   REVISION_KINDS, _XDR_CURRENCY)
+
+
 def xdr_aggregate_listing(rows: Sequence[Mapping[str, Any]], environment: str, by: str) -> Listing:
     return Listing(f"xDRs by {by} ({environment}, times in UTC)",
                    (by, "currency", "xdrs", "billing_units", "amount"), rows, AGGREGATE_KINDS)
@@ -391,6 +407,12 @@ def rejection_listing(rows: Sequence[Mapping[str, Any]], environment: str, wide:
     columns = REJECTION_COLUMNS if wide else REJECTION_SUMMARY
     return Listing(f"Rejected attempts ({environment}, {len(rows)} rows, times in UTC)", columns, rows,
                    {**column_kinds(RejectedAttempt.__table__), "reason_code": "code"})
+
+
+def registration_listing(rows: Sequence[Mapping[str, Any]], environment: str) -> Listing:
+    count = f"{len(rows)} live binding{'' if len(rows) == 1 else 's'}"
+    return Listing(f"Registrations ({environment}, {count}, times in UTC)", REGISTRATION_COLUMNS,
+                   rows, {**column_kinds(Registration.__table__), "contact": "code"})
 
 
 ACCOUNT_COLUMNS = ("account", "customer", "currency", "product", "balance_model", "opening_balance",

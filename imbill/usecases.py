@@ -33,14 +33,14 @@ from imbill.producers.config_publisher import (ApplyResult, HistoryEntry, apply_
                                                current_state, set_rate as apply_rate)
 from imbill.projections.models import connect
 from imbill.projections.queries import (XdrFilter, aggregate_xdrs, latest_balances, query_balances,
-                                        query_rejections, query_xdrs)
+                                        query_registrations, query_rejections, query_revisions, query_xdrs)
 from imbill.projections.report_data import ReportData, report_data
 from imbill.schemas.codec import event_of
 from imbill.settings import Settings
 
 __all__ = ["EdgeUnreachable", "DatabaseUnavailable", "PolicyExplanation", "Outcome", "Sent", "TopUp",
            "create_all_topics", "apply_config_file", "config_at", "set_rate", "config_events", "top_up", "send",
-           "generate_traffic", "explain_policy", "xdrs", "xdr_totals", "rejections", "balances", "accounts", "report",
+           "generate_traffic", "explain_policy", "xdrs", "xdr_revisions", "xdr_totals", "rejections", "balances", "accounts", "report",
            "ReconcileReport", "reconcile"]
 
 OUTCOME_WAIT = 5.0
@@ -178,7 +178,7 @@ class Sent:
 
 
 def send(settings: Settings, *, from_user: str, to_user: str, text: str, domain: str | None,
-         wait: float = 0.0, password: str | None = None) -> Sent:
+         wait: float = 0.0, password: str | None = None, transport: str = "UDP") -> Sent:
     """One SIP MESSAGE to the settings' edge; with ``wait``, wait that long for its Charge or
     Rejection (by attempt id: the edge's SHA-256 of Call-ID, CSeq and method). A digest
     challenge is answered with ``password``, or else with the HA1s the config in force keeps
@@ -186,7 +186,7 @@ def send(settings: Settings, *, from_user: str, to_user: str, text: str, domain:
     call_id = f"{uuid.uuid4().hex}@imbill-send"
     credentials = Credentials(from_user, password) if password is not None else (
         lambda: stored_credentials(settings, from_user))
-    message = partial(_send, settings, call_id, from_user, to_user, text, domain, credentials)
+    message = partial(_send, settings, call_id, from_user, to_user, text, domain, credentials, transport)
     try:
         if wait > 0:
             check_reachable(settings.bootstrap_servers, timeout=2.0)
@@ -211,11 +211,12 @@ def _attempt_id(call_id: str, answer: SipAnswer) -> str:
 
 
 def _send(settings: Settings, call_id: str, from_user: str, to_user: str, text: str, domain: str | None,
-          credentials: Credentials | Callable[[], Credentials | None]) -> SipAnswer:
-    where = f"udp://{settings.edge_host}:{settings.edge_port}"
+          credentials: Credentials | Callable[[], Credentials | None], transport: str = "UDP") -> SipAnswer:
+    where = f"{transport.lower()}://{settings.edge_host}:{settings.edge_port}"
     try:
         return send_message(settings.edge_host, settings.edge_port, from_user=from_user, to_user=to_user,
-                            text=text, domain=domain, call_id=call_id, credentials=credentials)
+                            text=text, domain=domain, call_id=call_id, credentials=credentials,
+                            transport=transport)
     except (OSError, TimeoutError) as exc:
         raise EdgeUnreachable(f"no SIP edge answers at {where} ({exc.strerror or exc}): start one (`imbill run` "
                               f"or `imbill edge`) or give --host/--port") from exc
@@ -309,6 +310,13 @@ def xdrs(settings: Settings, where: XdrFilter = ALL_XDRS, *, limit: int | None =
         return query_xdrs(engine, where=_in_environment(settings, where), limit=limit, newest_first=newest_first)
 
 
+def xdr_revisions(settings: Settings, where: XdrFilter = ALL_XDRS, *, limit: int | None = None,
+                  newest_first: bool = True) -> list[dict[str, Any]]:
+    """Every revision (a charge and its corrections) of the xDRs of the settings' environment."""
+    with _database(settings, "xdr_revision") as engine:
+        return query_revisions(engine, _in_environment(settings, where), limit=limit, newest_first=newest_first)
+
+
 def xdr_totals(settings: Settings, by: str, where: XdrFilter = ALL_XDRS, *, limit: int | None = None,
                newest_first: bool = True) -> list[dict[str, Any]]:
     """xDRs of the settings' environment aggregated ``by`` hour, day, customer, destination or vendor."""
@@ -321,11 +329,18 @@ def _in_environment(settings: Settings, where: XdrFilter) -> XdrFilter:
 
 
 def rejections(settings: Settings, *, account: str | None, reason: str | None, since: datetime | None,
-               until: datetime | None, limit: int | None) -> list[dict[str, Any]]:
-    """Rejected attempts of the settings' environment, newest first."""
+               until: datetime | None, limit: int | None, superseded: bool = False) -> list[dict[str, Any]]:
+    """Rejected attempts of the settings' environment, newest first (``superseded``: also
+    those a correction has charged since)."""
     with _database(settings, "rejected_attempt") as engine:
         return query_rejections(engine, environment=settings.environment, account=account, reason=reason,
-                                since=since, until=until, limit=limit)
+                                since=since, until=until, limit=limit, superseded=superseded)
+
+
+def registrations(settings: Settings, *, account: str | None, now: datetime) -> list[dict[str, Any]]:
+    """The live REGISTER bindings of the settings' environment (projection ``registration``)."""
+    with _database(settings, "registration") as engine:
+        return query_registrations(engine, environment=settings.environment, account=account, now=now)
 
 
 def balances(settings: Settings, account: str | None = None) -> list[dict[str, Any]]:

@@ -23,8 +23,10 @@ from imbill.broker import DurableBroker, start_broker
 from imbill.producers.attempt_publisher import AttemptPublisher
 from imbill.producers.edge import serve_edge
 from imbill.producers.sip_auth import DigestAuthenticator
+from imbill.producers.sip_domains import EnvironmentsByDomain
 from imbill.producers.sip_guard import GuessingGuard
-from imbill.projections.projector import ConfigProjector, XdrProjector
+from imbill.producers.sip_registrar import Registrar, RegistrationPublisher, rebuilt_bindings
+from imbill.projections.projector import ConfigProjector, RegistrationProjector, XdrProjector
 from imbill.projections.rebuild import rebuild
 from imbill.run import DataDirLock, run_engine
 from imbill.settings import Settings
@@ -74,17 +76,23 @@ def edge(settings: Settings, say: Say) -> None:
     the edge opens and followed while it runs (the processor's own ConfigReader, polling
     every 0.5 s: an applied config is in force at the edge within about a second). The same
     way it reads the service-status topic (every partition to its end, then followed): a
-    MESSAGE from an account whose messaging the processor suspended is answered 403.
+    MESSAGE from an account whose messaging the processor suspended is answered 403. It
+    serves every environment of the config by SIP domain (producers/sip_domains.py), on UDP
+    and TCP (the same port). Its registrar's bindings (every environment's) are rebuilt from
+    the registrations topic (read to its end) before it opens, and MESSAGEs to registered
+    recipients are delivered per ``settings.delivery``.
 
     The edge runs on uvloop, and once started the objects of start-up are frozen out of the
     garbage collector's way (gc.freeze), so full collections do not walk them again."""
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     edge_id = f"edge-{settings.edge_host}:{settings.edge_port}"
+    delivery, register_limits = settings.delivery, settings.register_limits  # refused before anything starts
 
     def started(_edge: Any) -> None:
         gc.freeze()
-        say(f"SIP edge {edge_id} listening on udp://{settings.edge_host}:{settings.edge_port}, "
-            f"environment {settings.environment}")
+        tcp = f" and tcp://{settings.edge_host}:{settings.edge_port}" if settings.tcp.on else ""
+        say(f"SIP edge {edge_id} listening on udp://{settings.edge_host}:{settings.edge_port}{tcp}, "
+            f"environment {settings.environment} (and others by SIP domain)")
 
     async def serve() -> None:
         config = ConfigReader(settings.bootstrap_servers, settings.topics.config, fetch_wait_ms=500,
@@ -96,11 +104,20 @@ def edge(settings: Settings, say: Say) -> None:
             await statuses.catch_up(timeout=30.0)
             authentication = DigestAuthenticator(lambda: config.state, settings.environment,
                                                  guard=GuessingGuard(settings.guard))
-            async with AttemptPublisher(settings.bootstrap_servers, settings.topics.attempts) as publisher:
+            bindings = await asyncio.to_thread(rebuilt_bindings, settings.bootstrap_servers,
+                                               settings.topics.registrations)
+            async with AttemptPublisher(settings.bootstrap_servers, settings.topics.attempts) as publisher, \
+                    RegistrationPublisher(settings.bootstrap_servers, settings.topics.registrations) as registrations:
+                registrar = Registrar(settings.environment, lambda: config.state, bindings=bindings,
+                                      publish=registrations, limits=register_limits)
                 await serve_edge(publisher, environment=settings.environment, edge_id=edge_id,
                                  host=settings.edge_host, port=settings.edge_port, on_started=started,
                                  vendor_peers=frozenset(settings.edge_vendor_peers),
-                                 authentication=authentication, service_status=statuses)
+                                 authentication=authentication, service_status=statuses,
+                                 registrar=registrar, delivery=delivery,
+                                 environments=EnvironmentsByDomain(lambda: config.state, settings.environment,
+                                                                   default=settings.edge_default_environment),
+                                 tcp=settings.tcp)
         finally:
             await statuses.stop()
             await config.stop()
@@ -134,12 +151,14 @@ def processor_worker(settings: Settings, worker_id: str | None = None, *, loglev
 
 
 def projectors(settings: Settings, once: bool, say: Say, *, max_poll_records: int = 500) -> None:
-    """The xDR and config projectors, one thread each (or, with ``once``, one after the
-    other until idle)."""
+    """The xDR, config and registration projectors, one thread each (or, with ``once``, one
+    after the other until idle)."""
     running = [XdrProjector(settings.database_url, settings.bootstrap_servers, settings.topics,
                          max_poll_records=max_poll_records),
                ConfigProjector(settings.database_url, settings.bootstrap_servers, settings.topics,
-                               max_poll_records=max_poll_records)]
+                               max_poll_records=max_poll_records),
+               RegistrationProjector(settings.database_url, settings.bootstrap_servers, settings.topics,
+                                     max_poll_records=max_poll_records)]
     try:
         if once:
             for projector in running:

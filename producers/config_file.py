@@ -13,6 +13,7 @@ order of the instant messaging checklist (``examples/instant-messaging.yaml``)::
     products: [{name, services, usage_charges: [{service, node, tariff}], service_policy}]
     customers: [{name, currency, accounts: [{id, service_password, product, aliases, ...}]}]
     sip: {authentication: true, realm: "", proxy: false}
+    sip_domains: [im.example.com]      # the SIP domains this environment serves (README)
 
 A service password never leaves this module in clear: the account's object carries its
 HA1s (:func:`~imbill.domain.config.account_credentials`) for the realm of ``sip`` (the
@@ -57,6 +58,7 @@ from imbill.domain.config import (KIND_BY_CLASS, Account, Customer, Destination,
 from imbill.domain.catalogue import InvalidPolicyAttribute, check_applicability, parse_attributes
 from imbill.domain.e164 import DialingRules, InvalidDialingRules
 from imbill.domain.references import account_currency, policy_use, rate_code, tariff_use, unknown
+from imbill.domain.sip_domains import check_domains, domain_of
 
 __all__ = ["ConfigFileError", "DesiredConfig", "EPOCH", "load_config_file", "parse_config", "desired_config",
            "rate_of"]
@@ -322,6 +324,31 @@ def _realm(value: Any) -> Any:
     return value
 
 
+def _sip_domain(value: Any) -> Any:
+    """A SIP domain of the environment: a host (name, IPv4, [IPv6]) without port, lower-cased."""
+    if not isinstance(value, str):
+        return value
+    domain = domain_of(value.strip())
+    try:
+        check_domains([domain])
+    except ValueError:
+        raise _refuse("{value} is no host name, IPv4 address or [IPv6] reference (without port)",
+                      value=repr(value)) from None
+    return domain
+
+
+def _distinct_domains(values: list[str]) -> list[str]:
+    try:
+        check_domains(values)
+    except ValueError as exc:
+        raise _refuse(str(exc).removeprefix("sip_domains: ")) from None
+    return values
+
+
+SipDomains = Annotated[list[Annotated[str, BeforeValidator(_sip_domain)]], EmptyList,
+                       AfterValidator(_distinct_domains)]
+
+
 class SipModel(_Model):
     """The SIP edge's treatment of the environment (README, "Authentication")."""
 
@@ -342,6 +369,7 @@ class ConfigFileModel(_Model):
     products: Annotated[list[ProductModel], EmptyList] = []
     customers: Annotated[list[CustomerModel], EmptyList] = []
     sip: SipModel | None = None
+    sip_domains: SipDomains = []
 
 
 # --- reading ------------------------------------------------------------------------------
@@ -748,9 +776,10 @@ def _build(model: ConfigFileModel, checker: _Checker) -> EnvironmentConfig:
         _put(env, ServiceTypes(types.messaging, types.voice))
     if checker.dialing_rules is not None:
         _put(env, checker.dialing_rules)
-    if model.sip is not None:
-        sip = model.sip
-        _put(env, SipSettings(sip.authentication, sip.realm, sip.proxy, tuple(sip.algorithms)))
+    if model.sip is not None or model.sip_domains:
+        sip = model.sip or SipModel()
+        _put(env, SipSettings(sip.authentication, sip.realm, sip.proxy, tuple(sip.algorithms),
+                              tuple(model.sip_domains)))
     for objects in (_destinations(model), _tariffs(model), _policies(model, checker), _vendors(model),
                     _products(model), _customers(model, env.realm)):
         for obj in objects:

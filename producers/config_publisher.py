@@ -97,13 +97,15 @@ def _label_of(name: str, record: Mapping[str, Any]) -> str:
 
 def plan_changes(desired: DesiredConfig, current: EnvironmentConfig | None, *, now: datetime,
                  currencies: Mapping[str, str] | None = None,
-                 new_event_id: Callable[[], str] = _new_event_id) -> list[Event]:
+                 new_event_id: Callable[[], str] = _new_event_id,
+                 others: Mapping[str, EnvironmentConfig] | None = None) -> list[Event]:
     """The events that turn ``current`` (the environment in force, None if it has no events
     yet) into ``desired``, in :data:`PLAN_ORDER`; [] when nothing changes.
 
     ``currencies`` is the first currency each tariff name of the environment ever had
-    (:func:`tariff_currencies` of the history); by default the tariffs in force. Raises
-    ConfigError when the desired config contradicts it.
+    (:func:`tariff_currencies` of the history); by default the tariffs in force. ``others``:
+    every environment in force, against which the plan is folded too (no two environments
+    serve one SIP domain). Raises ConfigError when the desired config contradicts them.
     """
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
@@ -120,15 +122,17 @@ def plan_changes(desired: DesiredConfig, current: EnvironmentConfig | None, *, n
     events += [event("ConfigObjectRemoved", {"kind": kind.name, "key": key})
                for kind in reversed(PLAN_ORDER) if kind.name not in NEVER_REMOVED
                for key in sorted(current.collection(kind)) if key not in desired.config.collection(kind)]
-    _check_folds(desired, current, events)
+    _check_folds(desired, current, events, others or {})
     return events
 
 
-def _check_folds(desired: DesiredConfig, current: EnvironmentConfig, events: list[Event]) -> None:
-    """Fold the plan over the environment in force, in order, with the readers' own fold:
-    a plan one of its events would be refused from (a reference the fold does not find, the
-    removal of an object still referred to) is refused whole, with the same reason."""
-    state = ConfigState({current.name: current})
+def _check_folds(desired: DesiredConfig, current: EnvironmentConfig, events: list[Event],
+                 others: Mapping[str, EnvironmentConfig]) -> None:
+    """Fold the plan over the config in force, in order, with the readers' own fold: a plan
+    one of its events would be refused from (a reference the fold does not find, the removal
+    of an object still referred to, a SIP domain another environment serves) is refused
+    whole, with the same reason."""
+    state = ConfigState({**others, current.name: current})
     for name, record in events:
         try:
             state = state.apply(name, record)
@@ -300,9 +304,10 @@ def apply_config(path: str | PathLike[str], *, bootstrap_servers: str, topics: T
     """
     desired = load_config_file(path)
     events = _decoded(_config_events(bootstrap_servers, topics))
-    current = fold(events, on_skip=_skipped).environment(desired.environment)
+    state = fold(events, on_skip=_skipped)
+    current = state.environment(desired.environment)
     plan = plan_changes(desired, current, now=now or _utc_now(),
-                        currencies=tariff_currencies(events, desired.environment))
+                        currencies=tariff_currencies(events, desired.environment), others=state.environments)
     for name, record in plan:  # refuse the whole plan before appending any of it
         if len(encode(name, record)) > MAX_EVENT_BYTES:
             raise ConfigFileError(desired.source, [f"{_label_of(name, record)}: the {name} event would be "

@@ -1,15 +1,21 @@
-"""The SIP edge: a UDP server that turns SIP MESSAGE requests into MessageAttempt events.
+"""The SIP edge: a UDP (and TCP) server that turns SIP MESSAGE requests into MessageAttempt events.
 
     MESSAGE            -> publish(attempt), then 202 Accepted (500 + Retry-After if publish raised)
+                          404 and nothing published when no environment serves its domain
+                          (producers/sip_domains.py: the From host; the Request-URI's when incoming)
                           401/407/403/400 and nothing published when digest authentication
                           (producers/sip_auth.py) refuses it; 416 for a Request-URI not sip:/sips:;
                           403 + Warning when the sender's messaging is suspended (service status)
-    REGISTER           -> with authentication on: challenged as a MESSAGE, then 200 (no binding is
-                          kept: the Contact is echoed with its expiry); off: 405 as other methods
+                          delivered to an on-net recipient's registered Contact when it has one
+                          (producers/sip_proxy.py): the recipient's final answer relayed (408 when
+                          none comes; 480 without a binding when delivery is required), the
+                          attempt published with the outcome before the answer goes out
+    REGISTER           -> with authentication on: challenged as a MESSAGE, then the registrar's
+                          answer (producers/sip_registrar.py); off: 405 as other methods
     other methods      -> 405 Method Not Allowed, Allow: MESSAGE (ACK: never answered)
     malformed request  -> 400 (505 for another SIP version); without CSeq the 400 carries
                           "CSeq: 0 <method>"; dropped when no Via (or no method) is readable
-    responses          -> dropped, never answered
+    responses          -> to a delivery's client transaction: taken; any other: dropped
 
 A MESSAGE opens a non-INVITE server transaction (RFC 3261 17.2.2) keyed by top Via
 branch + Call-ID + CSeq and kept 32 s (Timer J, 64*T1) in a bounded cache: a
@@ -27,12 +33,19 @@ receive buffer would drop (and the client retransmit 500 ms later).
 Responses go to the source address and port of the datagram (symmetric response
 routing, as RFC 3581 rport does), not to the Via sent-by of RFC 3261 18.2.2: that
 is what reaches clients behind NAT and test harnesses on ephemeral ports.
+
+With ``tcp`` limits, the edge also listens on TCP on the same port (producers/sip_tcp.py):
+each message cut from a stream is handled as a datagram, with the same parsing, and its
+answers are written back on its connection (a TcpPeer stands for the source address); its
+attempt's transport is TCP. An answer whose connection has closed is dropped (the client
+opens a new one and sends again; the transaction cache answers it).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
@@ -44,33 +57,45 @@ from typing import Any, Protocol
 from imbill.producers.attempt import attempt_from_request
 from imbill.producers.sip import HeaderFields, SipParseError, SipRequest, header_values, is_response, parse_request
 from imbill.producers.sip_auth import Refusal
-from imbill.producers.sip_grammar import split_commas
+from imbill.producers.sip_proxy import DeliverySettings, Forwarder
+from imbill.producers.sip_registrar import Registrar
 from imbill.producers.sip_responses import ALLOW, build_response
+from imbill.producers.sip_tcp import TcpLimits, TcpPeer, TcpServer
 
-__all__ = ["Authentication", "Done", "EdgeCounters", "Publish", "ServiceStatus", "SipEdge", "Submit", "serve_edge"]
+__all__ = ["Authentication", "Done", "EdgeCounters", "Environments", "Publish", "ServiceStatus", "SipEdge", "Submit",
+           "serve_edge"]
 
 Publish = Callable[[dict[str, Any]], Awaitable[None]]
 Done = Callable[[BaseException | None], None]  # None: the broker acknowledged the attempt
 TransactionKey = tuple[str, str, int, str]
 ANSWER_BURST = 32  # a client's socket buffer (SIPp's: 64 KiB) must not meet a batch's answers at once
 SIP_SCHEMES = ("sip:", "sips:")
-MAX_REGISTER_EXPIRES = 3600
 log = logging.getLogger(__name__)
 
 
 class Authentication(Protocol):
-    """Digest authentication (producers.sip_auth.DigestAuthenticator)."""
+    """Digest authentication (producers.sip_auth.DigestAuthenticator); ``environment``: the
+    request's (None: the edge's own)."""
 
-    def required(self) -> bool: ...
+    def required(self, environment: str | None = None) -> bool: ...
 
-    def check(self, request: SipRequest, claimed: str, source: str = "") -> Refusal | None: ...
+    def check(self, request: SipRequest, claimed: str, source: str = "",
+              environment: str | None = None) -> Refusal | None: ...
 
 
 class ServiceStatus(Protocol):
-    """The service status of the environment's accounts (streams.status_reader.ServiceStatusReader)."""
+    """The service status of the accounts (streams.status_reader.ServiceStatusReader)."""
 
-    def suspended(self, account: str) -> str | None:
-        """Why ``account``'s messaging is suspended (e.g. "wallet empty"), or None."""
+    def suspended(self, account: str, environment: str | None = None) -> str | None:
+        """Why ``account``'s messaging is suspended in ``environment`` (e.g. "wallet empty"), or None."""
+        ...
+
+
+class Environments(Protocol):
+    """The environment of a request, from its domain (producers.sip_domains.EnvironmentsByDomain)."""
+
+    def of(self, request: SipRequest, incoming: bool = False) -> str | None:
+        """None: no environment serves the request's domain (answered 404)."""
         ...
 
 
@@ -95,8 +120,11 @@ class EdgeCounters:
     internal_errors: int = 0
     unsupported_scheme: int = 0  # answered 416: a Request-URI neither sip: nor sips:
     unauthenticated: int = 0  # refused by authentication: 401/407 (challenged), 400 or 403
-    registered: int = 0  # REGISTER authenticated, answered 200
+    registered: int = 0  # REGISTER authenticated, handed to the registrar
     suspended: int = 0  # MESSAGE from an account whose messaging is suspended, answered 403
+    delivered: int = 0  # MESSAGE delivered to a recipient's binding: a 2xx relayed
+    undelivered: int = 0  # MESSAGE to an on-net recipient not delivered: 480, 408 or its refusal
+    unknown_domain: int = 0  # MESSAGE or REGISTER for a domain no environment serves, answered 404
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -175,11 +203,19 @@ class SipEdge(asyncio.DatagramProtocol):
         vendor_peers: frozenset[str] = frozenset(),
         authentication: Authentication | None,
         service_status: ServiceStatus | None = None,
+        registrar: Registrar | None = None,
+        delivery: DeliverySettings = DeliverySettings(),
+        environments: Environments | None = None,
+        tcp: TcpLimits | None = None,
     ) -> None:
         """``authentication``: None only where every peer is trusted (tests of other parts);
         ``imbill edge`` always passes the environment's (on unless its config turns it off).
         ``service_status``: MESSAGEs from suspended accounts are answered 403 (``imbill edge``
-        passes the service-status topic's reader)."""
+        passes the service-status topic's reader). ``registrar``: REGISTER keeps bindings there
+        and MESSAGEs to registered recipients are delivered per ``delivery`` (None: REGISTER
+        gets 405 and nothing is delivered). ``environments``: the environment of each
+        request from its domain (None: every request is ``environment``'s). ``tcp``: also
+        listen on TCP, on the same port, within these limits (None or 0 connections: UDP only)."""
         self._publisher = publish if hasattr(publish, "submit") else _TaskPerAttempt(publish)
         self._environment, self._edge_id = environment, edge_id
         self._host, self._port, self._server, self._clock = host, port, server, clock
@@ -197,6 +233,10 @@ class SipEdge(asyncio.DatagramProtocol):
         """Source addresses of vendor connections: their MESSAGEs are incoming (free by default)."""
         self._auth = authentication
         self._service_status = service_status
+        self._registrar, self._delivery = registrar, delivery
+        self._forwarder: Forwarder | None = None
+        self._environments = environments
+        self._tcp = TcpServer(self.datagram_received, tcp, server=server) if tcp is not None and tcp.on else None
 
     @property
     def counters(self) -> EdgeCounters:
@@ -208,17 +248,43 @@ class SipEdge(asyncio.DatagramProtocol):
             raise RuntimeError("the SIP edge is not started")
         return self._transport.get_extra_info("sockname")[:2]
 
+    @property
+    def tcp(self) -> TcpServer | None:
+        return self._tcp
+
     async def start(self) -> tuple[str, int]:
         self._loop = asyncio.get_running_loop()
-        await self._loop.create_datagram_endpoint(lambda: self, local_addr=(self._host, self._port))
-        assert self._transport is not None
+        for attempt in range(1, 6):
+            await self._loop.create_datagram_endpoint(lambda: self, local_addr=(self._host, self._port))
+            assert self._transport is not None
+            if self._tcp is None:
+                break
+            port = self.address[1]  # the port UDP got, also when asked for 0
+            try:
+                await self._tcp.start(self._host, port)
+                break
+            except OSError as exc:
+                self._transport.close()
+                if self._port or attempt == 5:  # a port asked for is the operator's: say it is taken
+                    why = os.strerror(exc.errno) if exc.errno else str(exc)
+                    raise OSError(exc.errno, f"cannot listen on tcp {self._host}:{port} ({why}): free the port, "
+                                             "or --tcp-max-connections 0 for UDP only") from exc
+                # port 0: the number UDP got is taken on TCP (a connection's port); another one
         _enlarge_receive_buffer(self._transport.get_extra_info("socket"), self._receive_buffer)
-        log.info("SIP edge %s listening on %s:%s/udp", self._edge_id, *self.address)
+        self._forwarder = Forwarder(self._send, *self.address, self._delivery)
+        if self._registrar is not None:
+            self._registrar.start()
+        log.info("SIP edge %s listening on %s:%s/udp%s", self._edge_id, *self.address,
+                 " and tcp" if self._tcp is not None else "")
         return self.address
 
     async def stop(self, grace: float = 5.0) -> None:
         """Answer new MESSAGEs 503, let pending publishes finish and answer (`grace` s), close."""
         self._stopping = True
+        if self._forwarder is not None:
+            self._forwarder.cancel()  # each undelivered MESSAGE: 408, published as failed
+        if self._registrar is not None:
+            self._registrar.stop()
         if self._pending and self._loop is not None:
             self._drained = self._loop.create_future()
             try:
@@ -229,6 +295,8 @@ class SipEdge(asyncio.DatagramProtocol):
             self._publisher.cancel()
         while self._outbox:
             self._send(*self._outbox.popleft())
+        if self._tcp is not None:
+            await self._tcp.stop()
         if self._transport is not None:
             self._transport.close()
 
@@ -251,7 +319,8 @@ class SipEdge(asyncio.DatagramProtocol):
             self._counters.ignored += 1  # CRLF keep-alive (RFC 5626 4.4.1)
             return
         if is_response(data):
-            self._counters.dropped_responses += 1
+            if self._forwarder is None or not self._forwarder.on_response(data):
+                self._counters.dropped_responses += 1
             return
         request = parse_request(data)
         if isinstance(request, SipParseError):
@@ -260,11 +329,11 @@ class SipEdge(asyncio.DatagramProtocol):
             self._on_message(request, addr)
         elif request.method == "ACK":
             self._counters.ignored += 1
-        elif request.method == "REGISTER" and self._auth is not None and self._auth.required():
+        elif request.method == "REGISTER" and self._registers():
             self._on_register(request, addr)
         else:
             self._counters.rejected_method += 1
-            registers = self._auth is not None and self._auth.required()
+            registers = self._registers()
             self._answer(request.headers, 405, addr, allow=f"{ALLOW}, REGISTER" if registers else ALLOW)
 
     def _reject_malformed(self, error: SipParseError, addr: tuple[str, int]) -> None:
@@ -276,30 +345,47 @@ class SipEdge(asyncio.DatagramProtocol):
         if self._answer(headers, error.status, addr, warning=error.reason) is None:
             self._counters.dropped_malformed += 1
 
-    def _refused(self, request: SipRequest, addr: tuple[str, int]) -> bool:
-        """Answer what the request gets instead of a publish, if anything: 416 for a non-SIP
-        Request-URI, or authentication's refusal. Answered statelessly (a retransmission is
-        challenged again, with a fresh nonce): refusals are not remembered, so requests that
-        are never authenticated cannot fill the edge's memory with copies of their headers."""
-        if not request.request_uri.startswith(SIP_SCHEMES) and not request.request_uri[:5].lower().startswith(
-                SIP_SCHEMES):
-            self._counters.unsupported_scheme += 1
-            self._answer(request.headers, 416, addr)
-            return True
-        refusal = self._auth.check(request, _claimed(request), addr[0]) if self._auth is not None else None
+    def _environment_of(self, request: SipRequest, addr: tuple[str, int]) -> str | None:
+        """The request's environment; None (after answering 404) when no environment serves
+        its domain: nothing is published for it, nor authenticated in a tenant it is not of."""
+        if self._environments is None:
+            return self._environment
+        environment = self._environments.of(request, incoming=addr[0] in self._vendor_peers)
+        if environment is None:
+            self._counters.unknown_domain += 1
+            self._answer(request.headers, 404, addr, warning="no environment serves the domain of this request")
+        return environment
+
+    def _unsupported_scheme(self, request: SipRequest, addr: tuple[str, int]) -> bool:
+        """A Request-URI neither sip: nor sips: (e.g. mailto:) is answered 416, before anything else."""
+        uri = request.request_uri
+        if uri.startswith(SIP_SCHEMES) or uri[:5].lower().startswith(SIP_SCHEMES):
+            return False
+        self._counters.unsupported_scheme += 1
+        self._answer(request.headers, 416, addr)
+        return True
+
+    def _refused(self, request: SipRequest, addr: tuple[str, int], environment: str) -> bool:
+        """Answer authentication's refusal in the request's environment, if any. Answered
+        statelessly (a retransmission is challenged again, with a fresh nonce): refusals are
+        not remembered, so requests that are never authenticated cannot fill the edge's
+        memory with copies of their headers."""
+        if self._auth is None:
+            return False
+        refusal = self._auth.check(request, _claimed(request), addr[0], environment)
         if refusal is None:
             return False
         self._counters.unauthenticated += 1
         self._answer(request.headers, refusal.status, addr, warning=refusal.warning, extra=refusal.headers)
         return True
 
-    def _suspended(self, request: SipRequest, addr: tuple[str, int]) -> bool:
+    def _suspended(self, request: SipRequest, addr: tuple[str, int], environment: str) -> bool:
         """A MESSAGE from an account whose messaging is suspended: 403 naming why, nothing
         published (stateless, like the other refusals). Incoming messages (vendor peers) are
         left to the processor, which refuses a suspended recipient."""
         if self._service_status is None or addr[0] in self._vendor_peers:
             return False
-        reason = self._service_status.suspended(request.from_user)
+        reason = self._service_status.suspended(request.from_user, environment)
         if reason is None:
             return False
         self._counters.suspended += 1
@@ -308,20 +394,40 @@ class SipEdge(asyncio.DatagramProtocol):
                              "top up the account")
         return True
 
+    def _registers(self) -> bool:
+        """REGISTER is served only where it is authenticated (a binding steers an account's
+        messages): with a registrar and authentication; an environment whose authentication is
+        off answers it 405 (:meth:`_on_register`)."""
+        return self._registrar is not None and self._auth is not None
+
     def _on_register(self, request: SipRequest, addr: tuple[str, int]) -> None:
-        """Authenticated like a MESSAGE; then 200 echoing the Contact (no binding is kept)."""
-        assert self._loop is not None
+        """Authenticated like a MESSAGE; then the registrar's answer (200 once its events are stored)."""
+        assert self._loop is not None and self._registrar is not None
         key = (request.branch or "", request.call_id, request.cseq, request.cseq_method)
         now = self._loop.time()
         known, response = self._transactions.lookup(key, now)
         if known:
             self._counters.retransmissions += 1
-            self._send(response, addr)
-        elif not self._refused(request, addr):
+            self._send(response, addr)  # None while its events are published: absorbed
+            return
+        if self._unsupported_scheme(request, addr):
+            return
+        environment = self._environment_of(request, addr)
+        if environment is None:
+            return
+        if not self._auth.required(environment):  # type: ignore[union-attr]
+            self._counters.rejected_method += 1
+            self._answer(request.headers, 405, addr, allow=ALLOW)
+        elif not self._refused(request, addr, environment):
             self._counters.registered += 1
-            response = build_response(request.headers, 200, server=self._server, extra=_bindings(request))
-            self._transactions.record(key, response, now)
-            self._send(response, addr)
+            self._transactions.record(key, None, now)
+            self._registrar.register(request, addr, "TCP" if type(addr) is TcpPeer else "UDP",
+                                     partial(self._registered, key, addr), environment)
+
+    def _registered(self, key: TransactionKey, addr: tuple[str, int], response: bytes | None) -> None:
+        assert self._loop is not None
+        self._transactions.record(key, response, self._loop.time())
+        self._send(response, addr)
 
     def _on_message(self, request: SipRequest, addr: tuple[str, int]) -> None:
         assert self._loop is not None
@@ -332,10 +438,12 @@ class SipEdge(asyncio.DatagramProtocol):
             self._counters.retransmissions += 1
             self._send(response, addr)  # None while pending: absorbed
             return
-        if self._auth is not None or not request.request_uri.startswith(SIP_SCHEMES):
-            if self._refused(request, addr):
-                return
-        if self._suspended(request, addr):
+        if self._unsupported_scheme(request, addr):
+            return
+        environment = self._environment_of(request, addr)
+        if environment is None or self._refused(request, addr, environment):
+            return
+        if self._suspended(request, addr, environment):
             return
         if self._stopping or self._pending >= self._max_pending:
             self._counters.unavailable += 1
@@ -343,30 +451,78 @@ class SipEdge(asyncio.DatagramProtocol):
             return
         attempt = attempt_from_request(
             request,
-            environment=self._environment,
+            environment=environment,
             received_at=self._clock(),
             source_ip=addr[0],
             source_port=addr[1],
+            transport="TCP" if type(addr) is TcpPeer else "UDP",
             edge_id=self._edge_id,
             direction="incoming" if addr[0] in self._vendor_peers else "outgoing",
         )
+        target = self._target(request, environment) if self._registrar is not None else None
+        if target is not None and type(target) is not int:
+            if not self._forwarder.forward(request, target.contact, _address(target.source),
+                                           partial(self._delivered, attempt, request.headers, addr, key)):
+                self._answer(request.headers, 483, addr)
+                return
+            self._transactions.record(key, None, now)
+            self._pending += 1
+            return
         self._transactions.record(key, None, now)
         self._pending += 1
-        done = partial(self._published, attempt.attempt_id, request.headers, addr, key)
+        if target is not None:  # required, and no binding
+            self._delivered(attempt, request.headers, addr, key, target, None)
+        else:
+            self._submit(attempt, request.headers, addr, key, None)
+
+    def _target(self, request: SipRequest, environment: str) -> Any:
+        """Where a MESSAGE is delivered: the recipient's newest live binding; 480 when an account
+        without one must be delivered to; None when the edge does not deliver it (delivery off,
+        off-net, or no binding unless required)."""
+        mode = self._delivery.mode
+        if mode == "off" or (mode == "on" and not self._registrar.bindings):
+            return None
+        account, bindings = self._registrar.live(request.to_user, environment)
+        if bindings:
+            return bindings[0]
+        return 480 if account is not None and mode == "required" else None
+
+    def _with_binding_user_agent(self, attempt: Any) -> Any:
+        """A MESSAGE without User-Agent: the sender's registered client's (what policies match)."""
+        if attempt.user_agent is not None or self._registrar is None or not self._registrar.bindings:
+            return attempt
+        _, bindings = self._registrar.live(attempt.from_user, attempt.environment)
+        return replace(attempt, user_agent=bindings[0].user_agent) if bindings else attempt
+
+    def _delivered(self, attempt: Any, headers: HeaderFields, addr: tuple[str, int], key: TransactionKey,
+                   status: int, relayed: bytes | None) -> None:
+        """The delivery's outcome: published with the attempt, then its answer relayed."""
+        delivered = 200 <= status < 300
+        if delivered:
+            self._counters.delivered += 1
+        else:
+            self._counters.undelivered += 1
+        outcome = replace(attempt, delivery="delivered" if delivered else "failed", delivery_code=status)
+        self._submit(outcome, headers, addr, key, relayed or build_response(headers, status, server=self._server))
+
+    def _submit(self, attempt: Any, headers: HeaderFields, addr: tuple[str, int], key: TransactionKey,
+                answer: bytes | None) -> None:
+        done = partial(self._published, attempt.attempt_id, headers, addr, key, answer)
         try:
-            self._publisher.submit(attempt, done)
+            self._publisher.submit(self._with_binding_user_agent(attempt), done)
         except Exception as exc:  # noqa: BLE001 - a 500 now, not a transaction pending forever
             done(exc)
 
     def _published(
         self, attempt_id: str, headers: HeaderFields, addr: tuple[str, int], key: TransactionKey,
-        error: BaseException | None,
+        answer: bytes | None, error: BaseException | None,
     ) -> None:
-        """The publisher settled an attempt: 202 if the broker acknowledged it, else 500."""
+        """The publisher settled an attempt: its answer (202, or the delivery's) if the broker
+        acknowledged it, else 500."""
         if error is None:
             self._counters.accepted += 1
             self._publish_failing = False
-            response = build_response(headers, 202, server=self._server)
+            response = answer or build_response(headers, 202, server=self._server)
         else:
             self._counters.publish_failures += 1
             self._log_publish_failure(attempt_id, error)
@@ -408,7 +564,11 @@ class SipEdge(asyncio.DatagramProtocol):
         return response
 
     def _send(self, response: bytes | None, addr: tuple[str, int]) -> None:
-        if response is not None and self._transport is not None and not self._transport.is_closing():
+        if response is None:
+            return
+        if type(addr) is TcpPeer:
+            addr.send(response)
+        elif self._transport is not None and not self._transport.is_closing():
             self._transport.sendto(response, addr)
 
 
@@ -417,14 +577,10 @@ def _claimed(request: SipRequest) -> str:
     return request.to_user if request.method == "REGISTER" else request.from_user
 
 
-def _bindings(request: SipRequest) -> tuple[tuple[str, str], ...]:
-    """The Contact fields of a REGISTER as a registrar would list them (expires capped)."""
-    expires = request.header("Expires")
-    seconds = min(int(expires), MAX_REGISTER_EXPIRES) if expires and expires.isdigit() else MAX_REGISTER_EXPIRES
-    contacts = [item for value in header_values(request.headers, "Contact") if value != "*"
-                for item in split_commas(value)]
-    return tuple(("Contact", f"{value};expires={seconds}" if "expires=" not in value.lower() else value)
-                 for value in contacts)
+def _address(source: str) -> tuple[str, int]:
+    """The (host, port) of a binding's source, "host:port" (IPv6: "[::1]:5060" or "::1:5060")."""
+    host, _, port = source.rpartition(":")
+    return host.strip("[]"), int(port)
 
 
 def _enlarge_receive_buffer(sock: socket.socket, size: int) -> None:

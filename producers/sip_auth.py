@@ -24,7 +24,6 @@ stale: the edge never accepts a count it can no longer check.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import logging
 import math
@@ -35,6 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from imbill.domain.config import DEFAULT_SIP, ConfigState, EnvironmentConfig, SipSettings
+from imbill.domain.keys import KEY_SEPARATOR
 from imbill.producers.sip import SipRequest, header_values
 from imbill.producers.sip_digest import algorithm_of, challenge, parse_digest, response
 from imbill.producers.sip_guard import GuessingGuard
@@ -79,8 +79,8 @@ class Nonces:
         return int(nonce[:8], 16)
 
     def _mac(self, realm: str, body: str) -> str:
-        return hmac.new(self._secret, f"{realm}\n{body}".encode("utf-8", "surrogateescape"),
-                        hashlib.sha256).hexdigest()[:32]
+        return hmac.digest(self._secret, f"{realm}\n{body}".encode("utf-8", "surrogateescape"),
+                           "sha256").hex()[:32]
 
 
 class NonceCounts:
@@ -128,7 +128,10 @@ class NonceCounts:
 
 class DigestAuthenticator:
     """Checks a request's digest credentials against the config in force (``config()``,
-    read at every request: a config apply takes effect without a restart)."""
+    read at every request: a config apply takes effect without a restart) of the request's
+    environment: its realm, algorithms and accounts. One authenticator serves every
+    environment of an edge; nonces are bound to their realm (a nonce of one environment is
+    no nonce in another), and the guessing guard counts accounts per environment."""
 
     def __init__(self, config: Callable[[], ConfigState], environment: str, *, secret: bytes | None = None,
                  lifetime: float = NONCE_LIFETIME, max_nonces: int = MAX_NONCES,
@@ -140,82 +143,108 @@ class DigestAuthenticator:
         """Digest responses computed (the work a guessing client costs the edge)."""
         self._nonces = Nonces(secret, lifetime)
         self._counts = NonceCounts(lifetime, max_nonces)
-        self._state: ConfigState | None = None
-        self._env: EnvironmentConfig | None = None
-        self._sip: SipSettings = DEFAULT_SIP
-        self._realm = ""
+        self._realms: dict[str, _Realm] = {}
+        """Environment -> what its config in force says, refreshed when the config changes;
+        bounded by the environments the edge serves (requests for others are answered 404
+        before they get here, see producers/sip_domains.py)."""
 
     @property
     def remembered(self) -> int:
         return len(self._counts)
 
-    def required(self) -> bool:
-        """Whether the environment's config asks for authentication (it does by default)."""
-        state = self._config()
-        if state is not self._state:
-            self._refresh(state)
-        return self._sip.authentication
+    def required(self, environment: str | None = None) -> bool:
+        """Whether the environment's config asks for authentication (it does by default);
+        ``environment``: the request's (None: the one the authenticator was made for)."""
+        return self._realm_of(environment).sip.authentication
 
-    def check(self, request: SipRequest, claimed: str, source: str = "") -> Refusal | None:
+    def check(self, request: SipRequest, claimed: str, source: str = "",
+              environment: str | None = None) -> Refusal | None:
         """None when the request is authenticated as the account ``claimed`` (From's user of
-        a MESSAGE, To's of a REGISTER) or one whose alias it is; else what to answer.
+        a MESSAGE, To's of a REGISTER) or one whose alias it is, in ``environment`` (None:
+        the authenticator's own), with that environment's realm; else what to answer.
         ``source``: the sender's address, which the guessing guard counts failures of."""
-        if not self.required():
+        realm = self._realm_of(environment)
+        if not realm.sip.authentication:
             return None
         blocked = self.guard.blocked(source, self._clock())
         if blocked:
             return Refusal(403, warning=f"too many failed authentications from {source}: refused for "
                                         f"{math.ceil(blocked)} s more")
-        offered = [params for value in header_values(request.headers, self._credentials_header)
-                   if (params := parse_digest(value)) is not None and params.get("realm") == self._realm]
+        offered = [params for value in header_values(request.headers, realm.credentials_header)
+                   if (params := parse_digest(value)) is not None and params.get("realm") == realm.realm]
         if not offered:
-            return self._challenge(stale=False)
-        return self._verify(request, offered[0], claimed, source)
+            return self._challenge(realm, stale=False)
+        return self._verify(request, offered[0], claimed, source, realm)
 
-    @property
-    def _credentials_header(self) -> str:
-        return "Proxy-Authorization" if self._sip.proxy else "Authorization"
+    def _realm_of(self, environment: str | None) -> _Realm:
+        name = self._environment if environment is None else environment
+        state = self._config()
+        found = self._realms.get(name)
+        if found is None or found.state is not state:
+            found = self._realms[name] = _Realm.of(state, name)
+        return found
 
-    def _refresh(self, state: ConfigState) -> None:
-        self._state = state
-        self._env = state.environment(self._environment)
-        self._sip = self._env.sip if self._env is not None else DEFAULT_SIP
-        self._realm = self._sip.realm_of(self._environment)
-
-    def _verify(self, request: SipRequest, params: dict[str, str], claimed: str, source: str) -> Refusal | None:
+    def _verify(self, request: SipRequest, params: dict[str, str], claimed: str, source: str,
+                realm: _Realm) -> Refusal | None:
         missing = [name for name in _REQUIRED if name not in params]
         if missing or params["qop"].lower() != "auth" or not _valid_nc(params["nc"]):
             return Refusal(400, warning=f"malformed credentials ({', '.join(missing) or 'qop or nc'})")
         if not _same_target(params["uri"], request.request_uri):
             return Refusal(400, warning="the digest uri is not the Request-URI")
         algorithm = algorithm_of(params)
-        issued = self._nonces.issued_at(params["nonce"], self._realm)
-        if algorithm not in self._sip.algorithms or issued is None:
-            return self._challenge(stale=False)
+        issued = self._nonces.issued_at(params["nonce"], realm.realm)
+        if algorithm not in realm.sip.algorithms or issued is None:
+            return self._challenge(realm, stale=False)
         now = self._clock()
         if issued + self._nonces.lifetime <= now:
-            return self._challenge(stale=True)
-        account = self._env.accounts.get(params["username"]) if self._env is not None else None
-        ha1 = account.ha1(algorithm, self._realm) if account is not None else None
+            return self._challenge(realm, stale=True)
+        account = realm.env.accounts.get(params["username"]) if realm.env is not None else None
+        ha1 = account.ha1(algorithm, realm.realm) if account is not None else None
         self.digests += 1
         expected = response(algorithm, ha1 or "", nonce=params["nonce"], nc=params["nc"], cnonce=params["cnonce"],
                             qop=params["qop"], method=request.method, uri=params["uri"])
         if account is None or ha1 is None or not hmac.compare_digest(expected, params["response"].lower()):
             log.debug("digest credentials refused for user %r (%s)", params["username"], request.method)
-            self.guard.failed(source, account.account_id if account is not None else None, now)
-            return self._challenge(stale=False)
+            self.guard.failed(source, realm.account_key(account.account_id) if account is not None else None, now)
+            return self._challenge(realm, stale=False)
         if not self._counts.use(params["nonce"], issued, int(params["nc"], 16), now):
-            return self._challenge(stale=True)
+            return self._challenge(realm, stale=True)
         if claimed != account.account_id and claimed not in account.aliases:
             return Refusal(403, warning=f"authenticated as {account.account_id}, not as {claimed}")
         return None
 
-    def _challenge(self, *, stale: bool) -> Refusal:
-        name = "Proxy-Authenticate" if self._sip.proxy else "WWW-Authenticate"
-        nonce = self._nonces.issue(self._realm, self._clock())
-        return Refusal(407 if self._sip.proxy else 401,
-                       tuple((name, challenge(self._realm, nonce, algorithm, stale=stale))
-                             for algorithm in self._sip.algorithms))
+    def _challenge(self, realm: _Realm, *, stale: bool) -> Refusal:
+        name = "Proxy-Authenticate" if realm.sip.proxy else "WWW-Authenticate"
+        nonce = self._nonces.issue(realm.realm, self._clock())
+        return Refusal(407 if realm.sip.proxy else 401,
+                       tuple((name, challenge(realm.realm, nonce, algorithm, stale=stale))
+                             for algorithm in realm.sip.algorithms))
+
+
+@dataclass(frozen=True, slots=True)
+class _Realm:
+    """What one environment's config in force says to authentication: its SIP settings,
+    its digest realm and its accounts (``env``; None when it has no config)."""
+
+    state: ConfigState
+    name: str
+    env: EnvironmentConfig | None
+    sip: SipSettings
+    realm: str
+
+    @classmethod
+    def of(cls, state: ConfigState, name: str) -> _Realm:
+        env = state.environment(name)
+        sip = env.sip if env is not None else DEFAULT_SIP
+        return cls(state, name, env, sip, sip.realm_of(name))
+
+    @property
+    def credentials_header(self) -> str:
+        return "Proxy-Authorization" if self.sip.proxy else "Authorization"
+
+    def account_key(self, account_id: str) -> str:
+        """The guard's name for an account: accounts of two environments never share a count."""
+        return f"{self.name}{KEY_SEPARATOR}{account_id}"
 
 
 def _same_target(uri: str, request_uri: str) -> bool:

@@ -1,7 +1,8 @@
-"""A minimal SIP UAC for MESSAGE (RFC 3428) over UDP: `imbill send` and the tests.
+"""A minimal SIP UAC for MESSAGE (RFC 3428) over UDP or TCP: `imbill send` and the tests.
 
 It builds a request, sends it, and waits for the final response, retransmitting on UDP
-with RFC 3261 Timer E doubling (T1 = 500 ms) until Timer F (32 s) or ``timeout``. Given
+with RFC 3261 Timer E doubling (T1 = 500 ms) until Timer F (32 s) or ``timeout``; over TCP
+it sends once on one connection and reads responses framed by Content-Length. Given
 credentials, it answers a 401/407 digest challenge once (RFC 3261 22.2): the same request
 again, CSeq + 1, with an Authorization (Proxy-Authorization) computed from the password or
 the account's HA1 (:mod:`imbill.producers.sip_digest`).
@@ -16,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from imbill.producers.sip_digest import Credentials, authorization
+from imbill.producers.sip_tcp import FramingError, StreamFramer
 
 __all__ = ["build_message", "send_message", "response_headers", "SipAnswer", "Credentials"]
 
@@ -34,14 +36,14 @@ class SipAnswer:
 def build_message(*, from_user: str, to_user: str, domain: str, text: str, local_ip: str,
                   local_port: int, call_id: str | None = None, cseq: int = 1,
                   user_agent: str = "imbill-send/0.1", content_type: str = "text/plain;charset=UTF-8",
-                  authorization: tuple[str, str] | None = None) -> bytes:
+                  authorization: tuple[str, str] | None = None, transport: str = "UDP") -> bytes:
     """A MESSAGE datagram; ``authorization`` is a (header name, value) to add."""
     body = text.encode("utf-8")
     call_id = call_id or f"{uuid.uuid4().hex}@{local_ip}"
     branch = "z9hG4bK" + uuid.uuid4().hex[:16]
     lines = [
         f"MESSAGE sip:{to_user}@{domain} SIP/2.0",
-        f"Via: SIP/2.0/UDP {local_ip}:{local_port};branch={branch};rport",
+        f"Via: SIP/2.0/{transport} {local_ip}:{local_port};branch={branch};rport",
         "Max-Forwards: 70",
         f"From: <sip:{from_user}@{domain}>;tag={uuid.uuid4().hex[:8]}",
         f"To: <sip:{to_user}@{domain}>",
@@ -77,25 +79,35 @@ def _status(data: bytes) -> tuple[int, str]:
 
 def send_message(host: str, port: int, *, from_user: str, to_user: str, text: str,
                  domain: str | None = None, timeout: float = 8.0, call_id: str | None = None,
-                 credentials: Credentials | Callable[[], Credentials | None] | None = None) -> SipAnswer:
+                 credentials: Credentials | Callable[[], Credentials | None] | None = None,
+                 transport: str = "UDP") -> SipAnswer:
     """Send one MESSAGE and return the final response (raises TimeoutError without one, and
     ConnectionRefusedError when nothing listens on the port). ``credentials`` (or a function
     giving them, called only when challenged) answer a 401/407; without them the challenge
-    is the answer."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+    is the answer. ``transport``: UDP or TCP (one connection for both requests)."""
+    stream = transport.upper() == "TCP"
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM if stream else socket.SOCK_DGRAM) as sock:
         sock.bind(("127.0.0.1" if host.startswith("127.") else "0.0.0.0", 0))
-        sock.connect((host, port))  # connected: a port nobody listens on is refused at once (ICMP)
+        sock.settimeout(timeout)
+        sock.connect((host, port))  # connected: a port nobody listens on is refused at once (ICMP, RST)
         local_ip, local_port = sock.getsockname()
+        framer = StreamFramer() if stream else None
         domain = domain or host
         call_id = call_id or f"{uuid.uuid4().hex}@{local_ip}"
 
         def request(cseq: int, auth: tuple[str, str] | None = None) -> bytes:
             return build_message(from_user=from_user, to_user=to_user, domain=domain, text=text,
                                  local_ip=local_ip if local_ip != "0.0.0.0" else host, local_port=local_port,
-                                 call_id=call_id, cseq=cseq, authorization=auth)
+                                 call_id=call_id, cseq=cseq, authorization=auth,
+                                 transport="TCP" if stream else "UDP")
+
+        def exchange(data: bytes, cseq: int) -> SipAnswer:
+            if framer is not None:
+                return _stream_transaction(sock, framer, (host, port), data, cseq, deadline)
+            return _transaction(sock, (host, port), data, cseq, deadline)
 
         deadline = time.monotonic() + timeout
-        answer = _transaction(sock, (host, port), request(1), 1, deadline)
+        answer = exchange(request(1), 1)
         if answer.status not in CHALLENGES or credentials is None:
             return answer
         found = credentials() if callable(credentials) else credentials
@@ -104,7 +116,7 @@ def send_message(host: str, port: int, *, from_user: str, to_user: str, text: st
                                         uri=f"sip:{to_user}@{domain}")
         if not value:
             return answer
-        second = _transaction(sock, (host, port), request(2, (credentials_header, value)), 2, deadline)
+        second = exchange(request(2, (credentials_header, value)), 2)
         return SipAnswer(second.status, second.reason, second.raw, answer.retransmissions + second.retransmissions,
                          challenged=True)
 
@@ -128,4 +140,26 @@ def _transaction(sock: socket.socket, address: tuple[str, int], request: bytes, 
             if status >= 200 and _cseq_number(data) in (cseq, None):
                 return SipAnswer(status, reason, data, sent - 1)
         interval = min(interval * 2, 4.0)
+    raise TimeoutError(f"no final response from {address[0]}:{address[1]} before the timeout")
+
+
+def _stream_transaction(sock: socket.socket, framer: StreamFramer, address: tuple[str, int], request: bytes,
+                        cseq: int, deadline: float) -> SipAnswer:
+    """Send ``request`` once on the connection and read responses until its final one."""
+    sock.sendall(request)
+    while time.monotonic() < deadline:
+        sock.settimeout(max(0.01, deadline - time.monotonic()))
+        try:
+            data = sock.recv(65536)
+        except socket.timeout:
+            break
+        if not data:
+            raise ConnectionResetError(f"{address[0]}:{address[1]} closed the connection without a final response")
+        for item in framer.feed(data):
+            if isinstance(item, FramingError):
+                raise ConnectionResetError(f"unreadable response from {address[0]}:{address[1]}: {item.reason}")
+            if isinstance(item, bytes):
+                status, reason = _status(item)
+                if status >= 200 and _cseq_number(item) in (cseq, None):
+                    return SipAnswer(status, reason, item, 0)
     raise TimeoutError(f"no final response from {address[0]}:{address[1]} before the timeout")

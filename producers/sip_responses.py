@@ -30,13 +30,19 @@ REASON_PHRASES = {
     400: "Bad Request",
     401: "Unauthorized",
     403: "Forbidden",
+    404: "Not Found",
     405: "Method Not Allowed",
     407: "Proxy Authentication Required",
+    408: "Request Timeout",
     415: "Unsupported Media Type",
     416: "Unsupported URI Scheme",
+    423: "Interval Too Brief",
+    480: "Temporarily Unavailable",
+    483: "Too Many Hops",
     500: "Server Internal Error",
     503: "Service Unavailable",
     505: "Version Not Supported",
+    513: "Message Too Large",
 }
 WARNING_CODE = 399  # RFC 3261 20.43: miscellaneous warning, text for humans
 

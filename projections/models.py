@@ -28,8 +28,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-__all__ = ["Base", "metadata", "Money", "UtcDateTime", "Xdr", "RejectedAttempt", "BalanceEvent",
-           "ServiceStatusEvent", "RejectedPayment", "RejectedConfigEvent", "ConfigEvent", "ConfigObject",
+__all__ = ["Base", "metadata", "Money", "UtcDateTime", "Xdr", "XdrRevision", "RejectedAttempt", "BalanceEvent",
+           "ServiceStatusEvent", "Registration", "RejectedPayment", "RejectedConfigEvent", "ConfigEvent", "ConfigObject",
            "ProjectionOffset", "migrate", "alembic_config", "connect", "to_json", "MIGRATIONS", "VIEWS"]
 
 MIGRATIONS = "imbill.projections:migrations"
@@ -94,7 +94,10 @@ class _Source:
 
 
 class Xdr(_Source, Base):
-    """One row per charge (or correction): the xDR of a rated and billed message.
+    """One row per attempt charged: the xDR of a rated and billed message, as its latest
+    revision says (a correction replaces the row of its attempt; every revision is a row of
+    :class:`XdrRevision`). ``charge_id``, ``kind``, ``revision`` and ``rerate_run`` are those
+    of the latest revision; ``attempt_id`` is unique.
 
     CLI and CLD as sent are ``from_user`` and ``to_user``; as translated, ``cli_translated``
     and ``destination``; ``rate_code`` is the destination (prefix) rated and
@@ -108,7 +111,8 @@ class Xdr(_Source, Base):
                       sa.Index("ix_xdr_environment_attempted_at", "environment", "attempted_at"),
                       sa.Index("ix_xdr_customer_attempted_at", "customer", "attempted_at"),
                       sa.Index("ix_xdr_rate_code_attempted_at", "rate_code", "attempted_at"),
-                      sa.Index("ix_xdr_destination", "destination"))
+                      sa.Index("ix_xdr_destination", "destination"),
+                      sa.Index("ux_xdr_attempt_id", "attempt_id", unique=True))
 
     charge_id: Mapped[str] = mapped_column(primary_key=True)
     attempt_id: Mapped[str]
@@ -148,10 +152,59 @@ class Xdr(_Source, Base):
     destination_description: Mapped[str | None]
     user_agent: Mapped[str | None]
     margin: Mapped[Decimal | None]
+    rerate_run: Mapped[str | None]
+    """The re-rating run that made the latest revision (None: revision 1)."""
+
+    delivery: Mapped[str | None]
+    """delivered or failed when the SIP edge delivered the message itself (migration 0007)."""
+    delivery_code: Mapped[int | None]
+    """The final SIP status of that delivery."""
+
+
+class XdrRevision(_Source, Base):
+    """One row per revision of an attempt's outcome: the charge (revision 1) and every
+    correction after it (2, 3, ...), keyed by charge id, so a re-sent revision is one row.
+
+    ``difference`` is what the revision changed: its amount minus the superseded outcome's
+    (a rejection's is 0); on revision 1, whose record has none, its amount. So the
+    differences of an attempt add up to the amount of its latest revision, and summing
+    ``difference`` over any set of attempts gives what summing the latest ``xdr.amount``
+    gives. ``corrects`` is the id of the outcome superseded (the previous revision's charge
+    id, or the rejection's id when a rejection became a charge)."""
+
+    __tablename__ = "xdr_revision"
+    __table_args__ = (sa.Index("ix_xdr_revision_attempt_id_revision", "attempt_id", "revision"),
+                      sa.Index("ix_xdr_revision_environment_attempted_at", "environment", "attempted_at"),
+                      sa.Index("ix_xdr_revision_account_attempted_at", "account", "attempted_at"))
+
+    charge_id: Mapped[str] = mapped_column(primary_key=True)
+    attempt_id: Mapped[str]
+    revision: Mapped[int]
+    kind: Mapped[str]
+    corrects: Mapped[str | None]
+    environment: Mapped[str]
+    account: Mapped[str]
+    customer: Mapped[str]
+    direction: Mapped[str]
+    attempted_at: Mapped[datetime]
+    rated_at: Mapped[datetime]
+    destination: Mapped[str]
+    tariff: Mapped[str]
+    rate_code: Mapped[str]
+    billing_units: Mapped[int]
+    unit_price: Mapped[Decimal]
+    amount: Mapped[Decimal]
+    difference: Mapped[Decimal | None]
+    currency: Mapped[str]
+    vendor_cost: Mapped[Decimal]
+    vendor_currency: Mapped[str | None]
+    rerate_run: Mapped[str | None]
 
 
 class RejectedAttempt(_Source, Base):
-    """One row per Rejection: an attempt that was not charged, and why."""
+    """One row per Rejection: an attempt that was not charged, and why. ``superseded_by``:
+    the charge id of the correction that later charged the attempt after all (re-rating
+    found a rate), None while the rejection stands."""
 
     __tablename__ = "rejected_attempt"
     __table_args__ = (sa.Index("ix_rejected_attempt_account_attempted_at", "account", "attempted_at"),)
@@ -166,6 +219,7 @@ class RejectedAttempt(_Source, Base):
     message: Mapped[str] = mapped_column(sa.Text)
     to_user: Mapped[str]
     to_domain: Mapped[str]
+    superseded_by: Mapped[str | None]
 
 
 class RejectedPayment(_Source, Base):
@@ -237,6 +291,29 @@ class ServiceStatusEvent(_Source, Base):
     cause_id: Mapped[str]
     occurred_at: Mapped[datetime]
     push_events: Mapped[bool]
+
+
+class Registration(_Source, Base):
+    """The live bindings of REGISTER: the fold of the registrations topic, one row per
+    account and contact (bound or refreshed: the row; removed or expired: no row). A row
+    whose ``expires_at`` is past has lapsed (its expired event may not be written yet)."""
+
+    __tablename__ = "registration"
+    __table_args__ = (sa.Index("ix_registration_expires_at", "expires_at"),)
+
+    environment: Mapped[str] = mapped_column(primary_key=True)
+    account: Mapped[str] = mapped_column(primary_key=True)
+    contact_key: Mapped[str] = mapped_column(primary_key=True)
+    contact: Mapped[str]
+    expires_at: Mapped[datetime]
+    user_agent: Mapped[str | None]
+    source: Mapped[str]
+    transport: Mapped[str]
+    call_id: Mapped[str]
+    cseq: Mapped[int] = mapped_column(sa.BigInteger)
+    state: Mapped[str]
+    updated_at: Mapped[datetime]
+    event_id: Mapped[str]
 
 
 class ConfigEvent(Base):

@@ -12,8 +12,13 @@ goes on with the next record:
   message): PostgreSQL, whose text cannot hold it, stores U+FFFD in its place;
 - every amount fits the events' decimal(24, 6) (|amount| < 10^18), has at most 6 decimals
   and is finite;
-- a charge (not a correction) has at least 1 billing unit, and neither its unit price nor
-  its amount is negative;
+- a charge (kind ``charge``) is revision 1, corrects nothing, has at least 1 billing unit,
+  and neither its unit price nor its amount is negative;
+- a correction (kind ``correction``, re-rating's) is revision 2 or more, its id is
+  ``chg-<attempt id>#<revision>``, it names the outcome it supersedes in ``corrects`` and
+  carries its ``difference``; its units, unit price and amount are not negative, and its
+  units may be 0 (a reversal: amount 0, difference minus the old amount);
+- no other kind;
 - the event is one the catalogue puts on the topic it is on (a Charge on the rejections
   topic is not the processor's).
 
@@ -27,6 +32,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, Callable, Mapping
 
+from imbill.domain.events import correction_id_of
 from imbill.domain.keys import account_key
 
 __all__ = ["implausible", "AMOUNT_BOUND", "TEXT_LIMIT"]
@@ -77,9 +83,36 @@ def _text_problem(name: str, text: str) -> str:
 
 
 def _charge(charge: Mapping[str, Any]) -> str:
+    kind = charge["kind"]
+    if kind == "charge":
+        return _first_charge(charge)
+    if kind == "correction":
+        return _correction(charge)
+    return f"a charge of kind {kind[:40]!r} (neither charge nor correction)"
+
+
+def _first_charge(charge: Mapping[str, Any]) -> str:
     units, price, amount = charge["billing_units"], charge["unit_price"], charge["amount"]
-    if charge["kind"] == "charge" and (units < 1 or amount < 0 or price < 0):
+    if units < 1 or amount < 0 or price < 0:
         return f"a charge of {units} units at {price} for {amount} cannot be rated"
+    if charge.get("revision", 1) != 1 or charge["corrects"]:
+        return f"a charge (not a correction) of revision {charge.get('revision')} correcting {charge['corrects']!r}"
+    return ""
+
+
+def _correction(charge: Mapping[str, Any]) -> str:
+    units, price, amount = charge["billing_units"], charge["unit_price"], charge["amount"]
+    revision = charge.get("revision", 1)
+    if revision < 2:
+        return f"a correction of revision {revision}: corrections are revision 2 or more"
+    if charge["charge_id"] != correction_id_of(charge["attempt_id"], revision):
+        return f"a correction's id is chg-<attempt id>#<revision>, not {charge['charge_id'][:100]!r}"
+    if not charge["corrects"]:
+        return "a correction that names no outcome it corrects"
+    if charge.get("difference") is None:
+        return "a correction without its difference"
+    if units < 0 or amount < 0 or price < 0:
+        return f"a correction of {units} units at {price} for {amount} cannot be rated"
     return ""
 
 

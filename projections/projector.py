@@ -7,6 +7,13 @@ any point, it restarts from the last committed offsets, so nothing is lost; a ro
 event id is already there is left as it is (``ON CONFLICT DO NOTHING``), so a charge
 re-emitted by a restarted processor (same ``charge_id``) stays one row.
 
+An xDR is one row per attempt, its latest revision: a first charge (revision 1) takes the
+plain path below; a correction (re-rating's revision 2, 3, ...) takes a slower one, an upsert
+on ``attempt_id`` that replaces the row only when its revision is higher (a revision late or
+re-sent changes nothing). Every revision is also a row of ``xdr_revision`` (keyed by charge
+id), and a rejection that a correction charges after all gets ``superseded_by``, whichever of
+the two is projected first.
+
 On PostgreSQL the rows of a poll go in with one ``COPY`` per table, inside a savepoint;
 when one of them is already there (a re-delivered event: rare, after a processor's
 recovery) the savepoint is rolled back and that table's rows go in again with ``INSERT ...
@@ -49,23 +56,30 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from imbill.bus import Envelope, partitions_of, read_to_end
 from imbill.domain.errors import BrokerError, LogReset, SchemaError
-from imbill.projections.models import (BalanceEvent, ConfigEvent, ConfigObject, ProjectionOffset,
+from imbill.projections.models import (BalanceEvent, ConfigEvent, ConfigObject, ProjectionOffset, Registration,
                                        RejectedAttempt, RejectedConfigEvent, RejectedPayment, ServiceStatusEvent,
-                                       Xdr, connect, migrate, to_json)
+                                       Xdr, XdrRevision, connect, migrate, to_json)
 from imbill.projections.plausible import implausible
 from imbill.domain.config import KIND_BY_EVENT, ConfigState, object_key, to_record
 from imbill.domain.events import ConfigObjectDefined, ConfigObjectRemoved
+from imbill.domain.registrations import BOUND, REFRESHED, contact_key
 from imbill.schemas.codec import decode, event_of
 from imbill.projections.reset_check import check_log, fingerprint, reset_message
 from imbill.schemas.topics import Topics
 
-__all__ = ["XdrProjector", "ConfigProjector", "redacted", "XDR_MAPPERS", "CONFIG_MAPPERS", "insert_rows", "fold_config_objects"]
+__all__ = ["XdrProjector", "ConfigProjector", "RegistrationProjector", "REGISTRATION_MAPPERS", "redacted",
+           "XDR_MAPPERS", "CONFIG_MAPPERS", "insert_rows", "fold_config_objects", "charge_row", "revision_row",
+           "write_charges", "write_corrections", "write_rejections"]
 
 log = logging.getLogger(__name__)
 
 Row = dict[str, Any]
 Mapper = Callable[[Envelope], Row]
-Dispatch = Mapping[str, tuple[sa.Table, Mapper]]
+Writer = Callable[[sa.Connection, Iterator[Any]], int]
+"""Writes the rows of a run of envelopes routed to it; returns how many were offered."""
+Route = Callable[[Envelope], tuple[Writer, Any]]
+"""An event's writer and what it writes (its row, or its rows)."""
+Dispatch = Mapping[str, Route]
 
 _INSERTS = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}
 VERIFY_SECONDS = 10.0
@@ -108,6 +122,19 @@ def charge_row(envelope: Envelope) -> Row:
     row = _columns_of(Xdr.__table__, envelope)
     row["policies"] = ",".join(record["policies"])
     row["margin"] = record["amount"] - record["vendor_cost"] if record["vendor_currency"] == record["currency"] else None
+    return row
+
+
+_REVISION_FROM_XDR = tuple(name for name in XdrRevision.__table__.columns.keys() if name != "difference")
+_revision_values = itemgetter(*_REVISION_FROM_XDR)
+
+
+def revision_row(envelope: Envelope, xdr: Row) -> Row:
+    """The xdr_revision row of a Charge whose xDR is ``xdr``: what the revision changed is
+    its ``difference``, a first charge's being its amount."""
+    row = dict(zip(_REVISION_FROM_XDR, _revision_values(xdr)))
+    difference = envelope.record.get("difference")
+    row["difference"] = xdr["amount"] if difference is None else difference
     return row
 
 
@@ -154,16 +181,47 @@ def redacted(record: Mapping[str, Any]) -> dict[str, Any]:
     return {name: value for name, value in record.items() if name not in REDACTED}
 
 
+def _into(table: sa.Table, mapper: Mapper) -> Route:
+    """The route of an event whose row goes into ``table`` (a row already there stays)."""
+    def write(conn: sa.Connection, rows: Iterator[Row]) -> int:
+        return _insert_new(conn, table, rows)
+
+    return lambda envelope: (write, mapper(envelope))
+
+
+def charge_route(envelope: Envelope) -> tuple[Writer, tuple[Row, Row]]:
+    """A Charge's xDR and revision rows, to the plain path (a first charge: COPY) or to the
+    corrections' (an upsert that keeps the latest revision of the attempt)."""
+    xdr = charge_row(envelope)
+    write = write_charges if xdr["kind"] == "charge" else write_corrections
+    return write, (xdr, revision_row(envelope, xdr))
+
+
+def rejection_route(envelope: Envelope) -> tuple[Writer, Row]:
+    return write_rejections, rejection_row(envelope)
+
+
 XDR_MAPPERS: Dispatch = {
-    "Charge": (Xdr.__table__, charge_row),
-    "Rejection": (RejectedAttempt.__table__, rejection_row),
-    "PaymentRejected": (RejectedPayment.__table__, payment_rejection_row),
-    "BalanceChanged": (BalanceEvent.__table__, balance_row),
-    "ServiceStatusChanged": (ServiceStatusEvent.__table__, service_status_row),
+    "Charge": charge_route,
+    "Rejection": rejection_route,
+    "PaymentRejected": _into(RejectedPayment.__table__, payment_rejection_row),
+    "BalanceChanged": _into(BalanceEvent.__table__, balance_row),
+    "ServiceStatusChanged": _into(ServiceStatusEvent.__table__, service_status_row),
 }
-CONFIG_MAPPERS: Dispatch = {**{name: (ConfigEvent.__table__, config_event_row)
-                               for name in (*KIND_BY_EVENT, "ConfigObjectRemoved")},
-                            "ConfigEventRejected": (RejectedConfigEvent.__table__, config_rejection_row)}
+
+
+def registration_row(envelope: Envelope) -> Row:
+    """The binding a RegistrationChanged leaves (bound, refreshed; the key of a removed one)."""
+    record = envelope.record
+    return {**_columns_of(Registration.__table__, envelope), "contact_key": contact_key(record["contact"]),
+            "updated_at": record["occurred_at"]}
+
+
+REGISTRATION_MAPPERS: Dispatch = {"RegistrationChanged": _into(Registration.__table__, registration_row)}
+"""(RegistrationProjector writes its rows itself: a binding replaces or deletes its row.)"""
+_config_event_route = _into(ConfigEvent.__table__, config_event_row)
+CONFIG_MAPPERS: Dispatch = {**{name: _config_event_route for name in (*KIND_BY_EVENT, "ConfigObjectRemoved")},
+                            "ConfigEventRejected": _into(RejectedConfigEvent.__table__, config_rejection_row)}
 
 
 def _envelope(message: Any, typed: bool = True) -> Envelope:
@@ -357,14 +415,22 @@ class _TopicProjector:
 def _insert_new(conn: sa.Connection, table: sa.Table, rows: Iterator[Row]) -> int:
     """Insert the ``rows`` whose key is not in ``table`` yet (the first of equal keys);
     returns how many rows were offered."""
+    return _write_new(conn, table, rows)[0]
+
+
+def _write_new(conn: sa.Connection, table: sa.Table, rows: Iterator[Row], copy: bool = True) -> tuple[int, bool]:
+    """:func:`_insert_new`, and whether the rows went in by COPY; ``copy=False`` (PostgreSQL):
+    straight to the INSERT, when a COPY is known to fail (the poll's other rows were there)."""
     if conn.dialect.name != "postgresql":
         values = list(rows)
+    elif not copy:
+        values = [_without_nul(row) for row in rows]
     else:
         written: list[Row] = []
         try:
             with conn.begin_nested():
                 _copy(conn, table, _kept(rows, written))
-            return len(written)
+            return len(written), True
         except psycopg.errors.UniqueViolation:
             log.info("%s: a row of this poll is already there (a re-delivered event): inserting "
                      "those that are not", table.name)
@@ -376,7 +442,7 @@ def _insert_new(conn: sa.Connection, table: sa.Table, rows: Iterator[Row]) -> in
                 raise  # no NUL: another fault, not to be hidden
             log.warning("%s: NUL characters (which PostgreSQL text cannot hold) replaced by U+FFFD", table.name)
     conn.execute(_insert(conn, table).on_conflict_do_nothing(), values)
-    return len(values)
+    return len(values), False
 
 
 def _without_nul(row: Row) -> Row:
@@ -405,6 +471,114 @@ def _copy(conn: sa.Connection, table: sa.Table, rows: Iterator[Row]) -> None:
             write(values(row))
 
 
+_XDR, _REVISIONS, _REJECTED = Xdr.__table__, XdrRevision.__table__, RejectedAttempt.__table__
+_LOOKUP_CHUNK = 1000
+"""Ids per IN list of a look-up (far below either database's limit of parameters)."""
+
+
+def write_charges(conn: sa.Connection, items: Iterator[tuple[Row, Row]]) -> int:
+    """First charges (revision 1): their xDRs (a COPY on PostgreSQL; an attempt that already
+    has a row, from a later revision or a re-sent charge, keeps it), then their revisions."""
+    revisions: list[Row] = []
+
+    def xdrs() -> Iterator[Row]:
+        for xdr, revision in items:
+            revisions.append(revision)
+            yield xdr
+
+    written, copied = _write_new(conn, _XDR, xdrs())
+    _write_new(conn, _REVISIONS, iter(revisions), copy=copied)  # a charge re-sent is in both tables
+    return written
+
+
+def write_corrections(conn: sa.Connection, items: Iterator[tuple[Row, Row]]) -> int:
+    """Corrections (revision 2 or more): every revision kept; the xDR of the attempt shows
+    the revision when it is later than the one it shows (a late or re-sent revision changes
+    nothing); a rejection a correction supersedes is marked so."""
+    items = list(items)
+    _insert_new(conn, _REVISIONS, (revision for _, revision in items))
+    _show_latest(conn, _latest_per_attempt([xdr for xdr, _ in items]))
+    _mark_superseded(conn, [xdr for xdr, _ in items if xdr["corrects"]])
+    return len(items)
+
+
+def write_rejections(conn: sa.Connection, rows: Iterator[Row]) -> int:
+    """Rejections; one that a correction already charged (projected first: another topic) is
+    marked superseded at once."""
+    seen: list[Row] = []
+    written = _insert_new(conn, _REJECTED, _kept(rows, seen))
+    _mark_superseded(conn, _corrections_of(conn, seen))
+    return written
+
+
+def _latest_per_attempt(xdrs: Sequence[Row]) -> list[Row]:
+    """The xDR of the highest revision of each attempt (the first of equal revisions)."""
+    latest: dict[str, Row] = {}
+    for xdr in xdrs:
+        shown = latest.get(xdr["attempt_id"])
+        if shown is None or xdr["revision"] > shown["revision"]:
+            latest[xdr["attempt_id"]] = xdr
+    return list(latest.values())
+
+
+def _show_latest(conn: sa.Connection, xdrs: list[Row]) -> None:
+    """Each xDR as its attempt's row, unless that row shows the same or a later revision.
+    A charge id already held by another attempt's row (no processor writes one) is left out
+    and logged: the row already there stays, as for any duplicate id."""
+    taken = _charge_ids_of_other_attempts(conn, xdrs)
+    for xdr in xdrs:
+        if xdr["charge_id"] in taken:
+            log.warning("xdr: correction %s of attempt %s not shown: another attempt's xDR has that charge id",
+                        xdr["charge_id"][:200], xdr["attempt_id"][:200])
+    xdrs = [xdr for xdr in xdrs if xdr["charge_id"] not in taken]
+    if not xdrs:
+        return
+    if conn.dialect.name == "postgresql":
+        xdrs = [_without_nul(xdr) for xdr in xdrs]
+    insert = _insert(conn, _XDR)
+    conn.execute(insert.on_conflict_do_update(
+        index_elements=["attempt_id"], set_={name: insert.excluded[name] for name in xdrs[0] if name != "attempt_id"},
+        where=_XDR.c.revision < insert.excluded.revision), xdrs)
+
+
+def _charge_ids_of_other_attempts(conn: sa.Connection, xdrs: Sequence[Row]) -> set[str]:
+    attempt_of = {xdr["charge_id"]: xdr["attempt_id"] for xdr in xdrs}
+    found = _select_in(conn, sa.select(_XDR.c.charge_id, _XDR.c.attempt_id), _XDR.c.charge_id, list(attempt_of))
+    return {charge_id for charge_id, attempt_id in found if attempt_of[charge_id] != attempt_id}
+
+
+def _corrections_of(conn: sa.Connection, rejections: Sequence[Row]) -> list[Row]:
+    """The corrections already projected (their attempt, charge id and ``corrects``) that
+    supersede one of the ``rejections``."""
+    ids = {(rejection["attempt_id"], rejection["rejection_id"]) for rejection in rejections}
+    c = _REVISIONS.c
+    query = sa.select(c.attempt_id, c.charge_id, c.corrects).where(c.corrects.is_not(None))
+    found = _select_in(conn, query, c.attempt_id, list({attempt_id for attempt_id, _ in ids}))
+    return [{"attempt_id": attempt_id, "charge_id": charge_id, "corrects": corrects}
+            for attempt_id, charge_id, corrects in found if (attempt_id, corrects) in ids]
+
+
+def _select_in(conn: sa.Connection, query: sa.Select, column: sa.ColumnElement[Any],
+               values: list[Any]) -> list[tuple[Any, ...]]:
+    """The rows of ``query`` whose ``column`` is one of ``values``, looked up in chunks."""
+    return [row for start in range(0, len(values), _LOOKUP_CHUNK)
+            for row in conn.execute(query.where(column.in_(values[start:start + _LOOKUP_CHUNK]))).tuples()]
+
+
+def _mark_superseded(conn: sa.Connection, corrections: Sequence[Row]) -> None:
+    """The rejection each correction names in ``corrects`` (of its attempt, when there is
+    one) superseded by the correction's charge id (the first one stays)."""
+    if not corrections:
+        return
+    c = _REJECTED.c
+    conn.execute(_REJECTED.update()
+                 .where(c.rejection_id == sa.bindparam("rejection"), c.attempt_id == sa.bindparam("attempt"),
+                        c.superseded_by.is_(None))
+                 .values(superseded_by=sa.bindparam("charge")),
+                 [{"rejection": x["corrects"], "attempt": x["attempt_id"], "charge": x["charge_id"]}
+                  for x in corrections])
+
+
 class XdrProjector(_TopicProjector):
     """xDRs, rejected attempts, balance and service-status events."""
 
@@ -415,6 +589,37 @@ class XdrProjector(_TopicProjector):
         super().__init__(database_url, bootstrap_servers, topics,
                          [topics.charges, topics.rejections, topics.balances, topics.service_status],
                          XDR_MAPPERS, name=name, **options)
+
+
+class RegistrationProjector(_TopicProjector):
+    """The live bindings of REGISTER into ``registration``: a bound or refreshed binding is
+    its row (replacing the account's earlier row of that contact), a removed or expired one
+    deletes it. Applied in topic order; one account's events are on one partition."""
+
+    typed = False
+
+    def __init__(self, database_url: str, bootstrap_servers: str, topics: Topics, name: str = "registrations",
+                 **options: Any) -> None:
+        super().__init__(database_url, bootstrap_servers, topics, [topics.registrations], REGISTRATION_MAPPERS,
+                         name=name, **options)
+
+    def _apply(self, conn: sa.Connection, envelopes: Iterable[Envelope]) -> int:
+        last: dict[tuple[str, str, str], Row] = {}
+        applied = 0
+        for envelope in envelopes:
+            row = registration_row(envelope)
+            last[(row["environment"], row["account"], row["contact_key"])] = row
+            applied += 1
+        table = Registration.__table__
+        for environment, account, key in last:
+            conn.execute(table.delete().where(table.c.environment == environment, table.c.account == account,
+                                              table.c.contact_key == key))
+        kept = [row for row in last.values() if row["state"] in (BOUND, REFRESHED)]
+        if conn.dialect.name == "postgresql":  # its text cannot hold NUL (a hostile User-Agent)
+            kept = [_without_nul(row) for row in kept]
+        if kept:
+            conn.execute(table.insert(), kept)
+        return applied
 
 
 class ConfigProjector(_TopicProjector):
@@ -466,24 +671,25 @@ class ConfigProjector(_TopicProjector):
 
 
 def insert_rows(conn: sa.Connection, envelopes: Iterable[Envelope], mappers: Dispatch) -> tuple[int, list[Envelope]]:
-    """Each mapped envelope's row into its table (a projector's writes; an event id already
-    there is left as it is); returns how many were written, and the envelopes no mapper takes.
+    """Each routed envelope's rows written by its writer (a projector's writes; an event id
+    already there is left as it is, a correction replaces an older revision of its attempt);
+    returns how many were written, and the envelopes no route takes.
 
     The envelopes are decoded as they are written: each run of rows of one table is one
     COPY on PostgreSQL, so the server stores rows while the next ones are decoded."""
     unmapped: list[Envelope] = []
 
-    def mapped() -> Iterator[tuple[sa.Table, Row]]:
+    def routed() -> Iterator[tuple[Writer, Any]]:
         for envelope in envelopes:
-            entry = mappers.get(envelope.name or "")
-            if entry is None:
+            route = mappers.get(envelope.name or "")
+            if route is None:
                 unmapped.append(envelope)
             else:
-                yield entry[0], entry[1](envelope)
+                yield route(envelope)
 
     applied = 0
-    for table, run in groupby(mapped(), key=itemgetter(0)):
-        applied += _insert_new(conn, table, (row for _, row in run))
+    for write, run in groupby(routed(), key=itemgetter(0)):
+        applied += write(conn, (rows for _, rows in run))
     return applied, unmapped
 
 

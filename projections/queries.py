@@ -1,5 +1,5 @@
-"""The read side of the projections: xDRs (filtered, or aggregated in SQL), rejected
-attempts, and balances, as plain dicts of column name -> value (``Decimal`` money, tz-aware
+"""The read side of the projections: xDRs (filtered, or aggregated in SQL), their revisions,
+rejected attempts, and balances, as plain dicts of column name -> value (``Decimal`` money, tz-aware
 UTC timestamps), so the CLI can render them (``imbill.presentation``) and an analyst's
 script can use them as they are.
 
@@ -19,17 +19,24 @@ from typing import Any, Mapping
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from imbill.projections.models import (BalanceEvent, ConfigObject, RejectedAttempt, ServiceStatusEvent, UtcDateTime,
-                                       Xdr)
+from imbill.projections.models import (BalanceEvent, ConfigObject, Registration, RejectedAttempt,
+                                       ServiceStatusEvent, UtcDateTime, Xdr, XdrRevision)
 
-__all__ = ["XDR_COLUMNS", "AGGREGATIONS", "XdrFilter", "column_kinds", "query_xdrs", "aggregate_xdrs",
+__all__ = ["XDR_COLUMNS", "REVISION_COLUMNS", "AGGREGATIONS", "XdrFilter", "column_kinds", "query_xdrs",
+           "query_revisions", "aggregate_xdrs",
            "AGGREGATE_KINDS", "REJECTION_COLUMNS", "query_rejections", "BALANCE_KINDS", "query_balances",
-           "latest_balances"]
+           "latest_balances", "REGISTRATION_COLUMNS", "query_registrations"]
 
 XDR_COLUMNS: tuple[str, ...] = tuple(Xdr.__table__.columns.keys())
 """Every column of an xDR row, in table order (new columns of a migration included)."""
 
+REVISION_COLUMNS: tuple[str, ...] = tuple(XdrRevision.__table__.columns.keys())
+"""Every column of an xDR revision row (``xdr_revision``), in table order."""
+
 REJECTION_COLUMNS: tuple[str, ...] = tuple(RejectedAttempt.__table__.columns.keys())
+REGISTRATION_COLUMNS = ("account", "contact", "expires_at", "user_agent", "source", "transport", "state",
+                        "updated_at")
+"""The columns ``imbill registrations`` shows, in order."""
 
 AGGREGATIONS: tuple[str, ...] = ("hour", "day", "customer", "destination", "vendor")
 """What ``aggregate_xdrs`` groups by (with the currency: amounts are summed per currency)."""
@@ -58,8 +65,9 @@ def _kind(column_type: sa.types.TypeEngine) -> str:
 
 @dataclass(frozen=True)
 class XdrFilter:
-    """Which xDRs: every field that is not None narrows the selection; ``since``/``until``
-    (tz-aware) bound ``attempted_at`` as ``[since, until)``."""
+    """Which xDRs (or revisions: the columns are in both tables): every field that is not
+    None narrows the selection; ``since``/``until`` (tz-aware) bound ``attempted_at`` as
+    ``[since, until)``; ``rerate_run`` keeps what that re-rating run made."""
 
     environment: str | None = None
     account: str | None = None
@@ -68,10 +76,12 @@ class XdrFilter:
     direction: str | None = None
     since: datetime | None = None
     until: datetime | None = None
+    attempt_id: str | None = None
+    rerate_run: str | None = None
 
     def where(self, table: sa.Table) -> list[sa.ColumnElement[bool]]:
         equal = {name: getattr(self, name) for name in ("environment", "account", "customer", "destination",
-                                                         "direction")}
+                                                         "direction", "attempt_id", "rerate_run")}
         clauses = [table.c[name] == value for name, value in equal.items() if value is not None]
         if self.since is not None:
             clauses.append(table.c.attempted_at >= self.since)
@@ -91,6 +101,20 @@ def query_xdrs(engine: Engine, *, account: str | None = None, environment: str |
     order = (table.c.attempted_at.desc(), table.c.charge_id.desc()) if newest_first else \
         (table.c.attempted_at, table.c.charge_id)
     query = sa.select(table).where(*where.where(table)).order_by(*order).limit(limit)
+    with engine.connect() as conn:
+        return [dict(row) for row in conn.execute(query).mappings()]
+
+
+def query_revisions(engine: Engine, where: XdrFilter | None = None, *, limit: int | None = None,
+                    newest_first: bool = False) -> list[dict[str, Any]]:
+    """Every revision of the xDRs ``where`` selects (``xdr_revision``: a charge and each of
+    its corrections), by attempt time, then attempt and revision (``newest_first``: the exact
+    reverse, so ``limit`` keeps the latest)."""
+    table = XdrRevision.__table__
+    order = [table.c.attempted_at, table.c.attempt_id, table.c.revision]
+    if newest_first:
+        order = [column.desc() for column in order]
+    query = sa.select(table).where(*(where or XdrFilter()).where(table)).order_by(*order).limit(limit)
     with engine.connect() as conn:
         return [dict(row) for row in conn.execute(query).mappings()]
 
@@ -153,17 +177,34 @@ def _money(value: Any, dialect: str) -> Decimal:
 
 def query_rejections(engine: Engine, *, environment: str | None = None, account: str | None = None,
                      reason: str | None = None, since: datetime | None = None, until: datetime | None = None,
-                     limit: int | None = None) -> list[dict[str, Any]]:
-    """Rejected attempts, newest first, narrowed by account, reason code and ``[since, until)``."""
+                     limit: int | None = None, superseded: bool = False) -> list[dict[str, Any]]:
+    """Rejected attempts, newest first, narrowed by account, reason code and ``[since, until)``;
+    only those that stand, unless ``superseded`` (then also those a correction has charged
+    since, whose ``superseded_by`` names that charge)."""
     table = RejectedAttempt.__table__
     clauses = [table.c[name] == value for name, value in
                {"environment": environment, "account": account, "reason_code": reason}.items() if value is not None]
+    if not superseded:
+        clauses.append(table.c.superseded_by.is_(None))
     if since is not None:
         clauses.append(table.c.attempted_at >= since)
     if until is not None:
         clauses.append(table.c.attempted_at < until)
     query = (sa.select(table).where(*clauses)
              .order_by(table.c.attempted_at.desc(), table.c.rejection_id.desc()).limit(limit))
+    with engine.connect() as conn:
+        return [dict(row) for row in conn.execute(query).mappings()]
+
+
+def query_registrations(engine: Engine, *, environment: str, now: datetime,
+                        account: str | None = None) -> list[dict[str, Any]]:
+    """The live bindings (``expires_at`` after ``now``: a lapsed one may still have its row
+    until its expired event is projected), by account, the most recently changed first."""
+    table = Registration.__table__
+    clauses = [table.c.environment == environment, table.c.expires_at > now]
+    if account is not None:
+        clauses.append(table.c.account == account)
+    query = sa.select(table).where(*clauses).order_by(table.c.account, table.c.updated_at.desc())
     with engine.connect() as conn:
         return [dict(row) for row in conn.execute(query).mappings()]
 

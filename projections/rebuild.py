@@ -26,7 +26,7 @@ from kafka.errors import KafkaError
 
 from imbill.domain.errors import BrokerError
 from imbill.projections.models import connect, metadata, migrate
-from imbill.projections.projector import ConfigProjector, XdrProjector
+from imbill.projections.projector import ConfigProjector, RegistrationProjector, XdrProjector
 from imbill.schemas.topics import Topics
 
 __all__ = ["rebuild", "REBUILD_SCHEMA", "Progress"]
@@ -85,7 +85,7 @@ def _project_everything(database_url: str, schema: str | None, bootstrap_servers
                         progress: Progress) -> None:
     total = _records_on(bootstrap_servers, topics)
     done = 0
-    for projector_class in (XdrProjector, ConfigProjector):
+    for projector_class in (XdrProjector, ConfigProjector, RegistrationProjector):
         with projector_class(database_url, bootstrap_servers, topics, schema=schema, max_poll_records=5000) as running:
             before = done
             applied = running.run_until_idle(timeout=3600, progress=lambda n: progress(before + n, max(total, before + n)))
@@ -96,7 +96,7 @@ def _records_on(bootstrap_servers: str, topics: Topics) -> int:
     """About how many records the projections read (ListOffsets: may be short by a batch
     on the local broker; the bar only shows it)."""
     names = [topics.charges, topics.rejections, topics.balances, topics.service_status, topics.config,
-             topics.config_rejections]
+             topics.config_rejections, topics.registrations]
     try:
         consumer = KafkaConsumer(bootstrap_servers=bootstrap_servers, group_id=None, client_id="imbill-rebuild")
     except KafkaError as exc:

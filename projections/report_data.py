@@ -10,8 +10,10 @@ currency. PostgreSQL sums its ``NUMERIC`` column; SQLite keeps money as decimal 
 ``sum()`` would go through floats, so on SQLite the sums use ``imbill_money_sum``, a
 ``Decimal`` aggregate registered on the connection. A vendor's margin (amount - vendor
 cost) is computed only over xDRs whose currency is the vendor cost's currency; the others
-are counted apart. Messages are the xDRs of kind ``charge``; money is summed over every
-xDR row (corrections included, they carry the difference). Hours are UTC.
+are counted apart. An xDR row is an attempt as its latest revision says (a correction by
+re-rating replaces it): money is summed over those rows, and messages are the rows that bill
+at least one unit (a reversal bills none). A rejection counts while it stands: one that a
+correction has since charged (``superseded_by``) is that charge's xDR. Hours are UTC.
 
 A rejected attempt names its account, not its customer: with ``customer``, the
 rejections counted are those of the customer's accounts (the accounts of the config in
@@ -43,7 +45,8 @@ _CONFIG = ConfigObject.__table__
 
 @dataclass(frozen=True, slots=True)
 class HourTraffic:
-    """One UTC hour: messages charged (xDRs of kind ``charge``) and attempts rejected."""
+    """One UTC hour: messages charged (xDRs billing at least one unit) and attempts rejected
+    (rejections that stand)."""
 
     hour: datetime
     charged: int
@@ -183,7 +186,8 @@ class _Reader:
 
     def rejections(self) -> list[sa.ColumnElement[bool]]:
         c = _REJECTED.c
-        found = [c.environment == self.environment, c.attempted_at >= self.since, c.attempted_at < self.until]
+        found = [c.environment == self.environment, c.attempted_at >= self.since, c.attempted_at < self.until,
+                 c.superseded_by.is_(None)]
         if self.customer is not None:
             found.append(c.account.in_(self.customer_accounts()))
         return found
@@ -197,7 +201,7 @@ class _Reader:
                       | set(billed))
 
     def traffic(self) -> tuple[HourTraffic, ...]:
-        charged = self._per_hour(_XDR, self.xdrs(_XDR.c.kind == "charge"))
+        charged = self._per_hour(_XDR, self.xdrs(_charged()))
         rejected = self._per_hour(_REJECTED, self.rejections())
         return tuple(HourTraffic(_parse_hour(hour), charged.get(hour, 0), rejected.get(hour, 0))
                      for hour in sorted(charged.keys() | rejected.keys()))
@@ -222,7 +226,7 @@ class _Reader:
     def destinations(self, top: int) -> tuple[DestinationTraffic, ...]:
         c = _XDR.c
         messages = sa.func.count().label("messages")
-        query = (sa.select(c.destination, c.on_net, messages).where(*self.xdrs(c.kind == "charge"))
+        query = (sa.select(c.destination, c.on_net, messages).where(*self.xdrs(_charged()))
                  .group_by(c.destination, c.on_net).order_by(messages.desc(), c.destination).limit(top))
         return tuple(DestinationTraffic(destination, bool(on_net), count)
                      for destination, on_net, count in self.conn.execute(query).tuples())
@@ -254,8 +258,14 @@ class _Reader:
         return sa.and_(_XDR.c.vendor_currency.is_not(None), _XDR.c.currency == _XDR.c.vendor_currency)
 
     def _messages(self) -> sa.ColumnElement[int]:
-        """Messages: xDRs of kind ``charge`` (a correction is no new message)."""
-        return sa.func.count(sa.case((_XDR.c.kind == "charge", 1)))
+        """Messages: the xDRs (attempts) charged, whatever their revision."""
+        return sa.func.count(sa.case((_charged(), 1)))
+
+
+def _charged() -> sa.ColumnElement[bool]:
+    """An xDR that charges a message: its latest revision bills at least one unit (a
+    reversal, re-rating's correction to nothing, bills none)."""
+    return _XDR.c.billing_units > 0
 
 
 def report_data(engine: Engine, *, environment: str, since: datetime, until: datetime,

@@ -148,7 +148,8 @@ def decode_as(name: str, data: bytes) -> dict[str, Any]:
 
 _CLASSES: Mapping[str, type] = {cls.__name__: cls for cls in (
     ev.MessageAttempt, ev.Charge, ev.Rejection, ev.Payment, ev.PaymentRejected, ev.BalanceChanged,
-    ev.ServiceStatusChanged, ev.ConfigObjectRemoved, ev.ConfigEventRejected, ev.RerateRun)}
+    ev.ServiceStatusChanged, ev.ConfigObjectRemoved, ev.ConfigEventRejected, ev.RerateRun,
+    ev.RegistrationChanged)}
 _ARRAYS: Mapping[type, tuple[str, ...]] = {ev.Charge: ("policies",)}
 """The tuple fields of each event class (Avro arrays, decoded as lists)."""
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 __all__ = ["TopicSpec", "Topics", "CATALOGUE", "ATTEMPTS", "CONFIG", "PAYMENTS", "CHARGES", "REJECTIONS",
-           "BALANCES", "SERVICE_STATUS", "CONFIG_REJECTIONS", "CORRECTIONS", "RERATE_RUNS",
+           "BALANCES", "SERVICE_STATUS", "CONFIG_REJECTIONS", "CORRECTIONS", "RERATE_RUNS", "REGISTRATIONS",
            "ACCOUNT_STATE_CHANGELOG", "topic_names"]
 
 FOREVER = -1
@@ -65,12 +65,15 @@ CORRECTIONS = TopicSpec("imbill.corrections", ACCOUNT_PARTITIONS, "environment/a
                                      "apply to the balance and append to the charges topic")
 RERATE_RUNS = TopicSpec("imbill.rerate-runs", 1, "run id", "delete", FOREVER, ("RerateRun",),
                         "re-rating runs: who, when, the filter, the config used, the counts (started, finished)")
+REGISTRATIONS = TopicSpec("imbill.registrations", ACCOUNT_PARTITIONS, "environment/account", "delete", FOREVER,
+                          ("RegistrationChanged",), "REGISTER bindings at the SIP edge: bound, refreshed, removed, "
+                                                    "expired (the edge rebuilds its bindings from it)")
 ACCOUNT_STATE_CHANGELOG = TopicSpec("imbill-processor-account-state-changelog", ACCOUNT_PARTITIONS,
                                     "environment/account", "compact", FOREVER, (),
                                     "the processor's balance table (faust changelog)")
 
 CATALOGUE: tuple[TopicSpec, ...] = (ATTEMPTS, CONFIG, PAYMENTS, CHARGES, REJECTIONS, BALANCES,
-                                    SERVICE_STATUS, CONFIG_REJECTIONS, CORRECTIONS, RERATE_RUNS,
+                                    SERVICE_STATUS, CONFIG_REJECTIONS, CORRECTIONS, RERATE_RUNS, REGISTRATIONS,
                                     ACCOUNT_STATE_CHANGELOG)
 
 
@@ -124,6 +127,10 @@ class Topics:
     @property
     def rerate_runs(self) -> str:
         return self.prefix + RERATE_RUNS.name
+
+    @property
+    def registrations(self) -> str:
+        return self.prefix + REGISTRATIONS.name
 
     def specs(self) -> list[TopicSpec]:
         """The catalogue under this prefix (the faust changelog is named by the processor)."""

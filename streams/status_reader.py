@@ -1,5 +1,5 @@
 """The SIP edge's reading of the service-status topic: every partition from offset 0, folded
-into the environment's :class:`~imbill.domain.service_status.SuspendedAccounts`, then
+into each environment's :class:`~imbill.domain.service_status.SuspendedAccounts`, then
 followed by a background task for as long as the edge runs.
 
 :meth:`ServiceStatusReader.catch_up` (before the edge opens) waits, like the ConfigReader,
@@ -32,26 +32,31 @@ log = logging.getLogger(__name__)
 
 
 class ServiceStatusReader:
-    """``suspended(account)``: why the account's messaging is suspended, or None."""
+    """``suspended(account, environment)``: why the account's messaging is suspended in the
+    environment (None: the reader's own), or None. Every environment's events are folded
+    (an edge serves several by domain), each into its own :class:`SuspendedAccounts`, which
+    keeps only accounts of that environment's config."""
 
     def __init__(self, bootstrap_servers: str | list[str], topic: str, environment: str,
                  config: Callable[[], ConfigState], *, fetch_wait_ms: int = 500,
                  client_id: str = "imbill-edge-status") -> None:
         self.topic, self._environment, self._config = topic, environment, config
         self._bootstrap, self._fetch_wait_ms, self._client_id = bootstrap_servers, fetch_wait_ms, client_id
-        self._accounts = SuspendedAccounts(environment)
+        self._accounts: dict[str, SuspendedAccounts] = {}
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
         self._partitions: list[TopicPartition] = []
         self._next: dict[TopicPartition, int] = {}
         self.skipped = 0
 
-    def suspended(self, account: str) -> str | None:
-        return self._accounts.reason(account, self._config().environment(self._environment))
+    def suspended(self, account: str, environment: str | None = None) -> str | None:
+        name = self._environment if environment is None else environment
+        accounts = self._accounts.get(name)
+        return accounts.reason(account, self._config().environment(name)) if accounts is not None else None
 
     @property
     def suspended_count(self) -> int:
-        return len(self._accounts)
+        return sum(map(len, self._accounts.values()))
 
     async def start(self, timeout: float = 30.0) -> None:
         if self._task is not None:
@@ -111,13 +116,13 @@ class ServiceStatusReader:
         while True:
             batches = await self._consumer.getmany(timeout_ms=500, max_records=10_000)
             for tp, messages in batches.items():
-                env = self._config().environment(self._environment)
+                config = self._config()
                 for message in messages:
-                    self._apply(message, env)
+                    self._apply(message, config)
                 if messages:
                     self._next[tp] = messages[-1].offset + 1
 
-    def _apply(self, message, env) -> None:  # type: ignore[no-untyped-def]
+    def _apply(self, message, config: ConfigState) -> None:  # type: ignore[no-untyped-def]
         try:
             event = decode_event(message.value or b"")
         except SchemaError as exc:
@@ -129,7 +134,13 @@ class ServiceStatusReader:
             log.warning("service-status record %s[%d]@%d skipped: %s", message.topic, message.partition,
                         message.offset, why[:1000])
             return
-        self._accounts.apply(event, env)
+        env = config.environment(event.environment)
+        if env is None:
+            return  # no such environment: the processor emits nothing for it, and nothing is kept
+        accounts = self._accounts.get(event.environment)
+        if accounts is None:
+            accounts = self._accounts[event.environment] = SuspendedAccounts(event.environment)
+        accounts.apply(event, env)
 
 
 async def _partitions_of(consumer: AIOKafkaConsumer, topic: str, timeout: float) -> set[int]:

@@ -52,9 +52,11 @@ CHARGES = [
     charge(5, MAY1 + timedelta(hours=12), 1, "0.040000", "0.000000", INTERNAL, account="carol",
            customer="Globex", currency="EUR"),
     charge(6, MAY1 + timedelta(hours=11), 1, "0.000000", "0.000000", INCOMING),
-    # re-rating's correction of chg-2: it carries the difference (BRIEF)
-    charge(7, MAY2 - timedelta(milliseconds=1), -1, "-0.120000", "-0.030000", CARRIER, kind="correction",
-           corrects="chg-2", revision=2, charge_id="chg-2-r2"),
+    # re-rating's correction of chg-2 (revision 2 of att-2): 1 unit for 0.12 instead of 2 for 0.24; the
+    # xdr row of att-2 shows it (the views read the latest revision of each attempt)
+    charge(2, MAY2 - timedelta(milliseconds=1), 1, "0.120000", "0.030000", CARRIER, kind="correction",
+           corrects="chg-2", revision=2, charge_id="chg-att-2#2", difference=Decimal("-0.120000"),
+           rerate_run="run-1"),
 ]
 REJECTIONS = [(1, MAY1 + timedelta(hours=9), "insufficient_funds"), (2, MAY1 + timedelta(hours=22), "insufficient_funds"),
               (3, MAY1 + timedelta(hours=22, minutes=30), "no_rate"), (4, MAY2 + timedelta(seconds=1), "insufficient_funds")]
@@ -106,7 +108,7 @@ def view(database_url: str, sql: str) -> list[tuple]:
 def test_daily_totals_per_customer_and_currency(projected):
     assert view(projected, "SELECT environment, customer, day, currency, messages, billing_units, amount "
                            "FROM daily_customer_totals ORDER BY customer, day") == [
-        # chg-1, chg-2 (23:59:59.999), chg-6 (incoming, free) and chg-2's correction: 3 messages
+        # chg-1, chg-2 (23:59:59.999) as corrected (1 unit, 0.12), chg-6 (incoming, free): 3 messages
         ("demo", "Acme", "2024-05-01", "USD", 3, 3, "0.170000"),
         ("demo", "Acme", "2024-05-02", "USD", 2, 4, "0.480000"),
         ("demo", "Globex", "2024-05-01", "EUR", 1, 1, "0.040000"),
@@ -128,7 +130,7 @@ def test_margin_per_vendor_and_destination(projected):
     assert view(projected, "SELECT environment, vendor, connection, rate_code, destination_description, currency, "
                            "vendor_currency, messages, billing_units, revenue, vendor_cost, margin "
                            "FROM vendor_destination_margin ORDER BY vendor, currency") == [
-        # chg-2 0.18, chg-3 0.09, the correction -0.09
+        # chg-2 as corrected 0.09, chg-3 0.09
         ("demo", "Carrier", "Carrier SIP", "44", "UK", "USD", "USD", 2, 2, "0.240000", "0.060000", "0.180000"),
         # a cost in EUR for a charge in USD: no margin
         ("demo", "Euro carrier", "EC SIP", "44", "UK", "USD", "EUR", 1, 3, "0.360000", "0.050000", None),
@@ -141,8 +143,8 @@ def test_margin_per_vendor_and_destination(projected):
 
 def test_the_xdr_margin_column(projected):
     assert view(projected, "SELECT charge_id, margin FROM xdr ORDER BY charge_id") == [
-        ("chg-1", "0.050000"), ("chg-2", "0.180000"), ("chg-2-r2", "-0.090000"), ("chg-3", "0.090000"),
-        ("chg-4", None), ("chg-5", "0.040000"), ("chg-6", None)]
+        ("chg-1", "0.050000"), ("chg-3", "0.090000"), ("chg-4", None), ("chg-5", "0.040000"), ("chg-6", None),
+        ("chg-att-2#2", "0.090000")]
 
 
 def test_rejections_per_reason_per_day(projected):

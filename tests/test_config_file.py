@@ -37,7 +37,7 @@ INVALID_CASES = [
     # -- unknown fields
     ("unknown section", "environment: e\ncolour: red\n",
      "x.yaml: colour: unknown field (allowed: environment, billing_engine, dialing_rules, destinations, "
-     "service_policies, tariffs, vendors, products, customers, sip)"),
+     "service_policies, tariffs, vendors, products, customers, sip, sip_domains)"),
     ("unknown tariff field", "environment: e\ntariffs: [{name: A, currency: USD, applied_to: vendor, colour: red}]\n",
      'x.yaml: tariff "A": colour: unknown field (allowed: name, currency, service, applied_to, routing, '
      "managed_by, description, rates)"),

@@ -159,3 +159,57 @@ def test_a_payment_too_large_to_repeat_is_refused_small_and_against_no_account(p
     [refused] = decide_payment(None, paid, CONFIG, key=account_key(ENV, ALICE), offset=1, now=NOW).events
     assert (refused.reason_code, refused.account, refused.amount) == (code, "", Decimal(0))
     assert len(encode_event(refused)) < 5_000
+
+
+# --- the edge's delivery outcome ----------------------------------------------------------------------
+
+@pytest.mark.parametrize(("delivery", "code"), [("failed", 480), ("failed", 408), ("failed", 486)])
+def test_an_undelivered_message_is_refused_undelivered_with_its_sip_code(delivery, code) -> None:
+    decision = decide_attempt(None, attempt(delivery=delivery, delivery_code=code), CONFIG,
+                              key=account_key(ENV, ALICE), offset=1, now=NOW)
+    [refused] = decision.events
+    assert (type(refused).__name__, refused.reason_code, refused.account) == ("Rejection", "undelivered", ALICE)
+    assert f"SIP {code}" in refused.message and decision.state is None  # no balance moved
+
+
+def test_an_undelivered_message_is_charged_when_the_setting_says_so() -> None:
+    limits = replace(DEFAULT_LIMITS, charge_undelivered=True)
+    events = decide_attempt(None, attempt(delivery="failed", delivery_code=408), CONFIG,
+                            key=account_key(ENV, ALICE), offset=1, now=NOW, limits=limits).events
+    charge = events[0]
+    assert (type(charge).__name__, charge.delivery, charge.delivery_code) == ("Charge", "failed", 408)
+
+
+@pytest.mark.parametrize(("delivery", "code"), [("delivered", 200), ("delivered", 202), (None, None)])
+def test_a_delivered_or_undelivered_by_the_edge_message_is_charged_with_its_outcome(delivery, code) -> None:
+    [charge, *_] = decide_attempt(None, attempt(delivery=delivery, delivery_code=code), CONFIG,
+                                  key=account_key(ENV, ALICE), offset=1, now=NOW).events
+    assert (type(charge).__name__, charge.delivery, charge.delivery_code) == ("Charge", delivery, code)
+    assert charge.amount > 0
+
+
+def test_an_unknown_sender_is_refused_for_that_before_its_delivery() -> None:
+    [refused] = decide_attempt(None, attempt(from_user="mallory", delivery="failed", delivery_code=480), CONFIG,
+                               key=account_key(ENV, "mallory"), offset=1, now=NOW).events
+    assert refused.reason_code == "unknown_account"
+
+
+def test_the_charge_undelivered_setting_is_read_once(monkeypatch) -> None:
+    assert load_settings({}).limits.charge_undelivered is False
+    assert load_settings({"IMBILL_CHARGE_UNDELIVERED": "yes"}).limits.charge_undelivered is True
+    with pytest.raises(ConfigError, match="IMBILL_CHARGE_UNDELIVERED"):
+        load_settings({"IMBILL_CHARGE_UNDELIVERED": "perhaps"})
+
+
+@pytest.mark.parametrize(("delivery", "code"), [("delivered", 480), ("failed", 200), ("lost", 480), ("failed", None),
+                                                (None, 200), ("failed", 99), ("failed", 700)])
+def test_a_delivery_outcome_the_edge_cannot_have_given_is_implausible(delivery, code) -> None:
+    [refused] = decide_attempt(None, attempt(delivery=delivery, delivery_code=code), CONFIG,
+                               key=account_key(ENV, ALICE), offset=1, now=NOW).events
+    assert refused.reason_code == "implausible_attempt" and "no outcome of the SIP edge" in refused.message
+
+
+def test_a_huge_delivery_text_is_refused_before_rating() -> None:
+    [refused] = decide_attempt(None, attempt(delivery="x" * 70_000, delivery_code=200), CONFIG,
+                               key=account_key(ENV, ALICE), offset=1, now=NOW).events
+    assert refused.reason_code == "implausible_attempt" and refused.account == ""

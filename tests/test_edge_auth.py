@@ -23,6 +23,7 @@ from imbill.producers.sip_auth import DigestAuthenticator, NonceCounts, Nonces
 from imbill.producers.sip_client import Credentials, build_message, response_headers, send_message
 from imbill.producers.sip_digest import authorization, parse_digest, response
 from imbill.producers.sip_guard import GuardLimits, GuessingGuard
+from imbill.producers.sip_registrar import Registrar
 
 CONFIG = """
 environment: test
@@ -66,7 +67,9 @@ def edge_running(state: ConfigState | None = None, **options: Any) -> Iterator[d
     clock = Clock()
     auth = DigestAuthenticator(lambda: holder["state"], "test", clock=clock, **options)
     recorder, loop, ready = Recorder(), asyncio.new_event_loop(), threading.Event()
-    edge = SipEdge(recorder, environment="test", edge_id="edge-auth", port=0, authentication=auth)
+    registrar = Registrar("test", lambda: holder["state"])
+    edge = SipEdge(recorder, environment="test", edge_id="edge-auth", port=0, authentication=auth,
+                   registrar=registrar)
 
     def run() -> None:
         asyncio.set_event_loop(loop)
@@ -316,7 +319,7 @@ def register(port: int, to_user: str, authorization_value: str | None = None, cs
     return exchange(port, ("\r\n".join(lines) + "\r\nContent-Length: 0\r\n\r\n").encode())
 
 
-def test_register_is_challenged_then_answered_200_without_keeping_a_binding() -> None:
+def test_register_is_challenged_then_answered_200_with_the_bindings_it_keeps() -> None:
     with edge_running() as edge:
         port = edge["port"]
         challenge = register(port, "1001")

@@ -166,6 +166,9 @@ def test_edge_keeps_serving_and_counts_the_corpus(corpus_run: dict[str, Any]) ->
         "unauthenticated": 0,
         "registered": 0,
         "suspended": 0,
+        "delivered": 0,
+        "undelivered": 0,
+        "unknown_domain": 0,
     }
     assert statuses[202] == 1 and sum(statuses.values()) == 44
 

@@ -84,9 +84,16 @@ def engine_env(bootstrap, topics, tmp_path) -> dict[str, str]:
 
 
 def free_port_udp() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A port free on UDP and on TCP (the edge listens on both)."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock, \
+                socket.socket(socket.AF_INET, socket.SOCK_STREAM) as stream:
+            sock.bind(("127.0.0.1", 0))
+            try:
+                stream.bind(("127.0.0.1", sock.getsockname()[1]))
+            except OSError:
+                continue
+            return sock.getsockname()[1]
 
 
 def test_checklist_from_sip_message_to_charged_xdr(bootstrap, topics, engine_env, database_url):

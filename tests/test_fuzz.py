@@ -264,6 +264,8 @@ PROJECTED_ENV, PROJECTED_ACCOUNT = "fzp", "2001"
 def _projected_record(name: str, record_id: str) -> tuple[bytes, dict]:
     """A valid record of ``name`` whose id is ``record_id``, keyed as the processor keys it."""
     record = {**SAMPLES[name], PROJECTED[name][1]: record_id}
+    if name == "Charge":  # an xDR per attempt: each charge of its own attempt
+        record["attempt_id"] = record_id
     if "account" in record:
         record.update(environment=PROJECTED_ENV, account=PROJECTED_ACCOUNT)
         return f"{PROJECTED_ENV}/{PROJECTED_ACCOUNT}".encode(), record

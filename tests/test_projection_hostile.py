@@ -30,7 +30,8 @@ def rows(database_url: str, model) -> list[dict]:
 
 
 def charge(charge_id: str, **fields) -> dict:
-    return {**SAMPLES["Charge"], "charge_id": charge_id, **fields}
+    """The sample Charge as the charge of its own attempt (an xDR per attempt)."""
+    return {**SAMPLES["Charge"], "charge_id": charge_id, "attempt_id": f"att-{charge_id}", **fields}
 
 
 HOSTILE_CHARGES = [  # (key, record): none is the processor's

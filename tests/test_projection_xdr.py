@@ -94,7 +94,7 @@ def applied_offsets(database_url: str, name: str = "xdr") -> int:
 def test_every_event_type_becomes_a_row_with_exact_amounts(database_url, bootstrap, topics, producer):
     big = charge(1, amount="123456789012.123456", unit_price=Decimal("123456789012.123456"))
     tiny = charge(2, account="bob", amount="0.000001", on_net=True, corrects="ch-0", kind="correction",
-                  service_policy=None, policies=[], vendor=None, connection=None, vendor_tariff=None,
+                  revision=2, charge_id="chg-at-2#2", difference=Decimal("-0.049999"), service_policy=None, policies=[], vendor=None, connection=None, vendor_tariff=None,
                   vendor_currency=None, vendor_cost=Decimal("0"))
     send_charges(producer, topics, [big, tiny])
     producer.send(topics.rejections, "demo/alice", "Rejection", rejection(3))
@@ -107,7 +107,7 @@ def test_every_event_type_becomes_a_row_with_exact_amounts(database_url, bootstr
         assert projector.skipped == 0
 
     xdrs = {r["charge_id"]: r for r in rows(database_url, Xdr)}
-    assert set(xdrs) == {"ch-1", "ch-2"}
+    assert set(xdrs) == {"ch-1", "chg-at-2#2"}
     got = xdrs["ch-1"]
     assert got["amount"] == Decimal("123456789012.123456") and str(got["amount"]) == "123456789012.123456"
     assert got["unit_price"] == Decimal("123456789012.123456")
@@ -117,9 +117,10 @@ def test_every_event_type_becomes_a_row_with_exact_amounts(database_url, bootstr
     assert got["policies"] == "offnet,static-alice"
     assert got["source_topic"] == topics.charges and got["source_offset"] == 0
     assert {k: got[k] for k in big if k != "policies"} == {k: v for k, v in big.items() if k != "policies"}
-    assert xdrs["ch-2"]["amount"] == Decimal("0.000001")
-    assert xdrs["ch-2"]["policies"] == "" and xdrs["ch-2"]["vendor"] is None
-    assert xdrs["ch-2"]["corrects"] == "ch-0" and xdrs["ch-2"]["on_net"] is True
+    corrected = xdrs["chg-at-2#2"]
+    assert corrected["amount"] == Decimal("0.000001") and corrected["revision"] == 2
+    assert corrected["policies"] == "" and corrected["vendor"] is None
+    assert corrected["corrects"] == "ch-0" and corrected["on_net"] is True
 
     [rejected] = rows(database_url, RejectedAttempt)
     assert rejected["reason_code"] == "INSUFFICIENT_FUNDS" and rejected["rejected_at"] == T0 + timedelta(

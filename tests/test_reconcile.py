@@ -8,11 +8,13 @@ from decimal import Decimal
 
 import pytest
 from click.testing import CliRunner
+from hypothesis import given, settings, strategies as st
 
 from imbill import presentation
 from imbill.cli import cli
-from imbill.domain.events import BalanceChanged, Charge, Payment, PaymentRejected, Rejection
-from imbill.domain.reconcile import AttemptSeen, Difference, Topics, charge_total, reconcile
+from imbill.domain.events import BalanceChanged, Charge, Payment, PaymentRejected, Rejection, correction_id_of
+from imbill.domain.reconcile import (AttemptSeen, Difference, Topics, charge_total, difference_total,
+                                     latest_revisions, reconcile)
 from imbill.schemas.codec import event_of
 from tests.conftest import free_port as conftest_free_port
 from tests.samples import SAMPLES
@@ -108,13 +110,95 @@ def test_a_charge_id_with_two_amounts_is_reported() -> None:
     assert ("1001", "balance", "14.60", "14.70") in lines(result)  # the latest record counts
 
 
+def correction(attempt_id: str, revision: int, amount: str, previous: str, *, corrects: str | None = None,
+               account: str = "1001", units: int = 1) -> Charge:
+    """Revision ``revision`` of the attempt's outcome: ``amount`` instead of ``previous``."""
+    return replace(charge(attempt_id, amount, account), charge_id=correction_id_of(attempt_id, revision),
+                   kind="correction", revision=revision, billing_units=units,
+                   corrects=corrects or (f"chg-{attempt_id}" if revision == 2
+                                         else correction_id_of(attempt_id, revision - 1)),
+                   difference=Decimal(amount) - Decimal(previous), rerate_run="run-1")
+
+
 def test_a_correction_replaces_the_amount_of_the_charge_it_supersedes() -> None:
-    fix = replace(charge("a2", "0.10"), charge_id="cor-a2", kind="correction", corrects="chg-a2")
+    fix = correction("a2", 2, "0.10", "0.15")
     assert charge_total([charge("a1", "0.15"), charge("a2", "0.15"), fix]) == Decimal("0.25")
     topics = clean_topics(charges=[charge("a1", "0.15"), charge("a2", "0.15"), fix],
                           balances=[balance("chg-a1", "9.85"), balance("pay-1", "14.85", cause="payment"),
-                                    balance("chg-a2", "14.70"), balance("cor-a2", "14.75")])
+                                    balance("chg-a2", "14.70"), balance(fix.charge_id, "14.75", cause="correction")])
     assert reconcile(OPENING, topics).clean  # a correction is no second outcome
+
+
+CHAIN = [charge("a1", "0.15"), charge("a2", "0.15"), correction("a2", 2, "0.10", "0.15"),
+         correction("a2", 3, "0.20", "0.10"), correction("a3", 2, "0.05", "0", corrects="rej-a3"),
+         correction("a1", 2, "0", "0.15", units=0)]
+"""a2 corrected twice (0.15, 0.10, 0.20), a3's rejection charged after all (0.05), a1 reversed."""
+CHAIN_BALANCES = [balance("chg-a1", "9.85"), balance("pay-1", "14.85", cause="payment"), balance("chg-a2", "14.70"),
+                  balance("chg-a2#2", "14.75", cause="correction"), balance("chg-a2#3", "14.65", cause="correction"),
+                  balance("chg-a3#2", "14.60", cause="correction"), balance("chg-a1#2", "14.75", cause="correction")]
+
+
+def test_chains_of_revisions_a_rejection_charged_and_a_reversal_reconcile() -> None:
+    """The expected balance takes the latest revision of each attempt; adding every
+    difference gives the same; the BalanceChanged of the corrections move the balance."""
+    assert charge_total(CHAIN) == difference_total(CHAIN) == Decimal("0.25")  # 0 + 0.20 + 0.05
+    assert sorted(c.charge_id for c in latest_revisions(CHAIN)) == ["chg-a1#2", "chg-a2#3", "chg-a3#2"]
+    topics = clean_topics(charges=CHAIN, balances=CHAIN_BALANCES)
+    result = reconcile(OPENING, topics, {"1001": Decimal("14.75")})
+    assert (result.clean, result.attempts) == (True, 3), lines(result)
+    resent = clean_topics(charges=[*CHAIN, CHAIN[3], CHAIN[2]], balances=CHAIN_BALANCES)  # an outbox re-sent
+    assert reconcile(OPENING, resent).clean
+
+
+def test_a_late_revision_still_leaves_the_highest_one_counted() -> None:
+    late = [CHAIN[0], CHAIN[1], CHAIN[3], CHAIN[2]]  # revision 3 of a2 before revision 2
+    assert charge_total(late) == difference_total(late) == Decimal("0.35")
+
+
+def test_a_correction_balance_not_applied_is_reported() -> None:
+    topics = clean_topics(charges=CHAIN, balances=CHAIN_BALANCES[:-1])  # the reversal's BalanceChanged missing
+    assert lines(reconcile(OPENING, topics)) == [("1001", "balance", "14.75", "14.60")]
+
+
+def test_a_correction_that_does_not_chain_is_reported() -> None:
+    wrong_difference = replace(CHAIN[3], difference=Decimal("0.05"))
+    orphan = correction("a2", 4, "0.30", "0.20", corrects="chg-a2#2")  # not the revision before
+    unknown = correction("a9", 2, "0.05", "0", corrects="rej-a3")  # another attempt's rejection
+    topics = clean_topics(charges=[*CHAIN[:3], wrong_difference, *CHAIN[4:], orphan, unknown],
+                          attempts=attempts("a1", "a2", "a3", "a9"),
+                          rejections=[rejection("a3"), rejection("a9", account="1002")])
+    found = [(d.check, d.expected, d.found, d.detail) for d in reconcile(OPENING, topics).differences
+             if d.check == "correction"]
+    assert found == [("correction", "corrects its attempt's revision before", "none for 2", "chg-a2#4, chg-a9#2"),
+                     ("correction", "difference = amount - superseded amount", "another for 1", "chg-a2#3")]
+    assert difference_total(topics.charges) != charge_total(topics.charges)
+
+
+@settings(max_examples=50, deadline=None)
+@given(chains=st.lists(st.tuples(st.booleans(), st.lists(st.decimals(min_value=0, max_value=1000, places=2),
+                                                         min_size=1, max_size=5)), min_size=1, max_size=6))
+def test_the_latest_amounts_and_the_differences_always_agree(chains) -> None:
+    """Any chains of revisions, starting with a charge or a rejection: both totals agree,
+    and an account whose balance moved by them reconciles."""
+    charges, rejections, ids = [], [], []
+    for n, (rejected_first, amounts) in enumerate(chains):
+        attempt_id = f"p{n}"
+        ids.append(attempt_id)
+        previous, start = Decimal(0), 2 if rejected_first else 1
+        if rejected_first:
+            rejections.append(rejection(attempt_id))
+        for revision, amount in enumerate(amounts, start=start):
+            if revision == 1:
+                charges.append(charge(attempt_id, str(amount)))
+            else:
+                charges.append(correction(attempt_id, revision, str(amount), str(previous),
+                                          corrects=f"rej-{attempt_id}" if revision == 2 and rejected_first else None))
+            previous = amount
+    total = sum(amounts[-1] for _, amounts in chains)
+    assert charge_total(charges) == difference_total(charges) == total
+    topics = Topics(attempts=attempts(*ids), charges=charges, rejections=rejections,
+                    balances=[balance("last", str(OPENING["1001"] - total), cause="correction")])
+    assert reconcile(OPENING, topics).clean
 
 
 def test_a_refused_payment_is_not_counted_and_a_payment_twice_counts_once() -> None:
@@ -156,3 +240,13 @@ def test_reconcile_without_a_broker_is_one_line_and_exit_2(free_port) -> None:
     assert result.exit_code == 2
     assert result.output.startswith(f"error: no Kafka broker answers at 127.0.0.1:{free_port}")
     assert "Traceback" not in result.output
+
+
+def test_two_first_charges_of_one_attempt_both_count_and_are_reported() -> None:
+    """A double charge is no chain: both amounts count (each was charged), and the attempt
+    has two outcomes."""
+    twice = replace(charge("a2", "0.15"), charge_id="chg-a2-again")
+    topics = clean_topics(charges=[*clean_topics().charges, twice])
+    assert charge_total(topics.charges) == difference_total(topics.charges) == Decimal("0.45")
+    assert lines(reconcile(OPENING, topics)) == [("1001", "balance", "14.55", "14.70"),
+                                                 ("1001", "outcome", "1 per attempt", "2 or more for 1")]

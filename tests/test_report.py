@@ -93,7 +93,7 @@ def test_money_sums_are_exact_where_floats_are_not(database_url):
     """100000000000.000001 is no float: summed through floats the last micro unit is lost."""
     charge = next(e for e in project_traffic(database_url, count=20) if e.name == "Charge")
     amounts = ("99999999999.999999", "0.000001", "0.000001")
-    events = [dataclasses.replace(charge.event, charge_id=f"chg-big-{i}", customer="Big Spender",
+    events = [dataclasses.replace(charge.event, charge_id=f"chg-big-{i}", attempt_id=f"big-{i}", customer="Big Spender",
                                   amount=Decimal(amount), vendor_cost=Decimal(amount),
                                   vendor_currency=charge.event.currency)
               for i, amount in enumerate(amounts)]

@@ -164,7 +164,8 @@ def test_refused(config: ConfigBuilder, fields: dict, code: str, words: tuple[st
     assert all(word in refused.message for word in words), refused.message
 
 
-BILLING_CODES = {"insufficient_funds", "service_suspended", "currency_mismatch", "outside_dedup_window"}  # tests/test_rules_balance.py
+BILLING_CODES = {"insufficient_funds", "service_suspended", "currency_mismatch", "outside_dedup_window",  # test_rules_balance
+                 "undelivered"}  # tests/test_decide.py
 
 
 def test_every_reason_code_is_reachable() -> None:

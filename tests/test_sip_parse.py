@@ -539,6 +539,8 @@ def test_attempt_payload_has_exactly_the_contract_keys() -> None:
         "source_port": 5070,
         "transport": "UDP",
         "edge_id": "edge-a",
+        "delivery": None,
+        "delivery_code": None,
     }
     assert attempt_key(attempt) == b"env1/alice"
 
