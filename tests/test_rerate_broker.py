@@ -19,7 +19,7 @@ import pytest
 from click.testing import CliRunner
 
 from imbill.cli import cli
-from imbill.domain.config import Rate
+from imbill.domain.config import Account, Customer, Rate
 from imbill.schemas.topics import Topics
 from tests.builders import ALICE, BOB, ENV, T0, checklist
 from tests.test_processor import Worker, message, publish, publish_config, records_of, wait_for
@@ -190,6 +190,9 @@ def test_a_re_rating_killed_three_times_with_live_traffic_finishes_without_doubl
         spent = sum(c["amount"] for c in latest.values() if c["account"] == account)
         assert balances[account] == Decimal("1.00") - spent, account
     assert set(_run_ids(bootstrap, topics).values()) == {"finished"}
+    clean = imbill(bootstrap, topics, "--database-url", f"sqlite:///{tmp_path / 'none.db'}", "--environment", ENV,
+                   "reconcile")
+    assert clean.exit_code == 0 and clean.output.startswith("clean: "), clean.output
 
 
 def _settled(bootstrap: str, topics: Topics) -> bool:
@@ -197,3 +200,66 @@ def _settled(bootstrap: str, topics: Topics) -> bool:
     decided = {r["attempt_id"] for r in records_of(bootstrap, topics.charges)}
     decided |= {r["attempt_id"] for r in records_of(bootstrap, topics.rejections)}
     return attempts <= decided
+
+
+CUSTOMERS = ("Alpha", "Bravo", "Charlie", "Delta")
+
+
+def ten_thousand_config():
+    """The checklist at MSGN 0.01 (a message of 150 characters: 3 units, 0.03; at 0.008, 0.024
+    rounded to the cent: 0.02), and 100 postpaid accounts of four customers (25 each)."""
+    config = checklist(msgn_price="0.01", balance_model="postpaid")
+    config.define(*(Customer(name, "USD") for name in CUSTOMERS))
+    config.define(*(Account(f"3{n:03d}", CUSTOMERS[n % 4], "IM product", balance_model="postpaid",
+                            opening_balance=Decimal("5.00"), credit_limit=Decimal(1_000)) for n in range(100)))
+    return config
+
+
+def test_ten_thousand_attempts_re_rated_from_001_to_0008_agree_everywhere(bootstrap: str, topics: Topics, tmp_path,
+                                                                          database_url: str) -> None:
+    config = ten_thousand_config()
+    publish_config(bootstrap, topics, config)
+    published = len(config.events)
+    attempts = [message(f"t{n:05d}", sender=f"3{n % 100:03d}", received_at=T0 + timedelta(hours=1, milliseconds=n)) for n in range(10_000)]
+    worker = Worker(bootstrap, topics, tmp_path, "w-rerate-10k")
+    try:
+        publish(bootstrap, topics.attempts, attempts)
+        wait_for(lambda: len(records_of(bootstrap, topics.charges)) >= 10_000, worker, 300,
+                 "10,000 attempts to be charged at 0.01")
+        config.define(Rate("B", "MSGN", Decimal("0.008"), T0))  # the rate in force since T0, corrected
+        publish_more_config(bootstrap, topics, config, published)
+
+        dry = imbill(bootstrap, topics, "rerate", *PERIOD, "--dry-run", "--csv", "-")
+        assert dry.exit_code == 0, dry.output
+        rows = changed_rows(dry)
+        assert len(rows) == 10_000 and {r["difference"] for r in rows} == {"-0.01"}
+        per_customer: dict[str, Decimal] = {}
+        for row in rows:
+            per_customer[row["customer"]] = per_customer.get(row["customer"], Decimal(0)) + Decimal(row["difference"])
+        assert per_customer == {name: Decimal("-25.00") for name in CUSTOMERS}
+        assert "│   10000 │   10000 │   10000 │        0 │" in dry.stdout
+
+        real = imbill(bootstrap, topics, "rerate", *PERIOD, "--wait", "300")
+        assert real.exit_code == 0, real.output
+        corrections = [c for c in records_of(bootstrap, topics.charges) if c["kind"] == "correction"]
+        assert len(corrections) == 10_000 == len({c["charge_id"] for c in corrections})
+        again = imbill(bootstrap, topics, "rerate", *PERIOD)
+        assert again.exit_code == 0, again.output
+        assert len(records_of(bootstrap, topics.corrections)) == 10_000
+    finally:
+        worker.stop()
+
+    balances = {b["account"]: b["balance"] for b in records_of(bootstrap, topics.balances)}
+    assert balances == {f"3{n:03d}": Decimal("5.00") - 100 * Decimal("0.02") for n in range(100)}
+    database = ["--database-url", database_url]
+    assert imbill(bootstrap, topics, *database, "project", "--once").exit_code == 0
+    totals = imbill(bootstrap, topics, *database, "--environment", ENV, "xdr", "--by", "customer", "--format", "csv")
+    assert totals.exit_code == 0, totals.output
+    by_customer = {r["customer"]: (r["xdrs"], r["amount"]) for r in csv.DictReader(io.StringIO(totals.stdout))}
+    assert by_customer == {name: ("2500", "50.00") for name in CUSTOMERS}
+    revisions = imbill(bootstrap, topics, *database, "--environment", ENV, "xdr", "--revisions", "--limit", "100000",
+                       "--format", "csv")
+    assert len(list(csv.DictReader(io.StringIO(revisions.stdout)))) == 20_000
+    clean = imbill(bootstrap, topics, *database, "--environment", ENV, "reconcile")
+    assert clean.exit_code == 0, clean.output
+    assert clean.output.startswith("clean: "), clean.output
