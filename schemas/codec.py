@@ -129,8 +129,9 @@ def decode(data: bytes) -> tuple[str, dict[str, Any]]:
     if writer is None:
         raise UnknownSchema(f"unknown writer schema fingerprint {header[2:].hex()}")
     reader = schemas().get(writer.name, writer)
-    try:
-        record = fastavro.schemaless_reader(io.BytesIO(data[10:]), writer.parsed, reader.parsed)
+    try:  # no reader schema when it is the writer's: fastavro would compare them, field by field, every time
+        record = fastavro.schemaless_reader(io.BytesIO(data[10:]), writer.parsed,
+                                            None if reader is writer else reader.parsed)
     except Exception as exc:  # fastavro raises many types on corrupt input
         raise SchemaError(f"cannot decode {writer.name}: {exc}") from exc
     return writer.name, record
