@@ -678,8 +678,13 @@ class _BarProgress:
         self.progress = progress
 
     def stage(self, name: str, total: int | None) -> Any:
-        task = self.progress.add_task(name, total=total)
-        return lambda done: self.progress.advance(task, done)
+        task, counted = self.progress.add_task(name, total=total), [0]
+
+        def advance(done: int) -> None:  # a total the broker said short (the local broker's) grows with the count
+            counted[0] += done
+            self.progress.update(task, advance=done, total=max(total or 0, counted[0]))
+
+        return advance
 
 
 class _PerSecond(ProgressColumn):
