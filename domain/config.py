@@ -272,7 +272,9 @@ class EnvironmentConfig:
     accounts: dict[str, Account] = field(default_factory=dict)
     version: int = 0
     """Count of events applied to this environment."""
-    _derived: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    derived_by_name: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    """What :meth:`derived` has built from this snapshot, by name (read directly where one
+    method call per message counts: ``rating.rate_attempt``)."""
 
     @property
     def messaging_enabled(self) -> bool:
@@ -302,9 +304,9 @@ class EnvironmentConfig:
         """What the rules derive from this snapshot (an index), built once and kept with it:
         cached by the snapshot's identity, so a live and a replay snapshot of the same
         environment never share or evict each other's indexes."""
-        found = self._derived.get(name)
+        found = self.derived_by_name.get(name)
         if found is None:
-            found = self._derived[name] = build(self)
+            found = self.derived_by_name[name] = build(self)
         return found
 
 
@@ -507,7 +509,7 @@ class _Draft:
         return found
 
     def build(self) -> EnvironmentConfig:
-        return dataclasses.replace(self.base, version=self.version, _derived={}, **self.copied)
+        return dataclasses.replace(self.base, version=self.version, derived_by_name={}, **self.copied)
 
 
 class _View:
