@@ -19,7 +19,7 @@ from imbill.domain.keys import account_key
 from imbill.schemas.codec import decode, encode_event
 from imbill.streams.batch import bill_attempts
 from imbill.streams.changelog import Entry, Seen, encode_record, flushed_key, seen_key
-from imbill.streams.dedup import DedupMemory, Window
+from imbill.streams.dedup import DedupMemory, Window, packed, unpacked
 from tests.builders import ALICE, ENV, T0, attempt, payment
 from tests.test_commit_protocol import (CONFIG, NOW, P, TOPICS, MemoryLog, charge_ids, recover, run, started)
 from tests.test_processor import FROM_START, key_of, records
@@ -205,6 +205,13 @@ def test_an_incoming_message_copied_into_a_later_batch_is_charged_once() -> None
     assert [decode(value)[1]["charge_id"] for value in first] == ["chg-in1"] and second == []
 
 
+@pytest.mark.parametrize("offset", [0, 1, 2**31, 2**63 - 1])
+@pytest.mark.parametrize("content", [0, 1, 2**31, 2**32 - 1])
+def test_an_ids_first_offset_and_fingerprint_are_kept_as_one_int_and_read_back(offset: int, content: int) -> None:
+    assert unpacked(packed(offset, content)) == (offset, content)
+    assert packed(offset, content) >> 32 == offset  # how Window.add compares a copy's offset with the first's
+
+
 def test_the_memory_keeps_one_window_per_source_and_key() -> None:
     batch = bill_attempts({}, CONFIG, records((0, attempt(attempt_id="x", body_chars=1))), now=NOW,
                           expected=FROM_START)
@@ -213,7 +220,8 @@ def test_the_memory_keeps_one_window_per_source_and_key() -> None:
     window = Window()
     window.add(b"c1", entry.remembered)
     window.add(b"c1", entry.remembered)  # the entry and its chunk: the same ids once
-    assert (window.ids, window.newest_ms, window.expire()) == ({"x": (0, entry.remembered[0][3])}, millis(AT), [])
+    assert (set(window.ids), window.first("x"), window.newest_ms, window.expire()) == (
+        {"x"}, (0, entry.remembered[0][3]), millis(AT), [])
     assert Window().newest_ms == NEVER
 
 
