@@ -1,6 +1,6 @@
 """Every use of faust's and aiokafka's private API, in one place, each with what it works around.
 
-faust-streaming 0.15 and aiokafka 0.14 (pinned) give no public way to do four things the
+faust-streaming 0.15 and aiokafka 0.14 (pinned) give no public way to do five things the
 processor needs; each is done here and nowhere else, and ``tests/test_faust_adapter.py``
 fails loudly when an upgrade removes an attribute this module relies on:
 
