@@ -58,7 +58,7 @@ def rates_in_force(rates: Iterable[Rate], at: datetime) -> dict[str, Rate]:
 def in_force_at(env: EnvironmentConfig, at: datetime) -> EnvironmentConfig:
     """The environment as valid at ``at``: one rate per tariff and rate code (the one in
     force then); the objects without a valid time as they are."""
-    return dataclasses.replace(env, rates=rates_in_force(env.rates.values(), at), _derived={})
+    return dataclasses.replace(env, rates=rates_in_force(env.rates.values(), at), derived_by_name={})
 
 
 def state_in_force_at(state: ConfigState, at: datetime | None) -> ConfigState:

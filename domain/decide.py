@@ -98,19 +98,20 @@ def decide_attempt(state: AccountState | None, attempt: MessageAttempt, config: 
     ``sighting`` is what the account's dedup memory knows of its attempt id."""
     if text_chars(attempt) > MAX_TEXT_CHARS:
         return Decision(state, (_oversized(attempt, now),))
+    seen = verdict(sighting, offset=offset, at=min(attempt.received_at, now))
     rated = rate_attempt(attempt, config, rated_at=now, clock_skew=limits.clock_skew)
     if type(rated) is Refusal:
-        return Decision(state, (rejection_of(attempt, rated, now),))
+        return _once(state, seen, rejection_of(attempt, rated, now))
     if attempt.delivery == FAILED and not limits.charge_undelivered:
-        return Decision(state, (rejection_of(attempt, _undelivered(attempt, rated), now),))
+        return _once(state, seen, rejection_of(attempt, _undelivered(attempt, rated), now))
     if rated.direction != "outgoing":  # free, billed to the recipient, whose balance is elsewhere
-        return Decision(state, (charge_of(attempt, rated, now),))
+        return _once(state, seen, charge_of(attempt, rated, now))
     if account_key(rated.environment, rated.account) != key:
         refusal = Refusal("malformed_attempt", f"the record key {key!r} does not name the sending account",
                           rated.account)
-        return Decision(state, (rejection_of(attempt, refusal, now),))
+        return _once(state, seen, rejection_of(attempt, refusal, now))
     result = bill(state or _opened(config, rated), rated, attempt_id=attempt.attempt_id, offset=offset,
-                  occurred_at=now, sighting=verdict(sighting, offset=offset, at=min(attempt.received_at, now)))
+                  occurred_at=now, sighting=seen)
     return Decision(result.state, _outcome(attempt, rated, result.outcome, now) + tuple(result.events),
                     remember=result.outcome not in UNREMEMBERED)
 
@@ -118,6 +119,17 @@ def decide_attempt(state: AccountState | None, attempt: MessageAttempt, config: 
 def _undelivered(attempt: MessageAttempt, rated: Rated) -> Refusal:
     return Refusal("undelivered", f"the SIP edge could not deliver the message to {attempt.to_user!r}: SIP "
                    f"{attempt.delivery_code}", rated.account)
+
+
+def _once(state: AccountState | None, seen: str, event: Charge | Rejection) -> Decision:
+    """An outcome decided without the account's balance (a refusal, even of an unknown
+    sender; the free charge of an incoming message), remembered as a bill is: a copy of its
+    attempt (``seen`` is the id's :func:`.dedup.verdict`) emits nothing, even in a later
+    batch, where deciding it again would give another ``rejected_at``/``rated_at`` (copies of
+    an outcome must be byte-identical). A stale id is decided, not remembered, as billing does."""
+    if seen == "copy":
+        return Decision(state)
+    return Decision(state, (event,), remember=seen == "new")
 
 
 def _oversized(attempt: MessageAttempt, now: datetime) -> Rejection:

@@ -46,6 +46,8 @@ from imbill.domain.tariff_rates import ANY_NUMBER, MSGN
 MAX_BODY_CHARS = 100_000
 """The longest message body rated (Unicode code points): a SIP datagram holds at most 65,535
 bytes, and a body past this is a bug or an attack, not a message (implausible_attempt)."""
+MAX_BODY_BYTES = 4 * MAX_BODY_CHARS
+"""The most bytes those characters take in UTF-8."""
 MAX_TEXT_CHARS = 65_535 + 1_024
 """The most characters an attempt's text fields hold together: what one SIP datagram
 (65,535 bytes) carries, plus the edge's own fields (ids, address). More is implausible, and
@@ -54,7 +56,7 @@ CLOCK_SKEW = timedelta(minutes=5)
 """How far in the future of the rating clock an attempt may be dated (clocks differ): the
 default of the setting ``IMBILL_ATTEMPT_CLOCK_SKEW`` (passed in as ``clock_skew``)."""
 
-__all__ = ["MAX_BODY_CHARS", "MAX_TEXT_CHARS", "CLOCK_SKEW", "text_chars", "Rated", "Refusal", "REASON_CODES", "MSGN", "ANY_NUMBER", "rate_attempt", "charge_of", "rejection_of",
+__all__ = ["MAX_BODY_CHARS", "MAX_BODY_BYTES", "MAX_TEXT_CHARS", "CLOCK_SKEW", "text_chars", "Rated", "Refusal", "REASON_CODES", "MSGN", "ANY_NUMBER", "rate_attempt", "charge_of", "rejection_of",
            "account_push_events"]
 
 
@@ -99,24 +101,24 @@ def rate_attempt(attempt: MessageAttempt, config: ConfigState, *, rated_at: date
                  clock_skew: timedelta = CLOCK_SKEW) -> Rated | Refusal:
     """Rate one attempt against the config snapshot ``config`` (see the module doc for the
     steps); the environment's rating index is derived from the snapshot and kept with it."""
-    name, direction = attempt.environment, attempt.direction
-    implausible = _implausible(attempt, rated_at, clock_skew)
-    if implausible:
-        return Refusal("implausible_attempt", implausible,
+    name, direction, chars = attempt.environment, attempt.direction, attempt.body_chars
+    if not (0 <= chars <= MAX_BODY_CHARS and 0 <= attempt.body_bytes <= MAX_BODY_BYTES
+            and attempt.received_at <= rated_at + clock_skew) or (
+            attempt.delivery is not None or attempt.delivery_code is not None) and _implausible_delivery(
+            attempt.delivery, attempt.delivery_code):  # _implausible's tests, inlined: every attempt passes here
+        return Refusal("implausible_attempt", _implausible(attempt, rated_at, clock_skew),
                        attempt.to_user if direction == "incoming" else attempt.from_user)
     env = config.environments.get(name)
-    index = index_of(env) if env is not None else None
+    index = (env.derived_by_name.get("rating") or index_of(env)) if env is not None else None
     if index is None or not index.set_up or not index.enabled:
         party = attempt.to_user if direction == "incoming" else attempt.from_user
         if index is None or not index.set_up:
             return Refusal("unknown_environment", f"environment {name!r} has no instant messaging setup", party)
         return Refusal("service_disabled", f"Messaging is not enabled in environment {name!r}", party)
     if direction == "outgoing":
-        return _outgoing(index, attempt.from_user, attempt.to_user, attempt.to_domain, attempt.body_chars,
-                         attempt.received_at)
+        return _outgoing(index, attempt.from_user, attempt.to_user, attempt.to_domain, chars, attempt.received_at)
     if direction == "incoming":
-        return _incoming(index, attempt.to_user, attempt.to_domain, attempt.body_chars, attempt.received_at,
-                         attempt.from_user)
+        return _incoming(index, attempt.to_user, attempt.to_domain, chars, attempt.received_at, attempt.from_user)
     return Refusal("malformed_attempt", f"direction {direction!r} is neither outgoing nor incoming", attempt.from_user)
 
 
@@ -125,7 +127,7 @@ def _implausible(attempt: MessageAttempt, rated_at: datetime, clock_skew: timede
     it is dated after the moment it is rated (beyond :data:`CLOCK_SKEW`). Texts longer
     together than a SIP datagram (:func:`text_chars`) are refused before rating, by
     ``decide.decide_attempt``, which records them against no account."""
-    if not 0 <= attempt.body_chars <= MAX_BODY_CHARS or not 0 <= attempt.body_bytes <= 4 * MAX_BODY_CHARS:
+    if not 0 <= attempt.body_chars <= MAX_BODY_CHARS or not 0 <= attempt.body_bytes <= MAX_BODY_BYTES:
         return (f"a body of {attempt.body_chars} characters ({attempt.body_bytes} bytes) is out of range "
                 f"(0 to {MAX_BODY_CHARS:,} characters)")
     if attempt.received_at > rated_at + clock_skew:
@@ -178,29 +180,9 @@ def _outgoing(index: Index, sender: str, to_user: str, to_domain: str, chars: in
     delivery = price_and_route(index, plan, policy, dialed, when, units)
     if type(delivery) is Refusal:
         return delivery.against(account.account_id)
-    return _rated(index, account, plan, policy, units, delivery, _account_cli(index, sender, policy))
-
-
-def _translated(index: Index, user: str, policy: Policy) -> str:
-    """A user part (a CLI) as the policy's userpart_e164_translation translates it."""
-    return (index.dialed.get(user) or index.dial(user))[policy.userpart_e164_translation][0]
-
-
-def _account_cli(index: Index, account_id: str, policy: Policy) -> str:
-    """:func:`_translated` of a local account's id, remembered per account (bounded by the
-    environment's accounts: every outgoing message needs it)."""
-    if not policy.userpart_e164_translation:
-        return account_id
-    found = index.cli.get(account_id)
-    if found is None:
-        found = index.cli[account_id] = _translated(index, account_id, policy)
-    return found
-
-
-def _description(index: Index, rate_code: str) -> str | None:
-    """The description of the destination whose prefix is ``rate_code`` (None: not defined)."""
-    destination = index.env.destinations.get(rate_code)
-    return destination.description if destination is not None else None
+    # the sender's CLI as the policy translates it (Index.cli, its memo read inline: every message)
+    cli = (index.clis.get(sender) or index.cli(sender)) if policy.userpart_e164_translation else sender
+    return _rated(index, account, plan, policy, units, delivery, cli)
 
 
 def _rated(index: Index, account: Account, plan: Plan, policy: Policy, units: int, delivery: Delivery,
@@ -216,7 +198,7 @@ def _rated(index: Index, account: Account, plan: Plan, policy: Policy, units: in
         cost, route and route.currency,  # vendor_cost, vendor_currency
         account.balance_model, account.credit_limit, account.opening_balance,  # balance_model ... opening_balance
         plan.push_events, routing,  # push_events, routing
-        plan.node, _description(index, price.rate_code), cli_translated,  # node, destination_description, cli_translated
+        plan.node, index.descriptions.get(price.rate_code), cli_translated,  # node, destination_description, ...
     ))
 
 
@@ -245,7 +227,7 @@ def _incoming(index: Index, to_user: str, to_domain: str, chars: int, when: date
         vendor_cost=ZERO, vendor_currency=None, balance_model=account.balance_model,
         credit_limit=account.credit_limit, opening_balance=account.opening_balance,
         push_events=bool(plan and plan.push_events), node=plan.node if plan is not None else None,
-        cli_translated=_translated(index, from_user, policy))
+        cli_translated=index.cli(from_user) if policy.userpart_e164_translation else from_user)
 
 
 def account_push_events(config: ConfigState, environment: str, account: str) -> bool:

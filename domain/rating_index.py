@@ -89,8 +89,10 @@ class Index:
         self.external = RoutingTable(tuple(route for internal, route in routes if not internal))
         self.policies: dict[tuple[str | None, str], Policy] = {}
         self.dialed: dict[str, tuple[Dialed, Dialed]] = {}
-        self.cli: dict[str, str] = {}
-        """Account id -> its E.164-translated CLI (``rating._translated``)."""
+        self.descriptions = {prefix: d.description for prefix, d in env.destinations.items()}
+        """Rate code -> the description of the destination with that prefix (None: not defined)."""
+        self.clis: dict[str, str] = {}
+        """User part (a CLI) -> its E.164 translation (:meth:`cli`), a bounded memo."""
 
     def _plan(self, product: Product) -> Plan:
         charge = next((c for c in product.usage_charges if c.service == "messaging"), None)
@@ -128,6 +130,17 @@ class Index:
         found = self.policies.get(key)
         if found is None:
             found = remember(self.policies, key, _policy(self.env, account, to_domain), CACHE_LIMIT)
+        return found
+
+    def cli(self, user: str) -> str:
+        """A sender's user part (a CLI) as userpart_e164_translation translates it: what
+        :meth:`dial` gives as E.164 (``user`` itself when it is no number under the dialing
+        rules). Remembered apart from :attr:`dialed`: senders would evict the destinations
+        (each new one cost a full dial, the local look-ups included)."""
+        found = self.clis.get(user)
+        if found is None:
+            e164 = to_e164(user, self.rules) if self.rules is not None else None
+            found = remember(self.clis, user, e164 or user, CACHE_LIMIT)
         return found
 
     def recipient(self, to_user: str) -> Account | None:

@@ -12,6 +12,11 @@ logical value is that of its underlying type, so the bytes are the ones fastavro
 (tests/test_schemas.py compares them). Decimals repeat (prices, amounts, deltas): their
 converted bytes are remembered by the decimal's exact text (bounded).
 
+Optional fields added at the end of a schema (Charge v3's four, all null on a first charge)
+would each cost a union resolution: the null ones at the end of a record are written as
+what Avro makes of them, one byte 0 each (union branch 0, ``"null"``, which has no
+bytes), after the record written with a schema that ends before them.
+
 Whatever fastavro would refuse or treat otherwise is left to fastavro: :meth:`encode`
 returns None, and the caller encodes the record the usual way, with the usual error.
 """
@@ -49,7 +54,12 @@ class PhysicalWriter:
                     self.logical.append((field["name"], memo, kind))
                     field = {**field, "type": kind["type"]}
             fields.append(field)
+        self.raw, self.fields = raw, fields
         self.parsed = fastavro.parse_schema({**raw, "fields": fields})
+        self.optional = tuple(reversed([f["name"] for f in fields[len(fields) - _optional_tail(fields):]]))
+        """The names of the trailing fields whose type is a union with "null" first, last first."""
+        self.shorter: dict[int, Any] = {0: self.parsed}
+        """Number of trailing fields left out -> the schema without them (made when first needed)."""
 
     def encode(self, record: dict[str, Any]) -> bytes | None:
         """The encoded record (its logical values converted in place), or None when
@@ -57,12 +67,34 @@ class PhysicalWriter:
         try:
             for name, convert, kind in self.logical:
                 record[name] = convert(record[name], kind)
+            nulls = 0
+            for name in self.optional:  # the trailing nulls: one byte each, no union resolved
+                if record[name] is not None:
+                    break
+                nulls += 1
             out = io.BytesIO()
             out.write(self.header)
-            fastavro.schemaless_writer(out, self.parsed, record, disable_tuple_notation=True)
+            fastavro.schemaless_writer(out, self.shorter.get(nulls) or self._shorter(nulls), record,
+                                       disable_tuple_notation=True)
+            out.write(bytes(nulls))
         except Exception:  # noqa: BLE001 - the caller's usual encode raises the usual error
             return None
         return out.getvalue()
+
+    def _shorter(self, nulls: int) -> Any:
+        found = self.shorter[nulls] = fastavro.parse_schema({**self.raw, "fields": self.fields[:-nulls]})
+        return found
+
+
+def _optional_tail(fields: list[Mapping[str, Any]]) -> int:
+    """How many fields at the end have a union type whose first branch is "null"."""
+    count = 0
+    for field in reversed(fields):
+        kind = field["type"]
+        if not (isinstance(kind, list) and kind and kind[0] == "null"):
+            break
+        count += 1
+    return count
 
 
 def _remembered(convert: Convert) -> Convert:

@@ -28,19 +28,35 @@ from typing import Any, Iterable, Mapping
 from imbill.domain.dedup import NEVER, UNSEEN, WINDOW_MS, Sighting
 from imbill.streams.changelog import Entry, Remembered, Seen, seen_key
 
-__all__ = ["Window", "DedupMemory", "BatchMemory", "KeyMemory"]
+__all__ = ["Window", "DedupMemory", "BatchMemory", "KeyMemory", "packed", "unpacked"]
+
+
+def packed(offset: int, fingerprint: int) -> int:
+    """An id's first offset and its 32-bit content fingerprint as one int: one small object
+    per remembered id instead of a tuple of two (~85 bytes less per id; README, "Benchmarks")."""
+    return offset << 32 | fingerprint
+
+
+def unpacked(first: int) -> tuple[int, int]:
+    """(first offset, fingerprint) of a :func:`packed` int."""
+    return first >> 32, first & 0xFFFFFFFF
 
 
 @dataclass(slots=True)
 class Window:
-    """The ids remembered for one (source, key): id -> (first offset, fingerprint), and its
-    chunks by their newest time, oldest first."""
+    """The ids remembered for one (source, key): id -> its first offset and fingerprint
+    (:func:`packed`), and its chunks by their newest time, oldest first."""
 
-    ids: dict[str, tuple[int, int]] = field(default_factory=dict)
+    ids: dict[str, int] = field(default_factory=dict)
     chunks: list[tuple[int, bytes]] = field(default_factory=list)
     """A heap of (newest time in ms, chunk key)."""
-    members: dict[bytes, list[str]] = field(default_factory=dict)
+    members: dict[bytes, tuple[str, ...]] = field(default_factory=dict)
     newest_ms: int = NEVER
+
+    def first(self, record_id: str) -> tuple[int, int] | None:
+        """(first offset, fingerprint) of a remembered id; None when it is not remembered."""
+        found = self.ids.get(record_id)
+        return unpacked(found) if found is not None else None
 
     def add(self, chunk: bytes, remembered: Iterable[Remembered]) -> None:
         if chunk in self.members:
@@ -48,11 +64,11 @@ class Window:
         names, newest = [], NEVER
         for attempt_id, offset, at_ms, fingerprint in remembered:
             first = self.ids.get(attempt_id)
-            if first is None or offset < first[0]:
-                self.ids[attempt_id] = (offset, fingerprint)
+            if first is None or offset < first >> 32:
+                self.ids[attempt_id] = packed(offset, fingerprint)
             names.append(attempt_id)
             newest = max(newest, at_ms)
-        self.members[chunk] = names
+        self.members[chunk] = tuple(names)
         heapq.heappush(self.chunks, (newest, chunk))
         self.newest_ms = max(self.newest_ms, newest)
 
@@ -132,7 +148,8 @@ class KeyMemory:
 
     def __init__(self, window: Window | None, entry: Entry) -> None:
         self.window, self.entry = window, entry
-        self.fresh: dict[str, tuple[int, int]] = {}
+        self.fresh: dict[str, int] = {}
+        """What the batch remembered: id -> :func:`packed` first offset and fingerprint."""
         self.newest_ms = window.newest_ms if window is not None else NEVER
 
     def sighting(self, record_id: str) -> Sighting:
@@ -141,10 +158,10 @@ class KeyMemory:
             first = self.window.ids.get(record_id)
         if first is None:
             return Sighting(newest_ms=self.newest_ms) if self.newest_ms != NEVER else UNSEEN
-        return Sighting(first[0], first[1], self.newest_ms)
+        return Sighting(first >> 32, first & 0xFFFFFFFF, self.newest_ms)
 
     def remember(self, record_id: str, offset: int, at_ms: int, fingerprint: int) -> None:
-        self.fresh.setdefault(record_id, (offset, fingerprint))
+        self.fresh.setdefault(record_id, packed(offset, fingerprint))
         self.newest_ms = max(self.newest_ms, at_ms)
         self.entry.remembered.append((record_id, offset, at_ms, fingerprint))
 

@@ -19,7 +19,7 @@ from imbill.domain.keys import account_key
 from imbill.schemas.codec import decode, encode_event
 from imbill.streams.batch import bill_attempts
 from imbill.streams.changelog import Entry, Seen, encode_record, flushed_key, seen_key
-from imbill.streams.dedup import DedupMemory, Window
+from imbill.streams.dedup import DedupMemory, Window, packed, unpacked
 from tests.builders import ALICE, ENV, T0, attempt, payment
 from tests.test_commit_protocol import (CONFIG, NOW, P, TOPICS, MemoryLog, charge_ids, recover, run, started)
 from tests.test_processor import FROM_START, key_of, records
@@ -170,6 +170,48 @@ def test_a_payment_published_again_far_away_is_credited_once() -> None:
     assert credited.count("pay-fund") == 1 and len(credited) == 200
 
 
+def decided_in_two_batches(first: list, second: list) -> tuple[list, list]:
+    """The outputs of two batches, the second a minute later and against what the first
+    committed (its entries, and their ids in the dedup memory, as the Committer adds them)."""
+    memory = DedupMemory()
+    one = bill_attempts({}, CONFIG, first, now=NOW, expected=FROM_START, memory=memory)
+    for key, entry in one.entries.items():
+        if entry.remembered:
+            memory.add_entry(key, entry)
+    after = {**FROM_START, **{partition: offset + 1 for partition, offset in one.decided.items()}}
+    two = bill_attempts(one.entries, CONFIG, second, now=NOW + timedelta(minutes=1), expected=after, memory=memory)
+    return ([value for entry in batch.entries.values() for _, _, value in entry.outbox] for batch in (one, two))
+
+
+def test_a_refused_attempt_copied_into_a_later_batch_emits_nothing() -> None:
+    """An unknown sender has no account state: its refusal's id is remembered all the same,
+    so the copy (an edge's retransmission) is the duplicate, not a refusal decided again
+    with another rejected_at."""
+    refused = attempt(attempt_id="r1", from_user="mallory")
+    first, second = decided_in_two_batches(records((0, refused), account="mallory"),
+                                           records((1, refused), (2, replace(refused, attempt_id="r2")),
+                                                   account="mallory"))
+    [(name, rejection)] = [decode(value) for value in first]
+    assert (name, rejection["attempt_id"], rejection["reason_code"]) == ("Rejection", "r1", "unknown_account")
+    [(_, other)] = [decode(value) for value in second]  # r1 again: nothing; r2: its own refusal
+    assert (other["attempt_id"], other["reason_code"], other["rejected_at"]) == (
+        "r2", "unknown_account", NOW + timedelta(minutes=1))
+
+
+def test_an_incoming_message_copied_into_a_later_batch_is_charged_once() -> None:
+    """The free charge of an incoming message is decided without a balance too."""
+    incoming = attempt(attempt_id="in1", direction="incoming", from_user="stranger", to_user=ALICE)
+    first, second = decided_in_two_batches(records((0, incoming)), records((1, incoming)))
+    assert [decode(value)[1]["charge_id"] for value in first] == ["chg-in1"] and second == []
+
+
+@pytest.mark.parametrize("offset", [0, 1, 2**31, 2**63 - 1])
+@pytest.mark.parametrize("content", [0, 1, 2**31, 2**32 - 1])
+def test_an_ids_first_offset_and_fingerprint_are_kept_as_one_int_and_read_back(offset: int, content: int) -> None:
+    assert unpacked(packed(offset, content)) == (offset, content)
+    assert packed(offset, content) >> 32 == offset  # how Window.add compares a copy's offset with the first's
+
+
 def test_the_memory_keeps_one_window_per_source_and_key() -> None:
     batch = bill_attempts({}, CONFIG, records((0, attempt(attempt_id="x", body_chars=1))), now=NOW,
                           expected=FROM_START)
@@ -178,7 +220,8 @@ def test_the_memory_keeps_one_window_per_source_and_key() -> None:
     window = Window()
     window.add(b"c1", entry.remembered)
     window.add(b"c1", entry.remembered)  # the entry and its chunk: the same ids once
-    assert (window.ids, window.newest_ms, window.expire()) == ({"x": (0, entry.remembered[0][3])}, millis(AT), [])
+    assert (set(window.ids), window.first("x"), window.newest_ms, window.expire()) == (
+        {"x"}, (0, entry.remembered[0][3]), millis(AT), [])
     assert Window().newest_ms == NEVER
 
 

@@ -11,6 +11,7 @@ import asyncio
 import inspect
 
 import faust
+import mode
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.client import AIOKafkaClient
@@ -88,3 +89,95 @@ def test_an_aiokafka_consumer_still_has_its_client():
     client = asyncio.run(client_of())
     assert isinstance(client, AIOKafkaClient), (
         "AIOKafkaConsumer._client is gone: the config reader cannot force a metadata update")
+
+
+# -- eager_first: faust's per-message wait_first without its four tasks ---------------------------
+
+class _Service(mode.Service):
+    """A bare mode service: its wait_first is the one the consumer inherits."""
+
+
+def _run(coro):
+    return asyncio.run(coro)
+
+
+def test_a_delivery_that_does_not_wait_makes_no_task_and_never_starts_the_other():
+    calls = []
+
+    async def spied_wait_first(*coros):
+        calls.append(coros)
+
+    async def deliver():
+        return "delivered"
+
+    async def main():
+        other = asyncio.Event().wait()
+        result = await faust_adapter.eager_first(spied_wait_first, deliver(), other)
+        return result, other
+
+    result, other = _run(main())
+    assert list(result.results) == ["delivered"] and not result.stopped
+    assert calls == [] and other.cr_frame is None  # closed before it ever ran: no "never awaited" warning
+
+
+def test_a_delivery_that_waits_is_raced_and_finishes_with_its_value():
+    async def main():
+        service, room = _Service(), asyncio.get_running_loop().create_future()
+
+        async def deliver():
+            await asyncio.sleep(0)  # a bare yield to the loop, then a real wait
+            return await room
+
+        asyncio.get_running_loop().call_later(0.01, room.set_result, "delivered late")
+        return await faust_adapter.eager_first(service.wait_first, deliver(), asyncio.Event().wait())
+
+    result = _run(main())
+    assert list(result.results) == ["delivered late"] and not result.stopped
+
+
+def test_a_waiting_delivery_is_cancelled_when_the_other_finishes_first():
+    seen = []
+
+    async def main():
+        service, suspended = _Service(), asyncio.Event()
+
+        async def deliver():
+            try:
+                await asyncio.get_running_loop().create_future()  # a full queue: never room
+            except asyncio.CancelledError:
+                seen.append("cancelled")
+                raise
+
+        asyncio.get_running_loop().call_later(0.01, suspended.set)
+        await faust_adapter.eager_first(service.wait_first, deliver(), suspended.wait())
+        await asyncio.sleep(0.01)
+
+    _run(main())
+    assert seen == ["cancelled"]
+
+
+@pytest.mark.parametrize("wait_first_", [False, True], ids=["at once", "after waiting"])
+def test_a_delivery_that_fails_raises_its_error(wait_first_):
+    async def main():
+        service = _Service()
+
+        async def deliver():
+            if wait_first_:
+                await asyncio.sleep(0.001)
+            raise ValueError("no such topic")
+
+        await faust_adapter.eager_first(service.wait_first, deliver(), asyncio.Event().wait())
+
+    with pytest.raises(ValueError, match="no such topic"):
+        _run(main())
+
+
+def test_the_consumer_delivers_eagerly():
+    app = faust.App("adapter-eager-check", broker="kafka://127.0.0.1:1", store="memory://")
+    faust_adapter.install_true_end_offsets(app)
+    consumer = app.consumer
+    assert type(consumer).wait_first is not mode.Service.wait_first
+    for name in ("_stopped", "_crashed", "suspend_flow"):
+        assert hasattr(consumer, name), f"Consumer.{name} is gone: the eager delivery cannot tell a stopping consumer"
+    assert "wait_first" in inspect.getsource(faust_aiokafka.Consumer._drain_messages), (
+        "faust's drain loop no longer delivers through wait_first: the eager delivery does nothing")

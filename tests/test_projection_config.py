@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
@@ -45,7 +46,7 @@ HISTORY = [
     ("default", ("customer", "Temp")),                                # removed...
     ("default", Customer("Temp", "GBP")),                             # ...and defined again
     ("default", ("vendor", "Internal")),                              # removed for good
-    ("default", Account(**{**vars(ALICE), "aliases": ("+12125550101", "+12125550199")})),
+    ("default", replace(ALICE, aliases=("+12125550101", "+12125550199"))),
 ]
 
 

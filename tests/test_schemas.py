@@ -167,6 +167,23 @@ def test_logical_values_encode_as_fastavro_writes_them(delta, balance, moment):
         assert encode_event(event) == encode("BalanceChanged", record_of(event))
 
 
+_CHARGE_OPTIONAL = ("node", "cli_translated", "destination_description", "user_agent", "difference", "rerate_run",
+                    "delivery", "delivery_code")
+_SOME = {"node": "PortaSIP", "cli_translated": "+441632960001", "destination_description": "UK mobile",
+         "user_agent": "Linphone/5.2", "difference": Decimal("-0.050000"), "rerate_run": "run-1",
+         "delivery": "failed", "delivery_code": 480}
+
+
+@given(present=st.lists(st.booleans(), min_size=len(_CHARGE_OPTIONAL), max_size=len(_CHARGE_OPTIONAL)))
+def test_a_charge_with_any_of_its_optional_fields_null_encodes_as_fastavro_writes_it(present):
+    """The trailing nulls are written as bytes 0 by PhysicalWriter: every mix of null and
+    set among the Charge's optional fields, those at the end included."""
+    values = {name: _SOME[name] if shown else None for name, shown in zip(_CHARGE_OPTIONAL, present)}
+    event = event_of("Charge", {**SAMPLES["Charge"], **values})
+    assert encode_event(event) == encode("Charge", record_of(event))
+    assert decode_event(encode_event(event)) == event
+
+
 @pytest.mark.parametrize("field, value", [
     ("delta", Decimal("NaN")), ("delta", Decimal("1.0000001")), ("delta", Decimal("1" * 25)), ("delta", 1.5),
     ("occurred_at", "2026-01-15"), ("account", None), ("account", ("string", "1001")),
