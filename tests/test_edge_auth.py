@@ -4,10 +4,8 @@ unauthenticated or wrongly authenticated MESSAGE is answered and never published
 
 from __future__ import annotations
 
-import asyncio
 import re
 import socket
-import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,6 +22,7 @@ from imbill.producers.sip_client import Credentials, build_message, response_hea
 from imbill.producers.sip_digest import authorization, parse_digest, response
 from imbill.producers.sip_guard import GuardLimits, GuessingGuard
 from imbill.producers.sip_registrar import Registrar
+from tests.edge_thread import edge_in_thread
 
 CONFIG = """
 environment: test
@@ -66,27 +65,14 @@ def edge_running(state: ConfigState | None = None, **options: Any) -> Iterator[d
     holder = {"state": state or state_of()}
     clock = Clock()
     auth = DigestAuthenticator(lambda: holder["state"], "test", clock=clock, **options)
-    recorder, loop, ready = Recorder(), asyncio.new_event_loop(), threading.Event()
+    recorder = Recorder()
     registrar = Registrar("test", lambda: holder["state"])
     edge = SipEdge(recorder, environment="test", edge_id="edge-auth", port=0, authentication=auth,
                    registrar=registrar)
 
-    def run() -> None:
-        asyncio.set_event_loop(loop)
-        loop.run_until_complete(edge.start())
-        ready.set()
-        loop.run_forever()
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    ready.wait(5)
-    try:
+    with edge_in_thread(edge):
         yield {"port": edge.address[1], "recorder": recorder, "auth": auth, "clock": clock, "holder": holder,
                "edge": edge}
-    finally:
-        asyncio.run_coroutine_threadsafe(edge.stop(), loop).result(5)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(5)
 
 
 def send(port: int, **kwargs: Any):

@@ -4,7 +4,6 @@ relays its answer; the attempt carries the outcome. The publisher is a recorder.
 
 from __future__ import annotations
 
-import asyncio
 import socket
 import threading
 import uuid
@@ -23,6 +22,7 @@ from imbill.producers.sip_digest import authorization
 from imbill.producers.sip_proxy import DeliverySettings
 from imbill.producers.sip_registrar import Registrar
 from imbill.producers.sip_responses import build_response
+from tests.edge_thread import edge_in_thread
 from tests.test_edge_auth import ALICE, Recorder, state_of
 
 BOB = Credentials("1002", "bob-secret")
@@ -33,25 +33,12 @@ def edge_running(mode: str = "on", timeout: float = 3.0) -> Iterator[dict[str, A
     state = state_of()
     auth = DigestAuthenticator(lambda: state, "test")
     registrar = Registrar("test", lambda: state)
-    recorder, loop, ready = Recorder(), asyncio.new_event_loop(), threading.Event()
+    recorder = Recorder()
     edge = SipEdge(recorder, environment="test", edge_id="edge-delivery", port=0, authentication=auth,
                    registrar=registrar, delivery=DeliverySettings(mode, timeout))
 
-    def run() -> None:
-        asyncio.set_event_loop(loop)
-        loop.run_until_complete(edge.start())
-        ready.set()
-        loop.run_forever()
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    ready.wait(5)
-    try:
+    with edge_in_thread(edge):
         yield {"port": edge.address[1], "recorder": recorder, "edge": edge, "registrar": registrar}
-    finally:
-        asyncio.run_coroutine_threadsafe(edge.stop(), loop).result(10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(5)
 
 
 class Recipient:

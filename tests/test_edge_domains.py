@@ -6,10 +6,8 @@ is rated with its own tariff and balance (the last test, on the real broker with
 
 from __future__ import annotations
 
-import asyncio
 import os
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -34,6 +32,7 @@ from imbill.producers.sip_client import Credentials, response_headers, send_mess
 from imbill.producers.sip_domains import EnvironmentsByDomain, request_domain
 from imbill.schemas.codec import encode_event
 from imbill.streams.status_reader import ServiceStatusReader
+from tests.edge_thread import edge_in_thread
 from tests.test_end_to_end import EXAMPLE, free_port_udp, spawn, stop, wait_for_edge
 
 NOW = datetime(2026, 12, 4, 18, 0, tzinfo=UTC)
@@ -199,26 +198,13 @@ class Recorder:
 def edge_by_domain(state: ConfigState, own: str = "alpha", **options: Any) -> Iterator[dict[str, Any]]:
     """An edge serving the environments of ``state`` by domain, in a thread of its own."""
     auth = DigestAuthenticator(lambda: state, own)
-    recorder, loop, ready = Recorder(), asyncio.new_event_loop(), threading.Event()
+    recorder = Recorder()
     edge = SipEdge(recorder, environment=own, edge_id="edge-domains", port=0, authentication=auth,
                    environments=EnvironmentsByDomain(lambda: state, own), registrar=Registrar(own, lambda: state),
                    **options)
 
-    def run() -> None:
-        asyncio.set_event_loop(loop)
-        loop.run_until_complete(edge.start())
-        ready.set()
-        loop.run_forever()
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    ready.wait(5)
-    try:
+    with edge_in_thread(edge):
         yield {"port": edge.address[1], "recorder": recorder, "edge": edge, "auth": auth}
-    finally:
-        asyncio.run_coroutine_threadsafe(edge.stop(), loop).result(5)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(5)
 
 
 def send(port: int, domain: str, password: str | None, **kwargs: Any):

@@ -9,7 +9,6 @@ import asyncio
 import shutil
 import socket
 import subprocess
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -26,6 +25,7 @@ from imbill.producers.sip_auth import DigestAuthenticator
 from imbill.producers.sip_client import Credentials, build_message, send_message
 from imbill.producers.sip_tcp import (MAX_BODY_BYTES, MAX_HEADER_BYTES, PING_FRAME, FramingError, StreamFramer,
                                       TcpLimits)
+from tests.edge_thread import edge_in_thread
 
 HEAD = (b"MESSAGE sip:1002@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1:5999;branch=z9hG4bK%d\r\n"
         b"From: <sip:1001@127.0.0.1>;tag=1\r\nTo: <sip:1002@127.0.0.1>\r\nCall-ID: %s\r\nCSeq: 1 MESSAGE\r\n"
@@ -139,24 +139,11 @@ class Recorder:
 def tcp_edge(sip: str = "sip: {authentication: false}", limits: TcpLimits = TcpLimits()) -> Iterator[dict]:
     state = ConfigState({"test": parse_config(CONFIG + sip).config})
     auth = DigestAuthenticator(lambda: state, "test")
-    recorder, loop, ready = Recorder(), asyncio.new_event_loop(), threading.Event()
+    recorder = Recorder()
     edge = SipEdge(recorder, environment="test", edge_id="edge-tcp", port=0, authentication=auth, tcp=limits)
 
-    def run() -> None:
-        asyncio.set_event_loop(loop)
-        loop.run_until_complete(edge.start())
-        ready.set()
-        loop.run_forever()
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    assert ready.wait(5)
-    try:
+    with edge_in_thread(edge):
         yield {"port": edge.address[1], "recorder": recorder, "edge": edge}
-    finally:
-        asyncio.run_coroutine_threadsafe(edge.stop(), loop).result(5)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(5)
 
 
 def connect(port: int) -> socket.socket:
