@@ -22,8 +22,8 @@ The steps (BRIEF rules 1-7, domain/instant-messaging-setup.txt):
    connection. Off-net: the longest matching rate code, ``|`` as the last resort, then the
    routing list when ``external_routing`` is on; the first route is used (:mod:`.destination`).
 
-The rate (and the account's product) in force at the attempt's received_at applies, however late the attempt is rated
-(``rated_at`` does not choose rates; it is the caller's clock, passed in, never read).
+The rate (and the account's product) in force at the attempt's received_at applies, however
+late the attempt is rated (``rated_at`` does not choose rates; it is the caller's clock, passed in, never read).
 
 What is looked up lives in per-environment indexes built once per config version, with
 bounded memos (:mod:`.rating_index`, over :mod:`.tariff_rates` and :mod:`.routing`).

@@ -119,7 +119,8 @@ def _account(env: EnvironmentConfig, account: Any) -> Iterator[Problem]:
         yield "product", unknown("product", account.product, env.products)
     if product is not None and customer is not None:
         yield from account_currency(env, customer, product)
-    for name in dict.fromkeys(change.product for change in account.product_history if change.product != account.product):
+    others = (change.product for change in account.product_history if change.product != account.product)
+    for name in dict.fromkeys(others):  # each once, in order
         earlier = env.products.get(name)  # a product the account had (or will have): rated then
         if earlier is None:
             yield "product_history", unknown("product", name, env.products)

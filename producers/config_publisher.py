@@ -55,7 +55,8 @@ from imbill.domain.errors import ConfigError
 from imbill.schemas.topics import Topics
 
 __all__ = ["PLAN_ORDER", "NEVER_REMOVED", "ApplyResult", "HistoryEntry", "plan_changes", "notes_of",
-           "apply_config", "set_rate", "set_account_product", "with_known_histories", "history_notes", "current_state", "recorded_at", "config_history", "config_refusals",
+           "apply_config", "set_rate", "set_account_product", "with_known_histories", "history_notes",
+           "current_state", "recorded_at", "config_history", "config_refusals",
            "tariff_currencies", "event_label"]
 
 PLAN_ORDER: tuple[Kind, ...] = tuple(KIND_BY_NAME[name] for name in (
