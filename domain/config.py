@@ -4,8 +4,9 @@ Config is never edited in place. Each object of the operator's checklist (servic
 dialing rules, destinations, service policies, tariffs and their rates, vendors and
 vendor connections, products, customers, accounts) is defined by an event that carries
 its whole new value, and removed by ``ConfigObjectRemoved``. Folding the events of a topic
-in order gives the config in force. Rates have a valid time (``effective_from``); what was
-in force at an instant, as known at another, is :mod:`.bitemporal`'s.
+in order gives the config in force. Rates have a valid time (``effective_from``), and so
+has an account's product (``Account.product_history``); what was in force at an instant,
+as known at another, is :mod:`.bitemporal`'s.
 
 Every object is a frozen dataclass whose fields are exactly the fields of its Avro event
 (less the envelope: event_id, environment, occurred_at), so a desired object read from a
@@ -16,11 +17,13 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+from bisect import bisect_right
 from dataclasses import dataclass, field
 from functools import partial
-from datetime import datetime
+from datetime import datetime, timezone
 from decimal import Decimal
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from operator import attrgetter
+from typing import Any, Callable, Iterable, Iterator, Mapping, NamedTuple
 
 from imbill.domain.catalogue import parse_attributes
 from imbill.domain.digest import ALGORITHMS, default_realm, ha1
@@ -36,7 +39,8 @@ __all__ = [
     "Vendor", "VendorConnection", "UsageCharge", "Product", "Customer", "Account",
     "Kind", "KINDS", "KIND_BY_EVENT", "KIND_BY_NAME", "KIND_BY_CLASS", "EnvironmentConfig", "ConfigState", "fold",
     "object_key", "to_record", "from_record", "NAME_LIMIT", "Skipped", "Refused", "SKIPPABLE", "refusal_of",
-    "DEFAULT_SIP", "account_credentials", "check_algorithms",
+    "DEFAULT_SIP", "account_credentials", "check_algorithms", "ProductChange", "ORIGIN", "product_history_problem",
+    "with_product_from",
 ]
 
 
@@ -157,6 +161,38 @@ class Customer:
     description: str = ""
 
 
+class ProductChange(NamedTuple):
+    """From ``effective_from`` on, the account's product is ``product`` (valid time)."""
+
+    effective_from: datetime
+    product: str
+
+
+ORIGIN = datetime(1970, 1, 1, tzinfo=timezone.utc)
+"""The ``effective_from`` of the change that records the product an account had before its
+first change: a product in force since always (the epoch: the earliest Avro timestamp-millis
+every reader writes and reads alike)."""
+
+_effective_from = attrgetter("effective_from")
+
+
+def product_history_problem(product: str, history: tuple[ProductChange, ...]) -> str:
+    """Why ``history`` is no valid product history of an account whose product (now) is
+    ``product`` ("" when it is): sorted, each instant once, the last change's product is
+    ``product``, every instant timezone-aware."""
+    if not history:
+        return ""
+    instants = [change.effective_from for change in history]
+    if any(type(at) is not datetime or at.tzinfo is None for at in instants):
+        return "product_history: every effective_from must be an instant with a time zone"
+    if any(later <= earlier for earlier, later in zip(instants, instants[1:])):
+        return "product_history: the changes must be in order of effective_from, each instant once"
+    if history[-1].product != product:
+        return (f"product_history: the latest change is to {history[-1].product!r}, "
+                f"but the account's product is {product!r}")
+    return ""
+
+
 @dataclass(frozen=True, slots=True)
 class Account:
     """A subscriber. Slots: a deployment holds a million of them (README, "Benchmarks")."""
@@ -175,12 +211,46 @@ class Account:
     """MD5(account_id:realm:service password), hex: what digest needs of the password."""
     ha1_sha256: str = ""
     """SHA-256(account_id:realm:service password), hex."""
+    product_history: tuple[ProductChange, ...] = ()
+    """The account's product in valid time: each change says "from ``effective_from`` on,
+    the product is ``product``", sorted by ``effective_from``, each instant once, the last
+    one's product being :attr:`product`. Empty: the account has always had :attr:`product`.
+    Before the earliest change, the earliest change's product applies: ``imbill account
+    product`` records the product an account had before its first change as a change at
+    :data:`ORIGIN`, so the earliest entry is the account's first product."""
+
+    def product_at(self, when: datetime) -> str:
+        """The product in force at ``when`` (rating an attempt received then, however late)."""
+        history = self.product_history
+        if not history:
+            return self.product
+        found = bisect_right(history, when, key=_effective_from)
+        return history[found - 1].product if found else history[0].product
 
     def ha1(self, algorithm: str, realm: str) -> str | None:
         """The account's HA1 for ``algorithm`` in ``realm``, or None (no password, other realm)."""
         if not self.digest_realm or self.digest_realm != realm:
             return None
         return {"MD5": self.ha1_md5, "SHA-256": self.ha1_sha256}.get(algorithm) or None
+
+
+def with_product_from(account: Account, product: str, effective_from: datetime) -> Account:
+    """``account`` whose product is ``product`` from ``effective_from`` on (valid time): the
+    change is put in its place in the history (replacing a change at the same instant), the
+    product the account had before its first change kept as a change at :data:`ORIGIN`, and
+    a change to the product already in force dropped. A history that says one product only
+    is no history: ``product_history`` is then empty (the account as if never changed)."""
+    if effective_from.tzinfo is None:
+        raise ValueError("effective_from must be timezone-aware")
+    history = account.product_history or (ProductChange(ORIGIN, account.product),)
+    by_instant = {change.effective_from: change for change in history}
+    by_instant[effective_from] = ProductChange(effective_from, product)
+    changes: list[ProductChange] = []
+    for change in sorted(by_instant.values(), key=_effective_from):
+        if not changes or changes[-1].product != change.product:
+            changes.append(change)
+    kept = tuple(changes) if len(changes) > 1 else ()
+    return dataclasses.replace(account, product=changes[-1].product, product_history=kept)
 
 
 def account_credentials(account_id: str, realm: str, password: str) -> dict[str, str]:
@@ -238,7 +308,8 @@ def to_record(obj: Any) -> dict[str, Any]:
     record = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
     for name, value in record.items():
         if isinstance(value, tuple):
-            record[name] = [dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for v in value]
+            record[name] = [dataclasses.asdict(v) if dataclasses.is_dataclass(v) else
+                            v._asdict() if type(v) is ProductChange else v for v in value]
         elif isinstance(value, Mapping):
             record[name] = {k: list(v) if isinstance(v, tuple) else v for k, v in value.items()}
     return record
@@ -284,6 +355,8 @@ def from_record(kind: Kind, record: Mapping[str, Any]) -> Any:
         value = record[f.name]
         if f.name in shared:
             value = _shared(value)
+        elif f.name == "product_history":
+            value = tuple(ProductChange(change["effective_from"], _shared(change["product"])) for change in value)
         elif isinstance(value, list):
             value = tuple(UsageCharge(**v) if isinstance(v, Mapping) else v for v in value)
         elif isinstance(value, Mapping):
@@ -452,6 +525,12 @@ def _checked(obj: Any) -> Any:
     if type(obj) is ServicePolicy:
         attributes = parse_attributes(obj.service_type, obj.attributes, policy=obj.name)
         return dataclasses.replace(obj, attributes=attributes)
+    if type(obj) is Account and obj.product_history:
+        problem = product_history_problem(obj.product, obj.product_history)
+        if problem:
+            raise ValueError(problem)
+        for change in obj.product_history:
+            _check_length("product_history", change.product)
     if type(obj) is SipSettings:
         check_algorithms(obj.algorithms)
         check_domains(obj.domains)

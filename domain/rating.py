@@ -12,8 +12,9 @@ The steps (BRIEF rules 1-7, domain/instant-messaging-setup.txt):
 2. incoming: the recipient is a local account or alias; the message is free (amount 0,
    billing units still counted, no rate: rate_effective_from is the attempt time), charged
    to the recipient in its customer's currency;
-3. outgoing: the sender account, its product (Messaging included, a Messaging usage charge
-   whose tariff is the customer tariff), the effective service policy;
+3. outgoing: the sender account, its product in force at the attempt's received_at
+   (``Account.product_at``: Messaging included, a Messaging usage charge whose tariff is the
+   customer tariff), the effective service policy;
 4. the destination: the To user part, E.164-translated when ``userpart_e164_translation`` is
    on and the environment has dialing rules (what is not a number stays as it is);
 5. on-net (``local_lookup`` on and the destination or the To user part is an account id or
@@ -21,8 +22,8 @@ The steps (BRIEF rules 1-7, domain/instant-messaging-setup.txt):
    connection. Off-net: the longest matching rate code, ``|`` as the last resort, then the
    routing list when ``external_routing`` is on; the first route is used (:mod:`.destination`).
 
-The rate in force at the attempt's received_at applies, however late the attempt is rated
-(``rated_at`` does not choose rates; it is the caller's clock, passed in, never read).
+The rate (and the account's product) in force at the attempt's received_at applies, however
+late the attempt is rated (``rated_at`` does not choose rates; it is the caller's clock, passed in, never read).
 
 What is looked up lives in per-environment indexes built once per config version, with
 bounded memos (:mod:`.rating_index`, over :mod:`.tariff_rates` and :mod:`.routing`).
@@ -167,9 +168,11 @@ def _outgoing(index: Index, sender: str, to_user: str, to_domain: str, chars: in
     account = index.accounts.get(sender)
     if account is None:
         return Refusal("unknown_account", f"{sender!r} is not an account of environment {index.name!r}", sender)
-    plan = index.plans.get(account.product)
+    # the product in force when the attempt was received (an account without history: the one)
+    product = account.product_at(when) if account.product_history else account.product
+    plan = index.plans.get(product)
     if plan is None or not plan.messaging or plan.rates is None:
-        return product_refusal(account, plan).against(account.account_id)
+        return product_refusal(account, plan, product).against(account.account_id)
     policy = index.policies.get((account.service_policy, to_domain)) or index.policy(account, to_domain)
     if not policy.outgoing_aaa:
         return Refusal("not_accounted", f"{named(policy)} has outgoing_aaa off: the message from {sender!r} "
@@ -217,7 +220,7 @@ def _incoming(index: Index, to_user: str, to_domain: str, chars: int, when: date
     policy = index.policy(account, to_domain)
     customer = index.env.customers.get(account.customer)
     currency = customer.currency if customer is not None else ""
-    plan = index.plans.get(account.product)
+    plan = index.plans.get(account.product_at(when))
     return Rated(
         environment=index.name, account=account.account_id, customer=account.customer, direction="incoming",
         on_net=False, destination=to_user, billing_units=billing_units(chars, policy.billing_unit_size),

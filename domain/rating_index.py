@@ -42,12 +42,14 @@ class Plan(NamedTuple):
     """The node of the product's Messaging usage charge (as PortaBilling names it: PortaSIP)."""
 
 
-def product_refusal(account: Account, plan: Plan | None) -> Refusal:
-    """Why the account's product cannot rate messages (``plan`` lacks Messaging or a tariff)."""
+def product_refusal(account: Account, plan: Plan | None, product: str | None = None) -> Refusal:
+    """Why the account's ``product`` (in force when the attempt was received; default: its
+    product now) cannot rate messages (``plan`` lacks Messaging or a tariff)."""
+    product = account.product if product is None else product
     if plan is None or not plan.messaging:
-        return Refusal("service_not_in_product", f"product {account.product!r} of account "
+        return Refusal("service_not_in_product", f"product {product!r} of account "
                        f"{account.account_id!r} does not include Messaging")
-    return Refusal("no_usage_charge", f"product {account.product!r} has no Messaging usage charge "
+    return Refusal("no_usage_charge", f"product {product!r} has no Messaging usage charge "
                    "with a defined tariff")
 
 

@@ -119,6 +119,13 @@ def _account(env: EnvironmentConfig, account: Any) -> Iterator[Problem]:
         yield "product", unknown("product", account.product, env.products)
     if product is not None and customer is not None:
         yield from account_currency(env, customer, product)
+    others = (change.product for change in account.product_history if change.product != account.product)
+    for name in dict.fromkeys(others):  # each once, in order
+        earlier = env.products.get(name)  # a product the account had (or will have): rated then
+        if earlier is None:
+            yield "product_history", unknown("product", name, env.products)
+        elif customer is not None:
+            yield from account_currency(env, customer, earlier)
     yield from policy_use(env, account.service_policy)
 
 
@@ -143,4 +150,6 @@ def _targets(kind: str, obj: Any, target_kind: str) -> set[str]:
         return {obj.tariff} if target_kind == "tariff" else {obj.vendor}
     if kind == "product":
         return {charge.tariff for charge in obj.usage_charges}
-    return {obj.product} if target_kind == "product" else {obj.customer}
+    if target_kind == "product":
+        return {obj.product, *(change.product for change in obj.product_history)}
+    return {obj.customer}

@@ -296,6 +296,31 @@ def rate_set(ctx: click.Context, tariff: str, code: str, price: str, effective_f
         say("  (a config file with another price for this rate corrects it again when applied: update it)")
 
 
+@cli.group()
+def account() -> None:
+    """Change an account after the fact: its product from an instant on (valid time)."""
+
+
+@account.command("product")
+@click.option("--account", "account_id", required=True, help="Account id (SIP username), e.g. 1001.")
+@click.option("--product", required=True, help="Product name, e.g. \"IM Gold\".")
+@click.option("--effective-from", "effective_from", required=True,
+              help="The product applies from this ISO 8601 time on (UTC unless zoned); in the past, "
+                   "imbill rerate then corrects the attempts rated since.")
+@click.option("--environment", default=None, help="Virtual environment (default: the global --environment).")
+@click.pass_context
+def account_product(ctx: click.Context, account_id: str, product: str, effective_from: str,
+                    environment: str | None) -> None:
+    """Append one AccountDefined whose product history says PRODUCT from --effective-from on."""
+    settings = _settings(ctx)
+    if environment is not None:
+        settings = settings.with_overrides(environment=environment)
+    result = usecases.set_product(settings, account=account_id, product=product, effective_from=effective_from)
+    _say_appended(result)
+    if result.events:
+        say("  (a config file that lists this account's product_history replaces it when applied: update it)")
+
+
 @cli.command()
 @click.option("--host", default=None, help="Address to listen on, UDP and TCP (default 127.0.0.1).")
 @click.option("--port", type=int, default=None, help="UDP and TCP port (default 5060).")

@@ -197,6 +197,9 @@ def _config_cell(obj: Any, column: str, currency: str | None = None, table: bool
     service password only as whether there is one."""
     if column == "service_password":
         return "***" if obj.digest_realm else ""
+    if column == "product_history":  # "Basic from 1970-01-01T00:00:00+00:00; Gold from 2026-11-01T00:00:00+00:00"
+        return "; ".join(f"{change.product} from {_config_cell(change, 'effective_from', None, table)}"
+                         for change in obj.product_history)
     value = getattr(obj, column)
     if isinstance(value, Decimal) and currency:
         return money(value, currency)

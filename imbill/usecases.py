@@ -28,9 +28,9 @@ from imbill.domain.reconcile import AttemptSeen, Reconciliation, Topics as Topic
 from imbill.producers.attempt import attempt_id_for, attempt_key, synthetic_attempt
 from imbill.producers.sip_client import Credentials, SipAnswer, send_message
 from imbill.domain.bitemporal import state_in_force_at
-from imbill.producers.config_file import load_config_file, rate_of
+from imbill.producers.config_file import load_config_file, product_change_of, rate_of
 from imbill.producers.config_publisher import (ApplyResult, HistoryEntry, apply_config, config_history,
-                                               current_state, set_rate as apply_rate)
+                                               current_state, set_account_product, set_rate as apply_rate)
 from imbill.projections.models import connect
 from imbill.projections.queries import (XdrFilter, aggregate_xdrs, latest_balances, query_balances,
                                         query_registrations, query_rejections, query_revisions, query_xdrs)
@@ -93,6 +93,15 @@ def set_rate(settings: Settings, *, tariff: str, code: str, price: str, effectiv
     check_reachable(settings.bootstrap_servers)
     return apply_rate(settings.environment, rate, bootstrap_servers=settings.bootstrap_servers,
                       topics=settings.topics, description=description)
+
+
+def set_product(settings: Settings, *, account: str, product: str, effective_from: str) -> ApplyResult:
+    """Append one AccountDefined in the settings' environment (``imbill account product``):
+    the account's product is ``product`` from ``effective_from`` on (valid time)."""
+    change = product_change_of(product, effective_from)
+    check_reachable(settings.bootstrap_servers)
+    return set_account_product(settings.environment, account, change.product, change.effective_from,
+                               bootstrap_servers=settings.bootstrap_servers, topics=settings.topics)
 
 
 def config_events(settings: Settings) -> list[HistoryEntry]:

@@ -11,7 +11,8 @@ order of the instant messaging checklist (``examples/instant-messaging.yaml``)::
     tariffs: [{name, currency, service, applied_to, routing, managed_by, rates: [...]}]
     vendors: [{name, internal, connections: [{description, type, tariff, use_for, ...}]}]
     products: [{name, services, usage_charges: [{service, node, tariff}], service_policy}]
-    customers: [{name, currency, accounts: [{id, service_password, product, aliases, ...}]}]
+    customers: [{name, currency, accounts: [{id, service_password, product, aliases, ...,
+                                             product_history: [{product, effective_from}]}]}]
     sip: {authentication: true, realm: "", proxy: false}
     sip_domains: [im.example.com]      # the SIP domains this environment serves (README)
 
@@ -54,7 +55,8 @@ from imbill.domain.keys import KEY_SEPARATOR
 from imbill.domain.money import BALANCE_LIMIT, PRICE_LIMIT
 from imbill.domain.config import (KIND_BY_CLASS, Account, Customer, Destination,
                                    EnvironmentConfig, NAME_LIMIT, Product, Rate, ServicePolicy, ServiceTypes,
-                                   SipSettings, Tariff, UsageCharge, Vendor, VendorConnection, account_credentials)
+                                   SipSettings, Tariff, UsageCharge, Vendor, VendorConnection, account_credentials,
+                                   ProductChange)
 from imbill.domain.catalogue import InvalidPolicyAttribute, check_applicability, parse_attributes
 from imbill.domain.e164 import DialingRules, InvalidDialingRules
 from imbill.domain.references import account_currency, policy_use, rate_code, tariff_use, unknown
@@ -87,6 +89,10 @@ class DesiredConfig:
     environment: str
     config: EnvironmentConfig
     policy_usages: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    unstated_histories: frozenset[str] = frozenset()
+    """The accounts whose ``product_history`` the file does not list: the history known for
+    them stays (``imbill account product`` appends it; a file that says nothing of it must not
+    erase it)."""
 
 
 # --- values -------------------------------------------------------------------------------
@@ -292,6 +298,11 @@ class ProductModel(_Model):
     service_policy: Text | None = None
 
 
+class ProductChangeModel(_Model):
+    product: Name
+    effective_from: Instant
+
+
 class AccountModel(_Model):
     id: Name
     service_password: Description = ""
@@ -301,6 +312,8 @@ class AccountModel(_Model):
     balance_model: Literal["prepaid", "postpaid"] = "postpaid"
     opening_balance: Balance = Decimal(0)
     credit_limit: Balance = Decimal(0)
+    product_history: list[ProductChangeModel] | None = None
+    """None: the file says nothing of it (``config apply`` keeps the known history)."""
 
 
 class CustomerModel(_Model):
@@ -430,7 +443,20 @@ def desired_config(data: Any, source: str = "<config>") -> DesiredConfig:
     if problems:
         raise ConfigFileError(source, problems)
     return DesiredConfig(source, model.environment, _build(model, checker),
-                         {name: frozenset(usages) for name, usages in checker.usages.items()})
+                         {name: frozenset(usages) for name, usages in checker.usages.items()},
+                         frozenset(a.id for c in model.customers for a in c.accounts if a.product_history is None))
+
+
+def product_change_of(product: Any, effective_from: Any, source: str = "account product") -> ProductChange:
+    """One product change as a file's ``product_history`` would list it (a product name, a
+    whole-millisecond time, UTC unless zoned); raises :class:`ConfigFileError` naming
+    ``source`` and every problem, on one line."""
+    try:
+        model = ProductChangeModel.model_validate({"product": product, "effective_from": effective_from})
+    except ValidationError as exc:
+        raise ConfigFileError(source, ["; ".join(f"{'/'.join(str(p) for p in e['loc'])}: {_message(e)}"
+                                                 for e in exc.errors())]) from None
+    return ProductChange(model.effective_from, model.product)
 
 
 def rate_of(tariff: Any, rate_code: Any, unit_price: Any, effective_from: Any, description: Any = "",
@@ -732,9 +758,24 @@ class _Checker:
         product = self._reference(where, "product", "product", account.product, self.products)
         if product is not None:
             self._problems(where, account_currency(self.named, customer, product))
+        self._check_product_history(where, customer, account)
         if account.balance_model == "prepaid" and account.credit_limit:
             self._problem(where, "credit_limit", "only a postpaid account has a credit limit")
         self._use_policy(where, account.service_policy, _ACCOUNT_USAGES)
+
+    def _check_product_history(self, where: str, customer: CustomerModel, account: AccountModel) -> None:
+        """Each change names a product of the file, each instant once; the latest is ``product``."""
+        changes = sorted(account.product_history or (), key=lambda change: change.effective_from)
+        for change in changes:
+            found = self._reference(where, "product_history", "product", change.product, self.products)
+            if found is not None and change.product != account.product:
+                self._problems(where, account_currency(self.named, customer, found))
+        instants = [change.effective_from for change in changes]
+        for instant in sorted({at for at in instants if instants.count(at) > 1}):
+            self._problem(where, "product_history", f"{instant.isoformat()} is listed twice")
+        if changes and changes[-1].product != account.product:
+            self._problem(where, "product_history", f'the latest change is to "{changes[-1].product}", '
+                          f'not to the account\'s product "{account.product}"')
 
     def _check_aliases(self, where: str, account: AccountModel, account_ids: list[str],
                        alias_of: dict[str, str]) -> None:
@@ -829,6 +870,13 @@ def _customers(model: ConfigFileModel, realm: str) -> list[Any]:
         objects.append(Customer(c.name, c.currency, c.description))
         objects.extend(Account(a.id, c.name, a.product, tuple(a.aliases), a.service_policy, a.balance_model,
                                a.opening_balance, a.credit_limit,
-                               **account_credentials(a.id, realm, a.service_password))
+                               **account_credentials(a.id, realm, a.service_password),
+                               product_history=_product_history(a))
                        for a in c.accounts)
     return objects
+
+
+def _product_history(account: AccountModel) -> tuple[ProductChange, ...]:
+    """The account's product changes in order of effective_from (the file may list them in any)."""
+    changes = sorted(account.product_history or (), key=lambda change: change.effective_from)
+    return tuple(ProductChange(change.effective_from, change.product) for change in changes)

@@ -49,12 +49,14 @@ from imbill.producers.config_file import ConfigFileError, DesiredConfig, load_co
 from imbill.schemas.codec import encode
 from imbill.domain.bitemporal import correction_of, known_as_of
 from imbill.domain.config import (KIND_BY_EVENT, KIND_BY_NAME, SKIPPABLE, ConfigState, EnvironmentConfig, Kind, Rate,
-                                  fold, from_record, object_key, refusal_of, to_record)
+                                  fold, from_record, object_key, refusal_of, to_record,
+                                  with_product_from)
 from imbill.domain.errors import ConfigError
 from imbill.schemas.topics import Topics
 
 __all__ = ["PLAN_ORDER", "NEVER_REMOVED", "ApplyResult", "HistoryEntry", "plan_changes", "notes_of",
-           "apply_config", "set_rate", "current_state", "recorded_at", "config_history", "config_refusals",
+           "apply_config", "set_rate", "set_account_product", "with_known_histories", "history_notes",
+           "current_state", "recorded_at", "config_history", "config_refusals",
            "tariff_currencies", "event_label"]
 
 PLAN_ORDER: tuple[Kind, ...] = tuple(KIND_BY_NAME[name] for name in (
@@ -111,6 +113,7 @@ def plan_changes(desired: DesiredConfig, current: EnvironmentConfig | None, *, n
         raise ValueError("now must be timezone-aware")
     current = current or EnvironmentConfig(desired.environment)
     _check_currencies(desired, current, currencies)
+    desired = with_known_histories(desired, current)
 
     def event(name: str, body: Mapping[str, Any]) -> Event:
         return name, {"event_id": new_event_id(), "environment": desired.environment, "occurred_at": now, **body}
@@ -124,6 +127,38 @@ def plan_changes(desired: DesiredConfig, current: EnvironmentConfig | None, *, n
                for key in sorted(current.collection(kind)) if key not in desired.config.collection(kind)]
     _check_folds(desired, current, events, others or {})
     return events
+
+
+def with_known_histories(desired: DesiredConfig, current: EnvironmentConfig) -> DesiredConfig:
+    """``desired`` whose accounts that list no ``product_history`` keep the one in force (what
+    ``imbill account product`` appended is not erased by a file that says nothing of it).
+    A file that changes such an account's product without a history is refused: since when
+    the new product applies is what the history says, and only the operator knows it."""
+    accounts, problems = dict(desired.config.accounts), []
+    for account_id in sorted(desired.unstated_histories & accounts.keys()):
+        known, wanted = current.accounts.get(account_id), accounts[account_id]
+        if known is None or not known.product_history:
+            continue
+        if known.product != wanted.product:
+            problems.append(f'account "{account_id}": product: changes from "{known.product}" to "{wanted.product}" '
+                            "but the account has a product history: list its product_history in the file, or "
+                            "say since when with imbill account product")
+            continue
+        accounts[account_id] = dataclasses.replace(wanted, product_history=known.product_history)
+    if problems:
+        raise ConfigFileError(desired.source, problems)
+    if accounts == desired.config.accounts:
+        return desired
+    return dataclasses.replace(desired, config=dataclasses.replace(desired.config, accounts=accounts,
+                                                                   derived_by_name={}))
+
+
+def history_notes(desired: DesiredConfig, events: Iterable[Event]) -> dict[str, str]:
+    """The AccountDefined events of ``events`` that carry a product history the file did not list."""
+    return {_label_of(name, record): "product_history kept: the file lists none"
+            for name, record in events
+            if name == "AccountDefined" and record["product_history"]
+            and record["account_id"] in desired.unstated_histories}
 
 
 def _check_folds(desired: DesiredConfig, current: EnvironmentConfig, events: list[Event],
@@ -316,7 +351,8 @@ def apply_config(path: str | PathLike[str], *, bootstrap_servers: str, topics: T
     if plan:
         _append(bootstrap_servers, topics.config, desired.environment, plan)
     return ApplyResult(desired.environment, tuple((name, _label_of(name, record)) for name, record in plan),
-                       notes_of(current, plan, plan[0][1]["occurred_at"] if plan else _utc_now()))
+                       notes_of(current, plan, plan[0][1]["occurred_at"] if plan else _utc_now())
+                       | history_notes(desired, plan))
 
 
 def set_rate(environment: str, rate: Rate, *, bootstrap_servers: str, topics: Topics, description: str | None = None,
@@ -348,6 +384,38 @@ def set_rate(environment: str, rate: Rate, *, bootstrap_servers: str, topics: To
                           f"(shorten its description)")
     _append(bootstrap_servers, topics.config, environment, [event])
     return ApplyResult(environment, (("RateDefined", _label_of(*event)),), notes_of(current, [event], now))
+
+
+def set_account_product(environment: str, account_id: str, product: str, effective_from: datetime, *,
+                        bootstrap_servers: str, topics: Topics, now: datetime | None = None,
+                        new_event_id: Callable[[], str] = _new_event_id) -> ApplyResult:
+    """Append one AccountDefined: the account known now, whose product is ``product`` from
+    ``effective_from`` on (:func:`~imbill.domain.config.with_product_from`), checked by the
+    fold's own rules (the product is known, in the customer's currency). Re-rating then rates
+    the attempts received since ``effective_from`` with that product. Nothing is appended when
+    the account has that product from then on already."""
+    source = "account product"
+    current = fold(_decoded(_config_events(bootstrap_servers, topics)), on_skip=_skipped).environment(environment)
+    known = current.accounts.get(account_id) if current is not None else None
+    if current is None or known is None:
+        raise ConfigError(f"{source}: environment {environment}: unknown account {account_id!r}")
+    if product not in current.products:
+        raise ConfigError(f"{source}: environment {environment}: unknown product {product!r}")
+    account = with_product_from(known, product, effective_from)
+    if account == known:
+        return ApplyResult(environment, ())
+    event = ("AccountDefined", {"event_id": new_event_id(), "environment": environment,
+                                "occurred_at": now or _utc_now(), **to_record(account)})
+    try:
+        ConfigState({environment: current}).apply(*event)
+    except SKIPPABLE as exc:
+        reason, words = refusal_of(exc)
+        raise ConfigError(f"{source}: {words} ({reason})") from None
+    if len(encode(*event)) > MAX_EVENT_BYTES:
+        raise ConfigError(f"{source}: the AccountDefined event would be over {MAX_EVENT_BYTES:,} bytes")
+    _append(bootstrap_servers, topics.config, environment, [event])
+    return ApplyResult(environment, (("AccountDefined", _label_of(*event)),),
+                       {_label_of(*event): f"product {product} from {effective_from.isoformat()}"})
 
 
 def _append(bootstrap_servers: str, topic: str, key: str, plan: list[Event]) -> None:

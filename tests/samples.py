@@ -35,7 +35,8 @@ SAMPLES = {
                        "balance_model": "prepaid", "opening_balance": Decimal("10.000000"),
                        "credit_limit": Decimal("0.000000"), "digest_realm": "default",
                        "ha1_md5": "396d646b1dfd01aa764263ef7d25c8b8",  # of "s3cret"
-                       "ha1_sha256": "ca8a6e5c55c51678d8507ac942f5b7b58343398ea7c91ab13476f51ff04b7011"},
+                       "ha1_sha256": "ca8a6e5c55c51678d8507ac942f5b7b58343398ea7c91ab13476f51ff04b7011",
+                       "product_history": [{"effective_from": T0, "product": "Messaging"}]},
     "SipSettingsSet": {**ENV, "authentication": True, "realm": "im.example.com", "proxy": False,
                        "algorithms": ["SHA-256", "MD5"], "domains": ["im.example.com", "192.0.2.10"]},
     "ConfigObjectRemoved": {**ENV, "kind": "account", "key": "1003"},

@@ -45,7 +45,7 @@ INVALID_CASES = [
      f"environment: e\ntariffs: [{B}]\nproducts: [{PRODUCT}]\n"
      "customers: [{name: C, currency: USD, accounts: [{id: 1001, product: P, pin: 1234}]}]\n",
      'x.yaml: customer "C": account "1001": pin: unknown field (allowed: id, service_password, product, '
-     "aliases, service_policy, balance_model, opening_balance, credit_limit)"),
+     "aliases, service_policy, balance_model, opening_balance, credit_limit, product_history)"),
     ("unknown service type", "environment: e\nbilling_engine: {service_types: {messaging: true, fax: true}}\n",
      "x.yaml: billing_engine: service_types: fax: unknown field (allowed: messaging, voice)"),
     # -- references

@@ -170,7 +170,8 @@ def test_describe_prints_every_kind_in_force() -> None:
     row = dict(zip(accounts.columns, accounts.rows[0]))
     assert row == {"environment": "default", "account_id": "1001", "customer": "Example Corp", "product": "Messaging",
                    "service_password": "***", "aliases": "12125550101, alice", "service_policy": "",
-                   "balance_model": "prepaid", "opening_balance": "10.00", "credit_limit": "0.00"}  # USD: 2 minor units
+                   "balance_model": "prepaid", "opening_balance": "10.00", "credit_limit": "0.00",
+                   "product_history": ""}  # USD: 2 minor units
     assert not any("alice-secret" in cell for kind in tables.values() for row in kind.rows for cell in row)
     rate = dict(zip(tables["rate"].columns, tables["rate"].rows[1]))
     assert (rate["rate_code"], rate["unit_price"], rate["effective_from"]) == ("MSGN", "0.05", "2026-01-01T00:00:00+00:00")
