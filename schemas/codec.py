@@ -24,7 +24,7 @@ from fastavro.schema import to_parsing_canonical_form
 from imbill.domain import events as ev
 from imbill.domain.config import KIND_BY_EVENT, from_record, to_record
 from imbill.domain.errors import ConfigError, SchemaError, UnknownSchema
-from imbill.schemas.physical import PhysicalWriter
+from imbill.schemas.physical import PhysicalReader, PhysicalWriter
 
 __all__ = ["MAGIC", "Schema", "schema", "schemas", "encode", "decode", "decode_as", "fingerprint", "writer_name",
            "leading_strings",
@@ -121,6 +121,11 @@ def register_writer(text: str) -> Schema:
 _extra_writers: dict[bytes, Schema] = {}
 
 
+_PHYSICAL: dict[str, PhysicalReader | None] = {}
+"""Today's schemas' physical readers by name (None: the schema has none), made when first used."""
+_NO_READER = object()
+
+
 def decode(data: bytes) -> tuple[str, dict[str, Any]]:
     """Return (record name, record) of a single-object encoded event."""
     if len(data) < 10 or data[:2] != MAGIC:
@@ -131,6 +136,12 @@ def decode(data: bytes) -> tuple[str, dict[str, Any]]:
         raise UnknownSchema(f"unknown writer schema fingerprint {header[2:].hex()}")
     reader = schemas().get(writer.name, writer)
     try:  # no reader schema when it is the writer's: fastavro would compare them, field by field, every time
+        if reader is writer:
+            physical = _PHYSICAL.get(writer.name, _NO_READER)
+            if physical is _NO_READER:
+                physical = _PHYSICAL[writer.name] = PhysicalReader.of(writer.raw)
+            if physical is not None:
+                return writer.name, physical.read(data[10:])
         record = fastavro.schemaless_reader(io.BytesIO(data[10:]), writer.parsed,
                                             None if reader is writer else reader.parsed)
     except Exception as exc:  # fastavro raises many types on corrupt input
