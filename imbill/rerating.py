@@ -22,7 +22,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
-from typing import Callable, Iterable, Iterator, Protocol
+from functools import partial
+from typing import Callable, Container, Iterable, Iterator, Protocol
 
 from imbill.bus import EventProducer, append_all, check_reachable, offsets_at, read_raw, record_count
 from imbill.domain.config import ConfigState
@@ -138,7 +139,7 @@ def _compare(settings: Settings, re_filter: RerateFilter, config: ConfigState, s
     corrections are this run's, earlier tries' included)."""
     since = _millis(re_filter.start - SINCE_MARGIN)
     attempts = _attempts(settings, re_filter, since, progress)
-    outcomes = latest_outcomes(_outcomes(settings, since, progress), wanted=attempts)
+    outcomes = latest_outcomes(_outcomes(settings, since, progress, attempts), wanted=attempts)
     report = RerateReport(started, dry_run)
     advance, rerated = progress.stage("re-rating", len(outcomes)), 0
     for number, (attempt_id, old) in enumerate(outcomes.items(), 1):
@@ -206,25 +207,44 @@ def _attempts(settings: Settings, re_filter: RerateFilter, since: int, progress:
     return found
 
 
-def _outcomes(settings: Settings, since: int, progress: Progress) -> Iterator[Outcome]:
-    """Every charge, correction and rejection appended since ``since`` (ms)."""
+def _outcomes(settings: Settings, since: int, progress: Progress, wanted: Container[str]) -> Iterator[Outcome]:
+    """Every charge, correction and rejection appended since ``since`` (ms) of an attempt in
+    ``wanted``. A record of another attempt, or of another type, is left without decoding it
+    (its header and its leading ids say so): a period's attempts are often few of a topic's."""
     topics = settings.topics
     for topic, stage in ((topics.charges, "reading charges"), (topics.corrections, "reading corrections"),
                          (topics.rejections, "reading rejections")):
-        for event in _events(settings, topic, since, progress, stage):
+        for event in _events(settings, topic, since, progress, stage, partial(_of_wanted, wanted)):
             if type(event) in (Charge, Rejection):
                 yield event
 
 
-def _events(settings: Settings, topic: str, since: int, progress: Progress, stage: str) -> Iterator[object]:
-    """The events of ``topic`` appended since ``since`` (ms). A record that is no event is
-    left out: the processor and the projectors said what it is where it came in."""
+_OUTCOME_NAMES = frozenset({"Charge", "Rejection"})
+
+
+def _of_wanted(wanted: Container[str], value: bytes) -> bool:
+    """Whether a record may be an outcome of a wanted attempt: a Charge or a Rejection whose
+    attempt id (its second string) is wanted; one whose ids cannot be read is decoded, to be
+    left out as before (a record of no schema known here would not decode either)."""
+    if writer_name(value) not in _OUTCOME_NAMES:
+        return False
+    ids = leading_strings(value, 2)
+    return ids is None or ids[1] in wanted
+
+
+def _events(settings: Settings, topic: str, since: int, progress: Progress, stage: str,
+            worth: Callable[[bytes], bool] = lambda value: True) -> Iterator[object]:
+    """The events of ``topic`` appended since ``since`` (ms) whose record is ``worth``
+    decoding. A record that is no event is left out: the processor and the projectors said
+    what it is where it came in."""
     starts = offsets_at(settings.bootstrap_servers, topic, since)
     advance = progress.stage(stage, record_count(settings.bootstrap_servers, topic, starts))
     for records in read_raw(settings.bootstrap_servers, topic, starts, timeout=READ_TIMEOUT):
         for _, _, _, value in records:
+            if not value or not worth(value):
+                continue
             try:
-                yield decode_event(value or b"")
+                yield decode_event(value)
             except ImbillError:
                 continue
         advance(len(records))
