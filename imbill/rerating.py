@@ -22,9 +22,10 @@ from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
-from typing import Callable, Iterable, Iterator, Protocol
+from functools import partial
+from typing import Callable, Container, Iterable, Iterator, Protocol
 
-from imbill.bus import EventProducer, check_reachable, offsets_at, read_raw, read_to_end, record_count
+from imbill.bus import EventProducer, append_all, check_reachable, offsets_at, read_raw, record_count
 from imbill.domain.config import ConfigState
 from imbill.domain.errors import ImbillError
 from imbill.domain.events import Charge, MessageAttempt, Rejection, RerateRun
@@ -32,7 +33,7 @@ from imbill.domain.keys import account_key
 from imbill.domain.money import ZERO
 from imbill.domain.rerate import Correction, Outcome, RerateFilter, latest_outcomes, rerate, run_id_of
 from imbill.producers.config_publisher import current_state
-from imbill.schemas.codec import decode_event
+from imbill.schemas.codec import decode, decode_event, encode_event, leading_strings, writer_name
 from imbill.settings import Settings
 
 __all__ = ["SINCE_MARGIN", "Progress", "QUIET", "Totals", "RerateReport", "rerate_period", "runs", "find_run"]
@@ -113,18 +114,13 @@ def rerate_period(settings: Settings, re_filter: RerateFilter | None, *, dry_run
     report = _compare(settings, re_filter, config, started, progress, dry_run)
     if dry_run:
         return report
-    producer = EventProducer(settings.bootstrap_servers)
-    try:
-        fresh = [c.new for c in report.corrections if c.new.charge_id not in report.earlier]
-        for charge in fresh:
-            producer.send_event(settings.topics.corrections, account_key(charge.environment, charge.account), charge)
-        producer.flush(timeout=60)
-        report.appended = len(fresh)
-        _await_applied(settings, re_filter, {c.new.charge_id for c in report.corrections}, wait, progress)
-        finished = _finished(started, report, now())
-        producer.publish_event(settings.topics.rerate_runs, started.run_id.encode(), finished)
-    finally:
-        producer.close()
+    fresh = [c.new for c in report.corrections if c.new.charge_id not in report.earlier]
+    report.appended = append_all(settings.bootstrap_servers, settings.topics.corrections,
+                                 ((account_key(c.environment, c.account), encode_event(c)) for c in fresh),
+                                 done=progress.stage("appending corrections", len(fresh)))
+    _await_applied(settings, re_filter, {c.new.charge_id for c in report.corrections}, wait, progress)
+    finished = _finished(started, report, now())
+    _publish(settings, finished)
     report.run = finished
     return report
 
@@ -143,7 +139,7 @@ def _compare(settings: Settings, re_filter: RerateFilter, config: ConfigState, s
     corrections are this run's, earlier tries' included)."""
     since = _millis(re_filter.start - SINCE_MARGIN)
     attempts = _attempts(settings, re_filter, since, progress)
-    outcomes = latest_outcomes(_outcomes(settings, since, progress), wanted=attempts)
+    outcomes = latest_outcomes(_outcomes(settings, since, progress, attempts), wanted=attempts)
     report = RerateReport(started, dry_run)
     advance, rerated = progress.stage("re-rating", len(outcomes)), 0
     for number, (attempt_id, old) in enumerate(outcomes.items(), 1):
@@ -211,25 +207,44 @@ def _attempts(settings: Settings, re_filter: RerateFilter, since: int, progress:
     return found
 
 
-def _outcomes(settings: Settings, since: int, progress: Progress) -> Iterator[Outcome]:
-    """Every charge, correction and rejection appended since ``since`` (ms)."""
+def _outcomes(settings: Settings, since: int, progress: Progress, wanted: Container[str]) -> Iterator[Outcome]:
+    """Every charge, correction and rejection appended since ``since`` (ms) of an attempt in
+    ``wanted``. A record of another attempt, or of another type, is left without decoding it
+    (its header and its leading ids say so): a period's attempts are often few of a topic's."""
     topics = settings.topics
     for topic, stage in ((topics.charges, "reading charges"), (topics.corrections, "reading corrections"),
                          (topics.rejections, "reading rejections")):
-        for event in _events(settings, topic, since, progress, stage):
+        for event in _events(settings, topic, since, progress, stage, partial(_of_wanted, wanted)):
             if type(event) in (Charge, Rejection):
                 yield event
 
 
-def _events(settings: Settings, topic: str, since: int, progress: Progress, stage: str) -> Iterator[object]:
-    """The events of ``topic`` appended since ``since`` (ms). A record that is no event is
-    left out: the processor and the projectors said what it is where it came in."""
+_OUTCOME_NAMES = frozenset({"Charge", "Rejection"})
+
+
+def _of_wanted(wanted: Container[str], value: bytes) -> bool:
+    """Whether a record may be an outcome of a wanted attempt: a Charge or a Rejection whose
+    attempt id (its second string) is wanted; one whose ids cannot be read is decoded, to be
+    left out as before (a record of no schema known here would not decode either)."""
+    if writer_name(value) not in _OUTCOME_NAMES:
+        return False
+    ids = leading_strings(value, 2)
+    return ids is None or ids[1] in wanted
+
+
+def _events(settings: Settings, topic: str, since: int, progress: Progress, stage: str,
+            worth: Callable[[bytes], bool] = lambda value: True) -> Iterator[object]:
+    """The events of ``topic`` appended since ``since`` (ms) whose record is ``worth``
+    decoding. A record that is no event is left out: the processor and the projectors said
+    what it is where it came in."""
     starts = offsets_at(settings.bootstrap_servers, topic, since)
     advance = progress.stage(stage, record_count(settings.bootstrap_servers, topic, starts))
     for records in read_raw(settings.bootstrap_servers, topic, starts, timeout=READ_TIMEOUT):
         for _, _, _, value in records:
+            if not value or not worth(value):
+                continue
             try:
-                yield decode_event(value or b"")
+                yield decode_event(value)
             except ImbillError:
                 continue
         advance(len(records))
@@ -246,11 +261,12 @@ def _await_applied(settings: Settings, re_filter: RerateFilter, ids: set[str], w
     starts = offsets_at(settings.bootstrap_servers, topic, _millis(re_filter.start - SINCE_MARGIN))
     deadline = time.monotonic() + wait
     while True:
-        for envelope in read_to_end(settings.bootstrap_servers, topic, starts, timeout=READ_TIMEOUT):
-            starts[envelope.partition] = envelope.offset + 1
-            if envelope.name == "Charge" and (envelope.record or {}).get("charge_id") in missing:
-                missing.discard(envelope.record["charge_id"])
-                advance(1)
+        for records in read_raw(settings.bootstrap_servers, topic, starts, timeout=READ_TIMEOUT):
+            applied = _applied(records, missing)
+            missing -= applied
+            advance(len(applied))
+            for partition, offset, _, _ in records:
+                starts[partition] = max(starts.get(partition, 0), offset + 1)
         if not missing:
             return
         if time.monotonic() > deadline:
@@ -258,6 +274,26 @@ def _await_applied(settings: Settings, re_filter: RerateFilter, ids: set[str], w
                               f"(is `imbill process` running?); they are on {settings.topics.corrections}: "
                               f"run `imbill rerate --resume` with the run id later to finish the run")
         time.sleep(0.5)
+
+
+def _applied(records: Iterable[tuple[int, int, bytes | None, bytes | None]], missing: set[str]) -> set[str]:
+    """The ids of ``missing`` that ``records`` (of the charges topic) hold as Charges. Only
+    a record whose leading charge id is missing is decoded (to be sure it is a whole
+    Charge): the others, the bulk of the topic, cost a header look-up and a string."""
+    found = set()
+    for _, _, _, value in records:
+        if not value or writer_name(value) != "Charge":
+            continue
+        ids = leading_strings(value, 1)
+        if ids is None or ids[0] not in missing:
+            continue
+        try:
+            name, record = decode(value)
+        except ImbillError:
+            continue
+        if name == "Charge" and record.get("charge_id") in missing:
+            found.add(record["charge_id"])
+    return found
 
 
 def runs(settings: Settings) -> list[RerateRun]:

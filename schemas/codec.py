@@ -24,9 +24,10 @@ from fastavro.schema import to_parsing_canonical_form
 from imbill.domain import events as ev
 from imbill.domain.config import KIND_BY_EVENT, from_record, to_record
 from imbill.domain.errors import ConfigError, SchemaError, UnknownSchema
-from imbill.schemas.physical import PhysicalWriter
+from imbill.schemas.physical import PhysicalReader, PhysicalWriter
 
-__all__ = ["MAGIC", "Schema", "schema", "schemas", "encode", "decode", "decode_as", "fingerprint",
+__all__ = ["MAGIC", "Schema", "schema", "schemas", "encode", "decode", "decode_as", "fingerprint", "writer_name",
+           "leading_strings",
            "encode_event", "decode_event", "decode_event_as", "record_of", "event_of"]
 
 MAGIC = b"\xc3\x01"
@@ -120,6 +121,11 @@ def register_writer(text: str) -> Schema:
 _extra_writers: dict[bytes, Schema] = {}
 
 
+_PHYSICAL: dict[str, PhysicalReader | None] = {}
+"""Today's schemas' physical readers by name (None: the schema has none), made when first used."""
+_NO_READER = object()
+
+
 def decode(data: bytes) -> tuple[str, dict[str, Any]]:
     """Return (record name, record) of a single-object encoded event."""
     if len(data) < 10 or data[:2] != MAGIC:
@@ -130,11 +136,58 @@ def decode(data: bytes) -> tuple[str, dict[str, Any]]:
         raise UnknownSchema(f"unknown writer schema fingerprint {header[2:].hex()}")
     reader = schemas().get(writer.name, writer)
     try:  # no reader schema when it is the writer's: fastavro would compare them, field by field, every time
+        if reader is writer:
+            physical = _PHYSICAL.get(writer.name, _NO_READER)
+            if physical is _NO_READER:
+                physical = _PHYSICAL[writer.name] = PhysicalReader.of(writer.raw)
+            if physical is not None:
+                return writer.name, physical.read(data[10:])
         record = fastavro.schemaless_reader(io.BytesIO(data[10:]), writer.parsed,
                                             None if reader is writer else reader.parsed)
     except Exception as exc:  # fastavro raises many types on corrupt input
         raise SchemaError(f"cannot decode {writer.name}: {exc}") from exc
     return writer.name, record
+
+
+def writer_name(data: bytes) -> str | None:
+    """The record name of a single-object encoded record's writer schema, from its header
+    alone; None when the header names no schema known here."""
+    writer = _by_fingerprint().get(bytes(data[:10])) or _extra_writers.get(bytes(data[:10]))
+    return writer.name if writer is not None and data[:2] == MAGIC else None
+
+
+def leading_strings(data: bytes, count: int) -> tuple[str, ...] | None:
+    """The first ``count`` fields of a single-object encoded record's body, read as Avro
+    strings without decoding the rest; None if the body does not hold them.
+
+    Only for records whose schemas (every writer version) begin with ``count`` string
+    fields: the ids of a Charge (charge id, attempt id), a Rejection (rejection id, attempt
+    id) or a MessageAttempt (attempt id). A scan that wants few of many records skips the
+    others for the cost of reading two varints instead of decoding some forty fields."""
+    found, at, end = [], 10, len(data)
+    for _ in range(count):
+        size, at = _varint(data, at)
+        if size is None or size < 0 or at + size > end:
+            return None
+        try:
+            found.append(bytes(data[at:at + size]).decode("utf-8"))
+        except UnicodeDecodeError:
+            return None
+        at += size
+    return tuple(found)
+
+
+def _varint(data: bytes, at: int) -> tuple[int | None, int]:
+    """The zigzag varint (an Avro long) at ``at``, and where the next field begins."""
+    value, shift, end = 0, 0, len(data)
+    while at < end and shift < 64:
+        byte = data[at]
+        at += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return (value >> 1) ^ -(value & 1), at
+        shift += 7
+    return None, at
 
 
 def decode_as(name: str, data: bytes) -> dict[str, Any]:

@@ -1,11 +1,14 @@
 """Every schema encodes and decodes; golden samples written by earlier schemas still decode."""
 
+import dataclasses
 import hashlib
+import io
 import json
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 
+import fastavro
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -13,7 +16,8 @@ from hypothesis import strategies as st
 from imbill.domain.errors import SchemaError, UnknownSchema
 from imbill.domain.events import BalanceChanged
 from imbill.schemas.codec import (MAGIC, _by_fingerprint, decode, decode_as, decode_event, encode, encode_event, event_of, fingerprint,
-                                  record_of, register_writer, schemas)
+                                  leading_strings, record_of, register_writer, schemas, writer_name)
+from imbill.schemas.physical import PhysicalReader
 from tests.builders import DROP, attempt_record
 from tests.samples import SAMPLES
 
@@ -195,3 +199,52 @@ def test_a_value_fastavro_refuses_is_refused_with_its_words(field, value):
     with pytest.raises(SchemaError) as got:
         encode_event(event)
     assert str(got.value) == str(expected.value)
+
+
+# -- decode reads a record of today's schema with the physical schema: the same values ------------
+
+def _fastavro_decoded(data: bytes) -> dict:
+    """What fastavro itself reads, logical types and all (the reference of the physical reader)."""
+    writer = _by_fingerprint()[bytes(data[:10])]
+    return fastavro.schemaless_reader(io.BytesIO(data[10:]), writer.parsed, None)
+
+
+def _typed(record: dict) -> dict:
+    """Values with their types and time zones: Decimal('0.150') is not Decimal('0.15')."""
+    return {name: (type(value), str(value), getattr(value, "tzinfo", None)) for name, value in record.items()}
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLES))
+def test_a_record_of_todays_schema_decodes_as_fastavro_reads_it(name):
+    data = encode(name, SAMPLES[name])
+    assert _typed(decode(data)[1]) == _typed(_fastavro_decoded(data))
+
+
+@given(amount=_amounts, moment=_moments, difference=_amounts | st.none())
+def test_logical_values_decode_as_fastavro_reads_them(amount, moment, difference):
+    """Twice each, as decimals are remembered by their bytes."""
+    charge = event_of("Charge", SAMPLES["Charge"])
+    for _ in range(2):
+        quantized = amount.quantize(Decimal("0.000001"))
+        data = encode_event(dataclasses.replace(charge, amount=quantized, rated_at=moment, difference=difference))
+        assert _typed(decode(data)[1]) == _typed(_fastavro_decoded(data))
+
+
+def test_a_schema_with_a_logical_type_out_of_reach_has_no_physical_reader():
+    raw = {"type": "record", "name": "X", "fields": [
+        {"name": "at", "type": {"type": "array", "items": {"type": "long", "logicalType": "timestamp-millis"}}}]}
+    assert PhysicalReader.of(raw) is None
+    assert PhysicalReader.of({**raw, "fields": [{"name": "at", "type": {"type": "long",
+                                                                        "logicalType": "timestamp-millis"}}]})
+
+
+@pytest.mark.parametrize("name, leading", [("Charge", 2), ("Rejection", 2), ("MessageAttempt", 1)])
+def test_every_writer_of_a_scanned_record_begins_with_its_id_strings(name, leading):
+    """leading_strings reads a Charge's or Rejection's ids (an attempt's id) without decoding."""
+    writers = [w for w in _by_fingerprint().values() if w.name == name]
+    assert writers and all([f["type"] for f in w.raw["fields"][:leading]] == ["string"] * leading for w in writers)
+    data = encode(name, SAMPLES[name])
+    record = decode(data)[1]
+    assert leading_strings(data, leading) == tuple(record[f["name"]] for f in schemas()[name].raw["fields"][:leading])
+    assert writer_name(data) == name and writer_name(b"\x00" * 12) is None
+    assert leading_strings(data[:12], leading) is None
